@@ -1,0 +1,327 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Frame types, as the "Type" field spells them.
+const (
+	TypeSubscribe     = "SubscribeMessage"
+	TypeAck           = "AckMessage"
+	TypePublish       = "EncryptedMessage"
+	TypeAuthRequest   = "AuthRequest"
+	TypeAuthChallenge = "AuthChallenge"
+	TypePublishResult = "PublishResult"
+	TypeDrained       = "Drained"
+	TypeError         = "Error"
+)
+
+// Publish statuses of a level-2 PublishResult.
+const (
+	StatusDelivered = "delivered" // the recipient's authenticated connection acked it: the only ACK
+	StatusQueued    = "queued"    // stored, not confirmed delivered: a NACK
+	StatusRejected  = "rejected"  // not stored: a NACK, Reason says why
+)
+
+// Reason prefixes of a rejected publish (and of level-1 error frames).
+const (
+	ReasonInvalid     = "invalid: "
+	ReasonTooLarge    = "too_large: "
+	ReasonRateLimited = "rate_limited: "
+	ReasonOverQuota   = "over_quota: "
+)
+
+// WebSocket close codes with a meaning in this protocol.
+const (
+	CloseServiceRestart = 1012 // server shutting down: reconnect at once, with jitter
+	CloseReplaced       = 4409 // a newer authenticated connection for the same peer took over
+)
+
+// ProtocolLevel2 is the "protocol" value of an authenticated SubscribeMessage.
+const ProtocolLevel2 = 2
+
+// SubscribeOK is the exact success answer to a subscribe; a deployed client
+// compares the string, space included.
+var SubscribeOK = []byte(`{"subscribe": true}`)
+
+// Subscribe is the Data of a SubscribeMessage. Protocol, PubKey and
+// Signature are set only by level-2 clients.
+type Subscribe struct {
+	UserID          string `json:"userID"`
+	SubscriptionKey string `json:"subscriptionKey"`
+	Protocol        int    `json:"protocol,omitempty"`
+	PubKey          string `json:"pubkey,omitempty"`
+	Signature       string `json:"signature,omitempty"`
+}
+
+// Ack is the Data of an AckMessage.
+type Ack struct {
+	MessageID string `json:"messageID"`
+}
+
+// Publish is the Data of an EncryptedMessage sent by a client. Ref is a
+// level-2 client's own string, echoed in the PublishResult.
+type Publish struct {
+	EncryptedMessage string `json:"encryptedMessage"`
+	Recipient        string `json:"recipient"`
+	Ref              string `json:"ref,omitempty"`
+}
+
+// AuthRequest opens a level-2 handshake.
+type AuthRequest struct {
+	PeerID string `json:"peerID"`
+}
+
+// AuthChallenge is the server's answer to an AuthRequest.
+type AuthChallenge struct {
+	Nonce string `json:"nonce"`
+	Host  string `json:"host"`
+}
+
+// PublishResult answers every level-2 publish.
+type PublishResult struct {
+	ID     string `json:"id"`
+	Ref    string `json:"ref"`
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Drained follows the replay after a level-2 subscribe.
+type Drained struct {
+	Count int `json:"count"`
+}
+
+// ErrorData is the Data of a level-2 per-frame Error.
+type ErrorData struct {
+	Reason string `json:"reason"`
+}
+
+// Delivery is the frame that carries a stored message to a subscriber.
+type Delivery struct {
+	ID               string `json:"id"`
+	EncryptedMessage string `json:"encryptedMessage"`
+}
+
+// ErrMalformed is wrapped by every frame parse error.
+var ErrMalformed = errors.New("malformed frame")
+
+// ClientFrame is a parsed client→server frame: Type names it and exactly
+// the matching field is set.
+type ClientFrame struct {
+	Type        string
+	Subscribe   *Subscribe
+	Ack         *Ack
+	Publish     *Publish
+	AuthRequest *AuthRequest
+}
+
+type envelope struct {
+	Type *string         `json:"Type"`
+	Data json.RawMessage `json:"Data"`
+	// Fields of the bare SubscribeMessage form.
+	UserID          *string `json:"userID"`
+	SubscriptionKey *string `json:"subscriptionKey"`
+}
+
+// ParseClientFrame parses one client frame. It accepts the wrapped form
+// {"Type":…,"Data":{…}} and the bare subscribe {"userID":…,"subscriptionKey":…}
+// an older published example sends. Unknown extra fields are ignored; wrong
+// types, a missing Data or an unknown Type are errors.
+func ParseClientFrame(b []byte) (ClientFrame, error) {
+	var env envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		return ClientFrame{}, fmt.Errorf("%w: %v", ErrMalformed, jsonReason(err))
+	}
+	if env.Type == nil {
+		if env.UserID != nil || env.SubscriptionKey != nil {
+			var s Subscribe
+			if err := json.Unmarshal(b, &s); err != nil {
+				return ClientFrame{}, fmt.Errorf("%w: %v", ErrMalformed, jsonReason(err))
+			}
+			return ClientFrame{Type: TypeSubscribe, Subscribe: &s}, nil
+		}
+		return ClientFrame{}, fmt.Errorf("%w: missing \"Type\"", ErrMalformed)
+	}
+	if len(env.Data) == 0 || bytes.Equal(env.Data, []byte("null")) {
+		return ClientFrame{}, fmt.Errorf("%w: %s without \"Data\"", ErrMalformed, *env.Type)
+	}
+	f := ClientFrame{Type: *env.Type}
+	var target any
+	switch f.Type {
+	case TypeSubscribe:
+		f.Subscribe = new(Subscribe)
+		target = f.Subscribe
+	case TypeAck:
+		f.Ack = new(Ack)
+		target = f.Ack
+	case TypePublish:
+		f.Publish = new(Publish)
+		target = f.Publish
+	case TypeAuthRequest:
+		f.AuthRequest = new(AuthRequest)
+		target = f.AuthRequest
+	default:
+		return ClientFrame{}, fmt.Errorf("%w: unknown Type %q", ErrMalformed, f.Type)
+	}
+	if err := json.Unmarshal(env.Data, target); err != nil {
+		return ClientFrame{}, fmt.Errorf("%w: %s Data: %v", ErrMalformed, f.Type, jsonReason(err))
+	}
+	return f, nil
+}
+
+// jsonReason turns a decoding error into words that name the field.
+func jsonReason(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if te.Field != "" {
+			return fmt.Sprintf("field %q must be a %s, not %s", te.Field, te.Type, te.Value)
+		}
+		return fmt.Sprintf("want a JSON object, not %s", te.Value)
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return "invalid JSON: " + se.Error()
+	}
+	return err.Error()
+}
+
+// ClientFrameBytes encodes a client frame in the wrapped form.
+func ClientFrameBytes(typ string, data any) []byte {
+	return typedFrame(typ, data)
+}
+
+// ServerFrame is a parsed server→client frame; Kind says which field is set.
+type ServerFrame struct {
+	Kind          ServerKind
+	Error         string // KindError: level-1 {"error": …}; KindLevel2Error: Data.reason
+	Delivery      *Delivery
+	AuthChallenge *AuthChallenge
+	PublishResult *PublishResult
+	Drained       *Drained
+}
+
+// ServerKind classifies a server frame.
+type ServerKind int
+
+// Server frame kinds.
+const (
+	KindSubscribed ServerKind = iota + 1
+	KindError
+	KindDelivery
+	KindAuthChallenge
+	KindPublishResult
+	KindDrained
+	KindLevel2Error
+)
+
+type serverEnvelope struct {
+	Type             string          `json:"Type"`
+	Data             json.RawMessage `json:"Data"`
+	Subscribe        *bool           `json:"subscribe"`
+	Error            *string         `json:"error"`
+	ID               string          `json:"id"`
+	EncryptedMessage *string         `json:"encryptedMessage"`
+}
+
+// ParseServerFrame parses one frame sent by a relay, for clients and tests.
+func ParseServerFrame(b []byte) (ServerFrame, error) {
+	var env serverEnvelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		return ServerFrame{}, fmt.Errorf("%w: %v", ErrMalformed, jsonReason(err))
+	}
+	decode := func(v any) error {
+		if err := json.Unmarshal(env.Data, v); err != nil {
+			return fmt.Errorf("%w: %s Data: %v", ErrMalformed, env.Type, jsonReason(err))
+		}
+		return nil
+	}
+	switch {
+	case env.Subscribe != nil && *env.Subscribe:
+		return ServerFrame{Kind: KindSubscribed}, nil
+	case env.Error != nil:
+		return ServerFrame{Kind: KindError, Error: *env.Error}, nil
+	case env.EncryptedMessage != nil && env.Type == "":
+		return ServerFrame{Kind: KindDelivery, Delivery: &Delivery{ID: env.ID, EncryptedMessage: *env.EncryptedMessage}}, nil
+	case env.Type == TypeAuthChallenge:
+		f := ServerFrame{Kind: KindAuthChallenge, AuthChallenge: new(AuthChallenge)}
+		return f, decode(f.AuthChallenge)
+	case env.Type == TypePublishResult:
+		f := ServerFrame{Kind: KindPublishResult, PublishResult: new(PublishResult)}
+		return f, decode(f.PublishResult)
+	case env.Type == TypeDrained:
+		f := ServerFrame{Kind: KindDrained, Drained: new(Drained)}
+		return f, decode(f.Drained)
+	case env.Type == TypeError:
+		var d ErrorData
+		err := decode(&d)
+		return ServerFrame{Kind: KindLevel2Error, Error: d.Reason}, err
+	}
+	return ServerFrame{}, fmt.Errorf("%w: unknown server frame", ErrMalformed)
+}
+
+// ErrorFrame encodes a level-1 error answer: {"error": "<reason>"}.
+func ErrorFrame(reason string) []byte {
+	r, _ := json.Marshal(reason) // a string always marshals
+	return append(append([]byte(`{"error": `), r...), '}')
+}
+
+// DeliveryFrame encodes a delivery of a stored message.
+func DeliveryFrame(id string, ciphertext []byte) []byte {
+	b := make([]byte, 0, len(`{"id":"","encryptedMessage":""}`)+len(id)+base64.StdEncoding.EncodedLen(len(ciphertext)))
+	b = append(b, `{"id":"`...)
+	b = append(b, id...) // hex: nothing to escape
+	b = append(b, `","encryptedMessage":"`...)
+	b = base64.StdEncoding.AppendEncode(b, ciphertext)
+	return append(b, `"}`...)
+}
+
+// ChallengeFrame, PublishResultFrame, DrainedFrame and Level2ErrorFrame
+// encode the level-2 server frames.
+func ChallengeFrame(c AuthChallenge) []byte     { return typedFrame(TypeAuthChallenge, c) }
+func PublishResultFrame(r PublishResult) []byte { return typedFrame(TypePublishResult, r) }
+func DrainedFrame(count int) []byte             { return typedFrame(TypeDrained, Drained{Count: count}) }
+func Level2ErrorFrame(reason string) []byte     { return typedFrame(TypeError, ErrorData{Reason: reason}) }
+
+func typedFrame(typ string, data any) []byte {
+	b, err := json.Marshal(struct {
+		Type string `json:"Type"`
+		Data any    `json:"Data"`
+	}{typ, data})
+	if err != nil {
+		panic(fmt.Sprintf("wire: encode %s: %v", typ, err)) // only our own plain structs reach here
+	}
+	return b
+}
+
+// ErrTooLarge is returned by DecodeCiphertext for a message over the limit.
+var ErrTooLarge = errors.New("message too large")
+
+// DecodeCiphertext decodes standard padded base64 and enforces the decoded
+// size limit before allocating for it. Errors say what is wrong in words a
+// client can act on.
+func DecodeCiphertext(s string, maxBytes int) ([]byte, error) {
+	if s == "" {
+		return nil, errors.New("encryptedMessage is empty")
+	}
+	if n := base64.StdEncoding.DecodedLen(len(s)); maxBytes > 0 && n-2 > maxBytes {
+		return nil, fmt.Errorf("%w: about %d bytes, the limit is %d", ErrTooLarge, n, maxBytes)
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("encryptedMessage is not standard padded base64: %v", err)
+	}
+	if maxBytes > 0 && len(b) > maxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(b), maxBytes)
+	}
+	return b, nil
+}
+
+// MaxFrameBytes is the largest frame a reader must accept to carry a
+// message of maxMessageBytes: its base64 plus room for the JSON around it.
+func MaxFrameBytes(maxMessageBytes int) int64 {
+	return int64(base64.StdEncoding.EncodedLen(maxMessageBytes)) + 16<<10
+}

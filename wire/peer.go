@@ -1,0 +1,170 @@
+package wire
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/mr-tron/base58"
+)
+
+// Multihash codes and lengths a peer ID may use.
+const (
+	mhIdentity = 0x00
+	mhSHA256   = 0x12
+	sha256Len  = 32
+)
+
+// RelayPrefixBits is the prefix length the relay protocol uses for
+// subscription keys. OpenBazaar's DHT pointers use 14.
+const RelayPrefixBits = 16
+
+// marshalledEd25519Prefix is the protobuf header of a marshalled libp2p
+// Ed25519 public key: field 1 KeyType=Ed25519(1), field 2 bytes of length 32.
+var marshalledEd25519Prefix = []byte{0x08, 0x01, 0x12, 0x20}
+
+// ErrInvalidPeerID is wrapped by every peer ID parse error.
+var ErrInvalidPeerID = errors.New("invalid peer ID")
+
+// PeerID is a parsed libp2p peer ID: a sha2-256 multihash of the marshalled
+// public key ("Qm…") or an identity multihash that embeds it ("12D3Koo…").
+// The zero value is not a valid peer ID.
+type PeerID struct {
+	text   string
+	digest []byte // sha256 of the marshalled public key, whichever form
+	pubkey []byte // marshalled public key; only for identity-multihash IDs
+}
+
+// ParsePeerID parses a base58 peer ID in either form. Only Ed25519 keys are
+// accepted in the identity form, as OpenBazaar identities are Ed25519.
+func ParsePeerID(s string) (PeerID, error) {
+	if s == "" {
+		return PeerID{}, fmt.Errorf("%w: empty", ErrInvalidPeerID)
+	}
+	raw, err := base58.Decode(s)
+	if err != nil {
+		return PeerID{}, fmt.Errorf("%w: %q is not base58", ErrInvalidPeerID, s)
+	}
+	if len(raw) < 2 {
+		return PeerID{}, fmt.Errorf("%w: %q is too short", ErrInvalidPeerID, s)
+	}
+	code, length, body := raw[0], int(raw[1]), raw[2:]
+	if len(body) != length {
+		return PeerID{}, fmt.Errorf("%w: %q has a multihash length that does not match its digest", ErrInvalidPeerID, s)
+	}
+	switch {
+	case code == mhSHA256 && length == sha256Len:
+		return PeerID{text: s, digest: body}, nil
+	case code == mhIdentity && length == len(marshalledEd25519Prefix)+ed25519.PublicKeySize:
+		if _, err := UnmarshalPublicKey(body); err != nil {
+			return PeerID{}, fmt.Errorf("%w: %q: %v", ErrInvalidPeerID, s, err)
+		}
+		sum := sha256.Sum256(body)
+		return PeerID{text: s, digest: sum[:], pubkey: body}, nil
+	default:
+		return PeerID{}, fmt.Errorf("%w: %q is neither a sha2-256 (Qm…) nor an Ed25519 identity (12D3Koo…) multihash", ErrInvalidPeerID, s)
+	}
+}
+
+// String returns the peer ID as it was written.
+func (p PeerID) String() string { return p.text }
+
+// IsZero reports whether p is the zero value.
+func (p PeerID) IsZero() bool { return p.text == "" }
+
+// Canonical returns the peer's ID in its sha2-256 ("Qm…") form. Both forms of
+// the same public key have the same canonical ID: it is what "the same peer"
+// means everywhere in Courier.
+func (p PeerID) Canonical() string {
+	if p.pubkey == nil {
+		return p.text
+	}
+	return encodeSHA256Multihash(p.digest)
+}
+
+// SubscriptionKey returns the key under which the relay stores messages for
+// this peer, as PROTOCOL.md defines it. For an identity-multihash peer ID the
+// digest is the sha256 of the embedded key, which is exactly the digest of
+// the same peer's Qm… ID, so both forms of one peer share one key.
+func (p PeerID) SubscriptionKey(prefixBits uint) string {
+	return subscriptionKey(p.digest, prefixBits)
+}
+
+func subscriptionKey(digest []byte, prefixBits uint) string {
+	prefix := binary.BigEndian.Uint64(digest[:8])
+	if prefixBits < 64 {
+		prefix >>= 64 - prefixBits
+	}
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], prefix)
+	sum := sha256.Sum256(b[:])
+	return encodeSHA256Multihash(sum[:])
+}
+
+func encodeSHA256Multihash(digest []byte) string {
+	mh := make([]byte, 0, 2+len(digest))
+	mh = append(mh, mhSHA256, byte(len(digest)))
+	mh = append(mh, digest...)
+	return base58.Encode(mh)
+}
+
+// ValidSubscriptionKey checks that s is a base58 sha2-256 multihash (34 bytes
+// starting 12 20), the only form a subscription key takes.
+func ValidSubscriptionKey(s string) error {
+	raw, err := base58.Decode(s)
+	if err != nil || len(raw) != 2+sha256Len || raw[0] != mhSHA256 || raw[1] != sha256Len {
+		return fmt.Errorf("invalid subscription key %q: want a base58 sha2-256 multihash (Qm…)", s)
+	}
+	return nil
+}
+
+// MarshalPublicKey returns the libp2p protobuf form of an Ed25519 public key.
+func MarshalPublicKey(pub ed25519.PublicKey) []byte {
+	return append(append([]byte(nil), marshalledEd25519Prefix...), pub...)
+}
+
+// UnmarshalPublicKey parses a marshalled libp2p Ed25519 public key.
+func UnmarshalPublicKey(b []byte) (ed25519.PublicKey, error) {
+	if len(b) != len(marshalledEd25519Prefix)+ed25519.PublicKeySize ||
+		string(b[:len(marshalledEd25519Prefix)]) != string(marshalledEd25519Prefix) {
+		return nil, errors.New("not a marshalled Ed25519 public key (want 08 01 12 20 followed by 32 bytes)")
+	}
+	return ed25519.PublicKey(b[len(marshalledEd25519Prefix):]), nil
+}
+
+// PeerIDFromPublicKey returns the Qm… peer ID of a marshalled public key, as
+// OpenBazaar derives it (sha2-256 multihash).
+func PeerIDFromPublicKey(marshalled []byte) PeerID {
+	sum := sha256.Sum256(marshalled)
+	return PeerID{text: encodeSHA256Multihash(sum[:]), digest: sum[:]}
+}
+
+// IdentityPeerID returns the 12D3Koo… (identity multihash) peer ID of a
+// marshalled Ed25519 public key.
+func IdentityPeerID(marshalled []byte) (PeerID, error) {
+	mh := append([]byte{mhIdentity, byte(len(marshalled))}, marshalled...)
+	return ParsePeerID(base58.Encode(mh))
+}
+
+// MessageID is the lowercase hex sha256 of the raw ciphertext bytes.
+func MessageID(ciphertext []byte) string {
+	sum := sha256.Sum256(ciphertext)
+	return hex.EncodeToString(sum[:])
+}
+
+// ValidMessageID reports whether s has the shape of a message ID.
+func ValidMessageID(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
