@@ -1,0 +1,49 @@
+# Courier: the entry point for building, testing and installing.
+#   make build    binaries into bin/
+#   make test     the whole test suite, with the race detector (what CI runs)
+#   make bench    the benchmarks whose numbers the README quotes
+#   make lint     gofmt check and go vet
+#   make install  binaries, service units and example configs (PREFIX, DESTDIR)
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+PREFIX   ?= /usr/local
+BINDIR   ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR  ?= /etc/systemd/system
+BENCHCOUNT ?= 5
+CMDS     := courier courier-relay devnode
+
+.PHONY: all build test bench lint install clean
+
+all: build
+
+build:
+	@mkdir -p bin
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(CMDS))
+
+test:
+	$(GO) test -race -count=1 -timeout 9m ./...
+
+# Benchmarks run without -race, several times; quote medians.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count $(BENCHCOUNT) ./relay/... ./sidecar/... ./wire/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+install: build
+	install -D -m 0755 bin/courier $(DESTDIR)$(BINDIR)/courier
+	install -D -m 0755 bin/courier-relay $(DESTDIR)$(BINDIR)/courier-relay
+	install -D -m 0644 systemd/courier.service $(DESTDIR)$(UNITDIR)/courier.service
+	install -D -m 0644 systemd/courier-relay.service $(DESTDIR)$(UNITDIR)/courier-relay.service
+	@# Never overwrite an operator's edited config.
+	@for f in courier.toml:config.example.toml courier-relay.toml:courier-relay.example.toml; do \
+		dst=$(DESTDIR)$(SYSCONFDIR)/courier/$${f%%:*}; src=$${f##*:}; \
+		if [ -e "$$dst" ]; then echo "kept existing $$dst"; else install -D -m 0644 "$$src" "$$dst" && echo "installed $$dst"; fi; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,115 @@
+// Package localapi is the sidecar's HTTP API for the node on the same
+// machine: POST a message, follow its state, pull inbound messages, and the
+// health, status and metrics endpoints an operator looks at.
+//
+// Every answer is JSON (but GET /, a small human status page); every error
+// is {"error": "<what is wrong, and what to do>"}. localapi only translates
+// HTTP to calls on the sidecar's Engine; it decides nothing itself.
+package localapi
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"courier/sidecar"
+)
+
+// Server answers the local API for one Engine.
+type Server struct {
+	e     *sidecar.Engine
+	token string
+	log   *slog.Logger
+	mux   *http.ServeMux
+}
+
+// New returns the API for e. A non-empty token is required as
+// "Authorization: Bearer <token>" on every endpoint but /healthz.
+func New(e *sidecar.Engine, token string, logger *slog.Logger) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{e: e, token: token, log: logger, mux: http.NewServeMux()}
+	s.mux.HandleFunc("POST /v1/messages", s.postMessage)
+	s.mux.HandleFunc("GET /v1/messages/{id}", s.getMessage)
+	s.mux.HandleFunc("GET /v1/inbox", s.getInbox)
+	s.mux.HandleFunc("POST /v1/inbox/{id}/ack", s.ackInbox)
+	s.mux.HandleFunc("GET /v1/status", s.getStatus)
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(e.Gatherer(), promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("GET /{$}", s.statusPage)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path+"; see PROTOCOL.md, \"Sidecar local API\"")
+	})
+	return s
+}
+
+// ServeHTTP checks who is asking, then routes.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A web page in the operator's browser must not be able to drive the
+	// API: browsers send Origin on cross-site requests, the node does not.
+	if o := r.Header.Get("Origin"); o != "" && !sameHost(o, r.Host) {
+		writeError(w, http.StatusForbidden, "cross-origin requests are refused; call the API from the node, not from a web page")
+		return
+	}
+	if s.token != "" && r.URL.Path != "/healthz" && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="courier"`)
+		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token; send \"Authorization: Bearer <api.token>\"")
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
+}
+
+func sameHost(origin, host string) bool {
+	_, rest, ok := strings.Cut(origin, "://")
+	if !ok {
+		return false
+	}
+	oh, _, err := net.SplitHostPort(rest)
+	if err != nil {
+		oh = rest
+	}
+	hh, _, err := net.SplitHostPort(host)
+	if err != nil {
+		hh = host
+	}
+	return strings.EqualFold(oh, hh)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the client may have gone; nothing to do about it
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// errorStatus maps an engine error to its HTTP status, once, at the edge.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, sidecar.ErrInvalidInput):
+		return http.StatusBadRequest
+	case errors.Is(err, sidecar.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, sidecar.ErrNotFound):
+		return http.StatusNotFound
+	default:
+		return http.StatusInternalServerError
+	}
+}

@@ -1,0 +1,195 @@
+package localapi
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"courier/sidecar"
+	"courier/sidecar/queue"
+	"courier/wire"
+)
+
+// maxBody fits the largest accepted ciphertext in base64 plus the JSON
+// around it.
+var maxBody = int64(base64.StdEncoding.EncodedLen(sidecar.MaxMessageBytes)) + 4096
+
+type postMessageRequest struct {
+	Recipient  *string `json:"recipient"`
+	Ciphertext *string `json:"ciphertext"`
+}
+
+// messageView is a message as GET /v1/messages/{id} shows it.
+type messageView struct {
+	ID        string    `json:"id"`
+	Recipient string    `json:"recipient"`
+	State     string    `json:"state"`
+	Path      string    `json:"path"`
+	Attempts  int       `json:"attempts"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	LastError string    `json:"last_error"`
+}
+
+func view(m queue.Outbound) messageView {
+	return messageView{
+		ID: m.ID, Recipient: m.Recipient, State: string(m.State), Path: string(m.Path),
+		Attempts: m.Attempts, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, LastError: m.LastError,
+	}
+}
+
+const postShape = `send {"recipient":"<peer id>","ciphertext":"<standard base64>"}`
+
+func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body is over %d bytes; the largest ciphertext accepted is %d bytes", maxBody, sidecar.MaxMessageBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "reading body: "+err.Error())
+		return
+	}
+	var req postMessageRequest
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "body: "+jsonProblem(err)+"; "+postShape)
+		return
+	}
+	switch {
+	case req.Recipient == nil || *req.Recipient == "":
+		writeError(w, http.StatusBadRequest, "recipient: missing; "+postShape)
+		return
+	case req.Ciphertext == nil || *req.Ciphertext == "":
+		writeError(w, http.StatusBadRequest, "ciphertext: missing; "+postShape)
+		return
+	}
+	ct, err := base64.StdEncoding.DecodeString(*req.Ciphertext)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "ciphertext: not standard padded base64 ("+err.Error()+")")
+		return
+	}
+	m, created, err := s.e.Submit(r.Context(), *req.Recipient, ct)
+	if err != nil {
+		status := errorStatus(err)
+		if status == http.StatusInternalServerError {
+			s.log.Error("accept message", "err", err)
+			writeError(w, status, "could not store the message; it was NOT accepted, retry later: "+err.Error())
+			return
+		}
+		writeError(w, status, err.Error())
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusAccepted
+	}
+	writeJSON(w, status, map[string]string{"id": m.ID, "state": string(m.State)})
+}
+
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		return fmt.Sprintf("%s must be a %s, not %s", te.Field, te.Type, te.Value)
+	case errors.As(err, &se):
+		return "invalid JSON (" + se.Error() + ")"
+	case errors.Is(err, io.EOF):
+		return "empty"
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return strings.TrimPrefix(err.Error(), "json: ")
+	default:
+		return err.Error()
+	}
+}
+
+func (s *Server) getMessage(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !wire.ValidMessageID(id) {
+		writeError(w, http.StatusBadRequest, "id: not a message ID (64 lowercase hex characters, as POST /v1/messages returned it)")
+		return
+	}
+	m, err := s.e.Message(r.Context(), id)
+	if err != nil {
+		if errorStatus(err) == http.StatusNotFound {
+			writeError(w, http.StatusNotFound, "no message with id "+id)
+			return
+		}
+		s.log.Error("get message", "id", id, "err", err)
+		writeError(w, http.StatusInternalServerError, "reading the message failed: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, view(m))
+}
+
+// maxWait bounds a long poll below common proxy and client timeouts.
+const maxWait = 60 * time.Second
+
+type inboxMessage struct {
+	ID         string    `json:"id"`
+	Ciphertext []byte    `json:"ciphertext"`
+	Path       string    `json:"path"`
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+func (s *Server) getInbox(w http.ResponseWriter, r *http.Request) {
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > maxWait {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("wait: %q is not a duration between 0s and %s (e.g. wait=30s)", v, maxWait))
+			return
+		}
+		wait = d
+	}
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: %q is not a number from 1 to 1000", v))
+			return
+		}
+		limit = n
+	}
+	msgs, err := s.e.Inbox(r.Context(), wait, limit)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return // the node hung up
+		}
+		s.log.Error("read inbox", "err", err)
+		writeError(w, http.StatusInternalServerError, "reading the inbox failed: "+err.Error())
+		return
+	}
+	out := make([]inboxMessage, len(msgs))
+	for i, m := range msgs {
+		out[i] = inboxMessage{ID: m.ID, Ciphertext: m.Ciphertext, Path: "INDIRECT", ReceivedAt: m.ReceivedAt}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"messages": out})
+}
+
+func (s *Server) ackInbox(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !wire.ValidMessageID(id) {
+		writeError(w, http.StatusBadRequest, "id: not a message ID (64 lowercase hex characters, as GET /v1/inbox listed it)")
+		return
+	}
+	if err := s.e.AckInbox(r.Context(), id); err != nil {
+		if errorStatus(err) == http.StatusNotFound {
+			writeError(w, http.StatusNotFound, "no inbound message with id "+id)
+			return
+		}
+		s.log.Error("ack inbox", "id", id, "err", err)
+		writeError(w, http.StatusInternalServerError, "recording the ack failed: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "acked": true})
+}

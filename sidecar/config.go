@@ -1,0 +1,342 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the sidecar's configuration, read from TOML. Start from
+// [DefaultConfig] (which [ParseConfig] does) and check with [Config.Validate].
+// Config holds only comparable values, so two configs compare with ==.
+type Config struct {
+	// RelayURL is the one relay the sidecar connects to, a ws:// or wss://
+	// URL. Empty (the key deleted) disables INDIRECT: everything goes OFFLINE.
+	// Default: empty.
+	RelayURL string `toml:"relay_url"`
+
+	API      APIConfig      `toml:"api"`
+	Node     NodeConfig     `toml:"node"`
+	Store    StoreConfig    `toml:"store"`
+	Delivery DeliveryConfig `toml:"delivery"`
+	Log      LogConfig      `toml:"log"`
+}
+
+// APIConfig is the local API the node talks to.
+type APIConfig struct {
+	// Listen is the TCP address of the local API. Default "127.0.0.1:4100".
+	// Anything but a loopback address requires Token.
+	Listen string `toml:"listen"`
+	// Token, when set, is the bearer token every API request must carry
+	// ("Authorization: Bearer <token>"), at least 16 characters. Required
+	// when Listen is not a loopback address. Default: empty (no token).
+	Token string `toml:"token"`
+}
+
+// NodeConfig names the node's endpoints the sidecar calls.
+type NodeConfig struct {
+	// OfflinePublishURL is the node's OFFLINE publish endpoint (POST
+	// {"recipient","ciphertext"}, 2xx when the node has taken the message
+	// onto its DHT path). Required.
+	OfflinePublishURL string `toml:"offline_publish_url"`
+	// InboundURL is the node's inbound endpoint, where the sidecar pushes
+	// received messages. Optional: empty means the node polls /v1/inbox.
+	InboundURL string `toml:"inbound_url"`
+	// SignURL is the node's sign endpoint (openbazaar-go's
+	// /ob/signmessage), used to authenticate to the relay. Required when
+	// RelayURL is set.
+	SignURL string `toml:"sign_url"`
+}
+
+// StoreConfig is the sidecar's SQLite queue.
+type StoreConfig struct {
+	// Path is the SQLite file. Default "courier.db". [LoadConfig] resolves
+	// a relative path against the config file's directory.
+	Path string `toml:"path"`
+	// Synchronous is SQLite's synchronous mode: "full" (default; a message
+	// acknowledged to the node survives a power loss) or "normal" (faster;
+	// survives a crash of the sidecar but not of the machine).
+	Synchronous string `toml:"synchronous"`
+}
+
+// DeliveryConfig tunes delivery, fallback and retries. Durations are TOML
+// strings such as "10s" or "24h".
+type DeliveryConfig struct {
+	// RelayGrace is how long the relay may be unreachable before queued
+	// messages go OFFLINE instead of waiting for it. Default 10s; 0 falls
+	// back at once.
+	RelayGrace time.Duration `toml:"relay_grace"`
+	// PublishTimeout is how long the sidecar waits for the relay's
+	// PublishResult before treating the publish as a NACK and going
+	// OFFLINE. Keep it above the relay's delivery_wait (3s). Default 10s.
+	PublishTimeout time.Duration `toml:"publish_timeout"`
+	// OfflineMaxAttempts is how many times the node's OFFLINE endpoint is
+	// tried before the message is marked failed. Default 10.
+	OfflineMaxAttempts int `toml:"offline_max_attempts"`
+	// OfflineMaxAge is how long after it was queued a message may still be
+	// retried OFFLINE; after that it is marked failed. Default 24h.
+	OfflineMaxAge time.Duration `toml:"offline_max_age"`
+	// RetryWaitMin and RetryWaitMax bound the exponential backoff (with
+	// full jitter) between attempts, for OFFLINE hand-offs and for pushes
+	// to the node's inbound endpoint. Inbound pushes never give up: the
+	// relay has been acked, so the sidecar's inbox is the only copy.
+	// Defaults 1s and 5m.
+	RetryWaitMin time.Duration `toml:"retry_wait_min"`
+	RetryWaitMax time.Duration `toml:"retry_wait_max"`
+}
+
+// LogConfig is the sidecar's logging.
+type LogConfig struct {
+	// Level is the minimum level logged: "debug", "info" (default), "warn"
+	// or "error".
+	Level string `toml:"level"`
+}
+
+// SlogLevel returns Level as a [slog.Level]; [slog.LevelInfo] when Level
+// is not valid (which [Config.Validate] reports).
+func (l LogConfig) SlogLevel() slog.Level {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(l.Level)); err != nil {
+		return slog.LevelInfo
+	}
+	return lvl
+}
+
+// Defaults of the keys that have one.
+const (
+	DefaultListen             = "127.0.0.1:4100"
+	DefaultStorePath          = "courier.db"
+	DefaultSynchronous        = "full"
+	DefaultRelayGrace         = 10 * time.Second
+	DefaultPublishTimeout     = 10 * time.Second
+	DefaultOfflineMaxAttempts = 10
+	DefaultOfflineMaxAge      = 24 * time.Hour
+	DefaultRetryWaitMin       = time.Second
+	DefaultRetryWaitMax       = 5 * time.Minute
+	DefaultLogLevel           = "info"
+)
+
+// minTokenLen is the shortest api.token accepted.
+const minTokenLen = 16
+
+// DefaultConfig returns the configuration with every default filled in. It
+// does not validate: node.offline_publish_url has no default.
+func DefaultConfig() Config {
+	return Config{
+		API:   APIConfig{Listen: DefaultListen},
+		Store: StoreConfig{Path: DefaultStorePath, Synchronous: DefaultSynchronous},
+		Delivery: DeliveryConfig{
+			RelayGrace:         DefaultRelayGrace,
+			PublishTimeout:     DefaultPublishTimeout,
+			OfflineMaxAttempts: DefaultOfflineMaxAttempts,
+			OfflineMaxAge:      DefaultOfflineMaxAge,
+			RetryWaitMin:       DefaultRetryWaitMin,
+			RetryWaitMax:       DefaultRetryWaitMax,
+		},
+		Log: LogConfig{Level: DefaultLogLevel},
+	}
+}
+
+// durationKeys are the keys decoded into a time.Duration. The TOML decoder
+// would read an integer as nanoseconds; we refuse that instead.
+var durationKeys = [][]string{
+	{"delivery", "relay_grace"},
+	{"delivery", "publish_timeout"},
+	{"delivery", "offline_max_age"},
+	{"delivery", "retry_wait_min"},
+	{"delivery", "retry_wait_max"},
+}
+
+// ParseConfig decodes TOML from r over [DefaultConfig]. It is strict: an
+// unknown key, a value of the wrong type, a list for relay_url or a number
+// for a duration is an error naming the key. It does not call Validate.
+func ParseConfig(r io.Reader) (Config, error) {
+	cfg := DefaultConfig()
+	md, err := toml.NewDecoder(r).Decode(&cfg)
+	// Checked before err: decoding a list into a string fails with a
+	// message about Go types that helps nobody.
+	if md.Type("relay_url") == "Array" {
+		return Config{}, errors.New("relay_url: exactly one relay URL is supported; a list is not: write relay_url = \"wss://…\"")
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("parse config: %w", err)
+	}
+	var errs []error
+	var unknown []string
+	for _, k := range md.Undecoded() {
+		// Report an unknown table once, not once per key inside it.
+		name := k.String()
+		if hasPrefixKey(unknown, name) {
+			continue
+		}
+		unknown = append(unknown, name)
+		errs = append(errs, fmt.Errorf("%s: unknown key: remove it or fix its spelling (config.example.toml lists every key)", name))
+	}
+	for _, k := range durationKeys {
+		if t := md.Type(k...); t != "" && t != "String" {
+			errs = append(errs, fmt.Errorf("%s: write a duration as a string with a unit, such as \"10s\" or \"5m\", not a bare %s", strings.Join(k, "."), strings.ToLower(t)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// hasPrefixKey reports whether one of keys is a table that contains name.
+func hasPrefixKey(keys []string, name string) bool {
+	for _, k := range keys {
+		if strings.HasPrefix(name, k+".") {
+			return true
+		}
+	}
+	return false
+}
+
+// LoadConfig reads and parses the config file at path (see [ParseConfig])
+// and resolves a relative store.path against the file's directory. It does
+// not call Validate.
+func LoadConfig(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("load config: %w", err)
+	}
+	defer f.Close()
+	cfg, err := ParseConfig(f)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if cfg.Store.Path != "" && !filepath.IsAbs(cfg.Store.Path) {
+		cfg.Store.Path = filepath.Join(filepath.Dir(path), cfg.Store.Path)
+	}
+	return cfg, nil
+}
+
+// Validate checks every key and returns all problems at once, each naming
+// the key path ("node.offline_publish_url: …") and saying what to do.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf(key+": "+format, args...))
+	}
+
+	if c.RelayURL != "" {
+		if err := checkURL(c.RelayURL, "ws", "wss"); err != nil {
+			add("relay_url", "%w; delete the line to opt out of INDIRECT", err)
+		}
+	}
+
+	if c.API.Listen == "" {
+		add("api.listen", "is empty: set a host:port such as %q", DefaultListen)
+	} else if loopback, err := checkListen(c.API.Listen); err != nil {
+		add("api.listen", "%w", err)
+	} else if !loopback && c.API.Token == "" {
+		add("api.token", "required because api.listen %q is not a loopback address: set a random token of at least %d characters, or listen on 127.0.0.1", c.API.Listen, minTokenLen)
+	}
+	if c.API.Token != "" && len(c.API.Token) < minTokenLen {
+		add("api.token", "is %d characters: use at least %d random characters (e.g. the output of `openssl rand -hex 32`)", len(c.API.Token), minTokenLen)
+	}
+
+	if c.Node.OfflinePublishURL == "" {
+		add("node.offline_publish_url", "is required: set the node's OFFLINE publish endpoint, e.g. %q", "http://127.0.0.1:4002/courier/offline")
+	} else if err := checkURL(c.Node.OfflinePublishURL, "http", "https"); err != nil {
+		add("node.offline_publish_url", "%w", err)
+	}
+	if c.Node.InboundURL != "" {
+		if err := checkURL(c.Node.InboundURL, "http", "https"); err != nil {
+			add("node.inbound_url", "%w; or delete the line and let the node poll /v1/inbox", err)
+		}
+	}
+	if c.Node.SignURL == "" {
+		if c.RelayURL != "" {
+			add("node.sign_url", "is required when relay_url is set: set the node's sign endpoint, e.g. %q", "http://127.0.0.1:4002/ob/signmessage")
+		}
+	} else if err := checkURL(c.Node.SignURL, "http", "https"); err != nil {
+		add("node.sign_url", "%w", err)
+	}
+
+	if c.Store.Path == "" {
+		add("store.path", "is empty: set the SQLite file, e.g. %q", DefaultStorePath)
+	}
+	if c.Store.Synchronous != "full" && c.Store.Synchronous != "normal" {
+		add("store.synchronous", "is %q: use \"full\" or \"normal\"", c.Store.Synchronous)
+	}
+
+	d := c.Delivery
+	if d.RelayGrace < 0 {
+		add("delivery.relay_grace", "is %s: use 0s or more", d.RelayGrace)
+	}
+	positive := []struct {
+		key string
+		val time.Duration
+	}{
+		{"delivery.publish_timeout", d.PublishTimeout},
+		{"delivery.offline_max_age", d.OfflineMaxAge},
+		{"delivery.retry_wait_min", d.RetryWaitMin},
+		{"delivery.retry_wait_max", d.RetryWaitMax},
+	}
+	for _, p := range positive {
+		if p.val <= 0 {
+			add(p.key, "is %s: use a positive duration such as \"10s\"", p.val)
+		}
+	}
+	if d.RetryWaitMin > 0 && d.RetryWaitMax > 0 && d.RetryWaitMax < d.RetryWaitMin {
+		add("delivery.retry_wait_max", "(%s) is less than delivery.retry_wait_min (%s): raise it or lower retry_wait_min", d.RetryWaitMax, d.RetryWaitMin)
+	}
+	if d.OfflineMaxAttempts < 1 {
+		add("delivery.offline_max_attempts", "is %d: use 1 or more", d.OfflineMaxAttempts)
+	}
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.Log.Level)); err != nil || c.Log.Level == "" {
+		add("log.level", "is %q: use \"debug\", \"info\", \"warn\" or \"error\"", c.Log.Level)
+	}
+	return errors.Join(errs...)
+}
+
+// checkURL checks that s is an absolute URL with one of schemes and a host.
+func checkURL(s string, schemes ...string) error {
+	want := strings.Join(schemes, "://… or ") + "://…"
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL (%w): write %s", s, err, want)
+	}
+	ok := false
+	for _, sc := range schemes {
+		ok = ok || u.Scheme == sc
+	}
+	if !ok {
+		return fmt.Errorf("%q has scheme %q: write %s", s, u.Scheme, want)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return fmt.Errorf("%q names no host: write %s", s, want)
+	}
+	return nil
+}
+
+// checkListen checks a host:port listen address and reports whether it is
+// loopback only. An empty host (":4100") listens on every interface.
+func checkListen(addr string) (loopback bool, err error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, fmt.Errorf("%q is not host:port (%w): write e.g. %q", addr, err, DefaultListen)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return false, fmt.Errorf("%q has port %q: use a number from 0 to 65535", addr, port)
+	}
+	if host == "localhost" {
+		return true, nil
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), nil
+}

@@ -1,0 +1,253 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"courier/sidecar/queue"
+	"courier/upstream"
+	"courier/wire"
+)
+
+// MaxMessageBytes is the largest ciphertext the sidecar accepts: the
+// relay's default limit, so that whatever is accepted can travel INDIRECT.
+const MaxMessageBytes = 4 << 20
+
+// Input errors, for the local API to answer 400 or 413.
+var (
+	ErrInvalidInput = errors.New("invalid input")
+	ErrTooLarge     = errors.New("message too large")
+	ErrNotFound     = queue.ErrNotFound
+)
+
+// Engine delivers messages. Outbound: accepted from the node into the
+// outbox, sent INDIRECT through the relay, handed to the node's OFFLINE
+// endpoint on any NACK. Inbound: taken from the relay into the inbox, acked
+// only once durable, pushed to the node (or held for polling).
+//
+// Create it with New, run it with Run, then Close it. It has no HTTP face:
+// the local API asks it.
+type Engine struct {
+	log  *slog.Logger
+	opts Options
+	q    *queue.Queue
+	node *nodeClient
+	m    *metrics
+
+	wakeDispatch chan struct{}
+	wakeOffline  chan struct{}
+	wakeInbound  chan struct{}
+	reconfigured chan struct{}
+	trackers     sync.WaitGroup // one per INDIRECT publish awaiting its result
+	inflightSem  chan struct{}
+
+	mu          sync.Mutex
+	cfg         Config
+	relay       RelayStatus
+	relayDownAt time.Time         // when the configured relay was last seen not connected
+	up          *upstream.Client  // nil unless a relay is configured
+	inflight    map[string]bool   // IDs published and awaiting a result
+	cursor      int64             // dispatcher's position in the outbox
+	health      map[string]*EndpointHealth
+	inboxSignal chan struct{}     // closed when inbound arrives, for long polls
+	closed      bool
+}
+
+// Options tune an Engine; zero values take the defaults.
+type Options struct {
+	MaxInflight    int           // INDIRECT publishes awaiting a result; default 1024
+	OfflineWorkers int           // concurrent OFFLINE hand-offs; default 8
+	NodeTimeout    time.Duration // one HTTP call to the node; default 10s
+	Poll           time.Duration // how often due retries are looked for; default 1s
+}
+
+// New opens the outbox and inbox at cfg.Store.Path. cfg must be valid.
+func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxInflight <= 0 {
+		opts.MaxInflight = 1024
+	}
+	if opts.OfflineWorkers <= 0 {
+		opts.OfflineWorkers = 8
+	}
+	if opts.NodeTimeout <= 0 {
+		opts.NodeTimeout = 10 * time.Second
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = time.Second
+	}
+	q, err := queue.Open(cfg.Store.Path, queue.Options{Synchronous: cfg.Store.Synchronous, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("open queue: %w", err)
+	}
+	e := &Engine{
+		log:          logger,
+		q:            q,
+		node:         newNodeClient(logger, opts.NodeTimeout),
+		wakeDispatch: make(chan struct{}, 1),
+		wakeOffline:  make(chan struct{}, 1),
+		wakeInbound:  make(chan struct{}, 1),
+		reconfigured: make(chan struct{}, 1),
+		inflightSem:  make(chan struct{}, opts.MaxInflight),
+		cfg:          cfg,
+		inflight:     make(map[string]bool),
+		health:       make(map[string]*EndpointHealth),
+		inboxSignal:  make(chan struct{}),
+	}
+	e.opts = opts
+	e.relay = RelayStatus{State: RelayDisabled, Since: time.Now()}
+	if cfg.RelayURL != "" {
+		e.relay = RelayStatus{State: RelayConnecting, Since: time.Now()}
+		e.relayDownAt = time.Now()
+	}
+	e.m = newMetrics(e)
+	return e, nil
+}
+
+// Config returns the configuration in force.
+func (e *Engine) Config() Config {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cfg
+}
+
+// Reconfigure puts a new, valid configuration in force. A changed relay_url
+// reconnects; a removed one disconnects and sends everything OFFLINE; one
+// put back turns INDIRECT on again. The store path cannot change while
+// running: a change there is refused.
+func (e *Engine) Reconfigure(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	if cfg.Store != e.cfg.Store {
+		e.mu.Unlock()
+		return errors.New("store: the store settings cannot change while courier runs; restart it to use a new store")
+	}
+	e.cfg = cfg
+	e.mu.Unlock()
+	signal(e.reconfigured)
+	signal(e.wakeDispatch)
+	signal(e.wakeInbound)
+	return nil
+}
+
+// Run delivers until ctx is done, then stops every goroutine it started,
+// closes the relay connection cleanly and returns nil. Close the Engine
+// after Run has returned.
+func (e *Engine) Run(ctx context.Context) error {
+	if err := e.resumeAfterCrash(ctx); err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.manageRelay(ctx) })
+	g.Go(func() error { return e.loop(ctx, e.wakeDispatch, e.dispatchOnce) })
+	g.Go(func() error { return e.loop(ctx, e.wakeOffline, e.offlineOnce) })
+	g.Go(func() error { return e.loop(ctx, e.wakeInbound, e.pushInboundOnce) })
+	err := g.Wait()
+	e.trackers.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// Close closes the store. Call it after Run has returned; it is idempotent.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.mu.Unlock()
+	return e.q.Close()
+}
+
+// loop runs once at start, then on every wake and every poll period, until
+// ctx is done. A failing pass is logged and retried: a store that fails now
+// may not later, and /readyz reports it meanwhile.
+func (e *Engine) loop(ctx context.Context, wake <-chan struct{}, once func(context.Context) error) error {
+	t := time.NewTicker(e.opts.Poll)
+	defer t.Stop()
+	for {
+		if err := once(ctx); err != nil && ctx.Err() == nil {
+			e.log.Error("delivery pass failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wake:
+		case <-t.C:
+		}
+	}
+}
+
+// resumeAfterCrash puts messages that were awaiting an INDIRECT result when
+// the sidecar stopped back in the queue; the relay treats a republish of the
+// same ID as the same message, so nothing arrives twice.
+func (e *Engine) resumeAfterCrash(ctx context.Context) error {
+	for {
+		msgs, err := e.q.Due(ctx, queue.Sending, queue.PathIndirect, farFuture, 0, 256)
+		if err != nil {
+			return fmt.Errorf("resume outbox: %w", err)
+		}
+		if len(msgs) == 0 {
+			return nil
+		}
+		for _, m := range msgs {
+			if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{State: queue.Queued, Path: queue.PathNone}); err != nil {
+				return fmt.Errorf("resume %s: %w", m.ID, err)
+			}
+		}
+		e.log.Info("resumed messages left sending", "count", len(msgs))
+	}
+}
+
+var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Submit accepts a message from the node. It returns once the message is
+// durably in the outbox; created is false when the ID was known already.
+func (e *Engine) Submit(ctx context.Context, recipient string, ciphertext []byte) (queue.Outbound, bool, error) {
+	if _, err := wire.ParsePeerID(recipient); err != nil {
+		return queue.Outbound{}, false, fmt.Errorf("%w: recipient: %v; use the recipient's Qm… or 12D3Koo… peer ID", ErrInvalidInput, err)
+	}
+	if len(ciphertext) == 0 {
+		return queue.Outbound{}, false, fmt.Errorf("%w: ciphertext is empty", ErrInvalidInput)
+	}
+	if len(ciphertext) > MaxMessageBytes {
+		return queue.Outbound{}, false, fmt.Errorf("%w: ciphertext is %d bytes, the limit is %d", ErrTooLarge, len(ciphertext), MaxMessageBytes)
+	}
+	m, created, err := e.q.Enqueue(ctx, recipient, ciphertext)
+	if err != nil {
+		return queue.Outbound{}, false, fmt.Errorf("store message: %w", err)
+	}
+	if created {
+		e.m.accepted.Inc()
+		signal(e.wakeDispatch)
+	}
+	return m, created, nil
+}
+
+// Message returns an outbound message by ID.
+func (e *Engine) Message(ctx context.Context, id string) (queue.Outbound, error) {
+	return e.q.Get(ctx, id)
+}

@@ -1,0 +1,170 @@
+package queue
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"courier/wire"
+)
+
+const inboxCols = "seq, id, ciphertext, received_at, delivered, delivered_at, attempts, next_attempt_at, last_error"
+
+func scanInbound(s scanner) (Inbound, error) {
+	var m Inbound
+	var received, deliveredAt, next int64
+	err := s.Scan(&m.Seq, &m.ID, &m.Ciphertext, &received, &m.Delivered, &deliveredAt, &m.Attempts, &next, &m.LastError)
+	m.ReceivedAt, m.DeliveredAt, m.NextAttemptAt = fromNanos(received), fromNanos(deliveredAt), fromNanos(next)
+	return m, err
+}
+
+// NewInbound is a message received from the relay, for [Queue.AddInboundBatch].
+type NewInbound struct {
+	ID         string // must be wire.MessageID(Ciphertext)
+	Ciphertext []byte
+	ReceivedAt time.Time
+}
+
+// AddInbound stores a message received from the relay, not yet delivered
+// to the node and due at once, and returns after it has committed: only
+// then may the relay be acked. It returns false, writing nothing, if the
+// ID is already in the inbox (delivered or not): duplicates are
+// suppressed by ID. id must be wire.MessageID(ciphertext).
+func (q *Queue) AddInbound(ctx context.Context, id string, ciphertext []byte, receivedAt time.Time) (bool, error) {
+	created, err := q.AddInboundBatch(ctx, []NewInbound{{ID: id, Ciphertext: ciphertext, ReceivedAt: receivedAt}})
+	if err != nil {
+		return false, err
+	}
+	return created[0], nil
+}
+
+// AddInboundBatch is AddInbound for several messages at once, stored in
+// one transaction, in order. created[i] reports whether msgs[i] was new.
+// If any message is invalid, none is stored.
+func (q *Queue) AddInboundBatch(ctx context.Context, msgs []NewInbound) (created []bool, err error) {
+	for _, m := range msgs {
+		if len(m.Ciphertext) == 0 || wire.MessageID(m.Ciphertext) != m.ID {
+			return nil, fmt.Errorf("add inbound %s: %w: the ID is not the hash of the ciphertext", m.ID, ErrInvalid)
+		}
+	}
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	err = q.write(ctx, func(tx *sql.Tx) error {
+		created = make([]bool, len(msgs))
+		for i, m := range msgs {
+			res, err := tx.Exec(`INSERT INTO inbox (id, ciphertext, received_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+				m.ID, m.Ciphertext, nanos(m.ReceivedAt))
+			if err != nil {
+				return fmt.Errorf("insert %s: %w", m.ID, err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			created[i] = n == 1
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("add inbound: %w", err)
+	}
+	return created, nil
+}
+
+// GetInbound returns the inbound message with that ID, or ErrNotFound.
+func (q *Queue) GetInbound(ctx context.Context, id string) (Inbound, error) {
+	if err := q.readable(); err != nil {
+		return Inbound{}, err
+	}
+	m, err := scanInbound(q.rdb.QueryRowContext(ctx, "SELECT "+inboxCols+" FROM inbox WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Inbound{}, fmt.Errorf("get inbound %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Inbound{}, q.readErr("get inbound "+id, err)
+	}
+	return m, nil
+}
+
+// PendingInbound lists up to limit inbound messages the node does not have
+// yet, due at or before now, with Seq greater than after, oldest first.
+// To page, pass the last Seq returned as after.
+func (q *Queue) PendingInbound(ctx context.Context, now time.Time, after int64, limit int) ([]Inbound, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("pending inbound: %w: limit %d", ErrInvalid, limit)
+	}
+	if err := q.readable(); err != nil {
+		return nil, err
+	}
+	rows, err := q.rdb.QueryContext(ctx, `SELECT `+inboxCols+` FROM inbox
+		WHERE delivered = 0 AND seq > ? AND next_attempt_at <= ?
+		ORDER BY seq LIMIT ?`, after, now.UnixNano(), limit)
+	if err != nil {
+		return nil, q.readErr("pending inbound", err)
+	}
+	return collect(rows, scanInbound, q.readErr)
+}
+
+// MarkInboundDelivered records that the node has the message. Marking it
+// twice is not an error (the first DeliveredAt stays); an unknown ID gives
+// ErrNotFound.
+func (q *Queue) MarkInboundDelivered(ctx context.Context, id string) error {
+	var outcome error
+	err := q.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`UPDATE inbox SET delivered = 1, delivered_at = ?, next_attempt_at = 0 WHERE id = ? AND delivered = 0`,
+			time.Now().UnixNano(), id)
+		if err != nil {
+			return fmt.Errorf("update %s: %w", id, err)
+		}
+		outcome, err = inboxOutcome(tx, res, id)
+		return err
+	})
+	if err == nil {
+		err = outcome
+	}
+	if err != nil {
+		return fmt.Errorf("mark inbound %s delivered: %w", id, err)
+	}
+	return nil
+}
+
+// InboundAttempt records a failed push of the message to the node: one
+// more attempt, lastErr, and the next try at next. For a message already
+// delivered it changes nothing; an unknown ID gives ErrNotFound.
+func (q *Queue) InboundAttempt(ctx context.Context, id string, lastErr string, next time.Time) error {
+	var outcome error
+	err := q.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`UPDATE inbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ? AND delivered = 0`,
+			lastErr, nanos(next), id)
+		if err != nil {
+			return fmt.Errorf("update %s: %w", id, err)
+		}
+		outcome, err = inboxOutcome(tx, res, id)
+		return err
+	})
+	if err == nil {
+		err = outcome
+	}
+	if err != nil {
+		return fmt.Errorf("record inbound attempt %s: %w", id, err)
+	}
+	return nil
+}
+
+// inboxOutcome tells an update of an undelivered row apart from a
+// delivered row (nil: nothing to do) and an unknown ID (ErrNotFound).
+func inboxOutcome(tx *sql.Tx, res sql.Result, id string) (outcome, err error) {
+	n, err := res.RowsAffected()
+	if err != nil || n == 1 {
+		return nil, err
+	}
+	var one int
+	err = tx.QueryRow(`SELECT 1 FROM inbox WHERE id = ?`, id).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound, nil
+	}
+	return nil, err
+}

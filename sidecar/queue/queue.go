@@ -1,0 +1,467 @@
+// Package queue is the courier sidecar's durable queue: an outbox of
+// messages from the node on their way to a recipient (INDIRECT through the
+// relay, or OFFLINE through the node), and an inbox of messages from the
+// relay on their way to the node. Both live in one SQLite file.
+//
+// Every write commits before it returns, so a message the sidecar
+// acknowledges survives a crash. Writes go through one writer goroutine that
+// commits everything waiting in one transaction (group commit): many
+// concurrent writers share each fsync. Reads run concurrently beside it
+// (WAL). A Queue is safe for concurrent use. One process at a time may open
+// a queue file: [Open] takes an exclusive lock on "<path>.lock".
+package queue
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
+	"golang.org/x/sys/unix"
+)
+
+// State is where an outbound message stands.
+type State string
+
+// Outbound message states.
+const (
+	Queued    State = "queued"     // waiting to be sent
+	Sending   State = "sending"    // on its way: awaiting the relay's result, or an OFFLINE hand-off (retried)
+	Delivered State = "delivered"  // the recipient acked it through the relay (path INDIRECT)
+	HandedOff State = "handed_off" // the node's OFFLINE endpoint accepted it (path OFFLINE)
+	Failed    State = "failed"     // given up; LastError says why
+)
+
+// States lists every State, in the order a message usually passes them.
+var States = []State{Queued, Sending, Delivered, HandedOff, Failed}
+
+func (s State) valid() bool {
+	switch s {
+	case Queued, Sending, Delivered, HandedOff, Failed:
+		return true
+	}
+	return false
+}
+
+// Path is the way an outbound message is being (or was) delivered.
+type Path string
+
+// Delivery paths. Names as in the protocol: never call INDIRECT "offline".
+const (
+	PathNone     Path = ""         // not routed yet; in [Queue.Due], any path
+	PathIndirect Path = "INDIRECT" // through the relay
+	PathOffline  Path = "OFFLINE"  // through the node's native OFFLINE endpoint
+)
+
+// Paths lists every Path.
+var Paths = []Path{PathNone, PathIndirect, PathOffline}
+
+func (p Path) valid() bool {
+	switch p {
+	case PathNone, PathIndirect, PathOffline:
+		return true
+	}
+	return false
+}
+
+// Outbound is one message in the outbox. Times are UTC; a zero
+// NextAttemptAt means due at once.
+type Outbound struct {
+	Seq           int64  // position in the outbox, increasing in commit order
+	ID            string // wire.MessageID(Ciphertext)
+	Recipient     string
+	Ciphertext    []byte
+	State         State
+	Path          Path
+	Attempts      int
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	LastError     string
+	NextAttemptAt time.Time
+}
+
+// Inbound is one message in the inbox. Times are UTC; DeliveredAt is zero
+// until Delivered, NextAttemptAt zero means due at once.
+type Inbound struct {
+	Seq           int64
+	ID            string // wire.MessageID(Ciphertext)
+	Ciphertext    []byte
+	ReceivedAt    time.Time
+	Delivered     bool // the node has it
+	DeliveredAt   time.Time
+	Attempts      int // failed pushes to the node's inbound endpoint
+	NextAttemptAt time.Time
+	LastError     string
+}
+
+// Errors callers branch on.
+var (
+	// ErrNotFound: no message with that ID.
+	ErrNotFound = errors.New("message not found")
+	// ErrConflict: a transition's from-states did not match the message's
+	// current state; nothing changed.
+	ErrConflict = errors.New("state conflict")
+	// ErrClosed: the queue is closed.
+	ErrClosed = errors.New("queue closed")
+	// ErrLocked: another process has the queue file open.
+	ErrLocked = errors.New("queue in use by another process")
+	// ErrInvalid: an argument is not acceptable (unknown state or path, an
+	// ID that is not the hash of the ciphertext, …).
+	ErrInvalid = errors.New("invalid argument")
+)
+
+// Options tune Open. The zero value takes the defaults.
+type Options struct {
+	// Synchronous is SQLite's synchronous mode: "full" (default; a commit
+	// survives a power loss) or "normal" (faster; a commit survives a
+	// crash of the process, but not of the machine).
+	Synchronous string
+	// Logger receives the queue's own logs (migrations, failed commits).
+	// Default slog.Default(). Ciphertext is never logged.
+	Logger *slog.Logger
+}
+
+const (
+	busyTimeout = 5 * time.Second
+	// maxBatch caps the writes committed in one transaction.
+	maxBatch = 1024
+	// readConns is how many connections serve reads beside the writer.
+	readConns = 4
+)
+
+// Queue is the sidecar's outbox and inbox. Create it with [Open].
+type Queue struct {
+	path string
+	log  *slog.Logger
+	wdb  *sql.DB // one connection, used only by the writer goroutine (and Open)
+	rdb  *sql.DB // readers
+	lock *os.File
+
+	mu      sync.RWMutex // guards closed against sends on ops
+	closed  bool
+	isDone  atomic.Bool // closed, for readers that need not wait on mu
+	ops     chan *op
+	stopped chan struct{} // closed when the writer goroutine has returned
+
+	closeOnce sync.Once
+	closeErr  error
+
+	commits atomic.Int64 // transactions committed by the writer, for tests
+}
+
+// Open opens (creating if need be) the queue at path, a SQLite file, and
+// brings its schema up to date. It fails at once, naming the file, when the
+// file cannot be opened or another process has it open.
+func Open(path string, opts Options) (*Queue, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	var syncMode string
+	switch opts.Synchronous {
+	case "", "full", "FULL":
+		syncMode = "FULL"
+	case "normal", "NORMAL":
+		syncMode = "NORMAL"
+	default:
+		return nil, fmt.Errorf("open queue %s: %w: synchronous %q: use \"full\" or \"normal\"", path, ErrInvalid, opts.Synchronous)
+	}
+	lock, err := lockFile(path + ".lock")
+	if err != nil {
+		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	if err := createPrivate(path); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	q := &Queue{
+		path:    path,
+		log:     opts.Logger,
+		lock:    lock,
+		ops:     make(chan *op, maxBatch),
+		stopped: make(chan struct{}),
+	}
+	if err := q.open(syncMode); err != nil {
+		q.closeDBs()
+		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	go q.writer()
+	return q, nil
+}
+
+func (q *Queue) open(syncMode string) error {
+	var err error
+	q.wdb, err = sql.Open("sqlite3", dsn(q.path,
+		"_synchronous="+syncMode,
+		"_txlock=immediate",
+	))
+	if err != nil {
+		return err
+	}
+	q.wdb.SetMaxOpenConns(1)
+	q.wdb.SetMaxIdleConns(1)
+	q.wdb.SetConnMaxLifetime(0)
+	q.wdb.SetConnMaxIdleTime(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := q.wdb.PingContext(ctx); err != nil {
+		return err
+	}
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		return err
+	}
+	n, err := migrate(ctx, q.wdb, ms)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		q.log.Info("queue schema updated", "path", q.path, "migrations", n, "version", len(ms))
+	}
+
+	q.rdb, err = sql.Open("sqlite3", dsn(q.path, "_query_only=1"))
+	if err != nil {
+		return err
+	}
+	q.rdb.SetMaxOpenConns(readConns)
+	q.rdb.SetMaxIdleConns(readConns)
+	return q.rdb.PingContext(ctx)
+}
+
+// dsn builds a go-sqlite3 DSN for path with the settings every connection
+// shares plus extra.
+func dsn(path string, extra ...string) string {
+	params := append([]string{
+		"_journal_mode=WAL",
+		fmt.Sprintf("_busy_timeout=%d", busyTimeout.Milliseconds()),
+		"_foreign_keys=1",
+		"_stmt_cache_size=32",
+	}, extra...)
+	// A file: URI, so that '?' or '#' in the path cannot be mistaken for
+	// the start of the parameters.
+	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+	return "file:" + esc.Replace(path) + "?" + strings.Join(params, "&")
+}
+
+// lockFile takes an exclusive, non-blocking flock on name, creating it.
+// The kernel releases it when the process dies.
+func lockFile(name string) (*os.File, error) {
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock file: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s is locked: stop the other courier using this queue, or set another store.path", ErrLocked, name)
+		}
+		return nil, fmt.Errorf("lock %s: %w", name, err)
+	}
+	return f, nil
+}
+
+// createPrivate creates path, if it does not exist, readable by its owner
+// only (SQLite gives its -wal and -shm files the same mode), and makes the
+// new directory entry durable.
+func createPrivate(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	if err := dir.Sync(); err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	return nil
+}
+
+// Close finishes the writes already submitted, stops the writer, closes the
+// database and releases the lock. It is idempotent; operations after Close
+// return ErrClosed.
+func (q *Queue) Close() error {
+	q.closeOnce.Do(func() {
+		q.mu.Lock()
+		q.closed = true
+		q.isDone.Store(true)
+		close(q.ops)
+		q.mu.Unlock()
+		<-q.stopped
+		// Fold the WAL back into the database so the file is
+		// self-contained while the sidecar is stopped.
+		if _, err := q.wdb.Exec("PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+			q.log.Warn("queue checkpoint on close", "path", q.path, "err", err)
+		}
+		q.closeErr = q.closeDBs()
+	})
+	return q.closeErr
+}
+
+func (q *Queue) closeDBs() error {
+	var errs []error
+	if q.rdb != nil {
+		errs = append(errs, q.rdb.Close())
+	}
+	if q.wdb != nil {
+		errs = append(errs, q.wdb.Close())
+	}
+	if q.lock != nil {
+		// Closing the descriptor releases the flock.
+		errs = append(errs, q.lock.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close queue %s: %w", q.path, err)
+	}
+	return nil
+}
+
+// op is one write, run by the writer goroutine inside a batch transaction.
+// run returns an error only for a database failure, which rolls the batch
+// back; outcomes such as ErrConflict are recorded by run's closure. run must
+// be repeatable: after a failed batch the writer retries each op alone.
+type op struct {
+	ctx  context.Context
+	run  func(tx *sql.Tx) error
+	done chan error // buffered; receives exactly one result
+}
+
+// write submits run to the writer and waits until its transaction has
+// committed (nil) or failed. Once submitted, a write is waited for even if
+// ctx ends meanwhile, so that an error always means it did not commit;
+// the writer skips a write whose ctx ended before its batch began.
+func (q *Queue) write(ctx context.Context, run func(tx *sql.Tx) error) error {
+	o := &op{ctx: ctx, run: run, done: make(chan error, 1)}
+	q.mu.RLock()
+	if q.closed {
+		q.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case q.ops <- o:
+		q.mu.RUnlock()
+	case <-ctx.Done():
+		q.mu.RUnlock()
+		return ctx.Err()
+	}
+	return <-o.done
+}
+
+// writer commits submitted writes until Close, taking everything that is
+// waiting into one transaction (group commit): while one batch is being
+// committed, the next one gathers.
+func (q *Queue) writer() {
+	defer close(q.stopped)
+	batch := make([]*op, 0, maxBatch)
+	for o := range q.ops {
+		batch = append(batch[:0], o)
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case o, ok := <-q.ops:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		q.commit(batch)
+		clear(batch) // drop references for the GC
+	}
+}
+
+// commit runs batch in one transaction and reports to each op. If the
+// transaction fails, each op is retried in a transaction of its own, so one
+// bad write cannot fail the others.
+func (q *Queue) commit(batch []*op) {
+	live := batch[:0:0]
+	for _, o := range batch {
+		if err := o.ctx.Err(); err != nil {
+			o.done <- err
+			continue
+		}
+		live = append(live, o)
+	}
+	if len(live) == 0 {
+		return
+	}
+	err := q.runTx(live)
+	if err == nil || len(live) == 1 {
+		if err != nil {
+			q.log.Error("queue write failed", "path", q.path, "err", err)
+		}
+		for _, o := range live {
+			o.done <- err
+		}
+		return
+	}
+	q.log.Warn("queue batch failed; retrying its writes one by one", "path", q.path, "writes", len(live), "err", err)
+	for _, o := range live {
+		err := q.runTx([]*op{o})
+		if err != nil {
+			q.log.Error("queue write failed", "path", q.path, "err", err)
+		}
+		o.done <- err
+	}
+}
+
+func (q *Queue) runTx(ops []*op) error {
+	// Not the ops' contexts: the batch is shared, and a write once begun
+	// is finished.
+	tx, err := q.wdb.BeginTx(context.Background(), nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	for _, o := range ops {
+		if err := o.run(tx); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	q.commits.Add(1)
+	return nil
+}
+
+// readable returns ErrClosed once the queue is closed.
+func (q *Queue) readable() error {
+	if q.isDone.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// nanos and fromNanos convert times to and from the stored Unix
+// nanoseconds; the zero time is stored as 0.
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}

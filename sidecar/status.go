@@ -1,0 +1,110 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"courier/sidecar/queue"
+)
+
+// EndpointHealth is how one of the node's endpoints has been answering.
+type EndpointHealth struct {
+	LastOK              time.Time `json:"last_ok,omitzero"`
+	LastError           string    `json:"last_error,omitempty"`
+	LastErrorAt         time.Time `json:"last_error_at,omitzero"`
+	ConsecutiveFailures int       `json:"consecutive_failures"`
+}
+
+// unhealthyAfter is how many failures in a row make an endpoint unhealthy.
+const unhealthyAfter = 3
+
+func (e *Engine) recordNode(endpoint string, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	h := e.health[endpoint]
+	if h == nil {
+		h = new(EndpointHealth)
+		e.health[endpoint] = h
+	}
+	if err == nil {
+		h.LastOK, h.ConsecutiveFailures = time.Now(), 0
+		return
+	}
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	h.LastError, h.LastErrorAt = err.Error(), time.Now()
+	h.ConsecutiveFailures++
+}
+
+// Status is what /v1/status reports.
+type Status struct {
+	Relay  RelayStatus               `json:"relay"`
+	Outbox map[queue.State]int       `json:"outbox"`
+	Inbox  InboxStatus               `json:"inbox"`
+	Paths  map[queue.Path]int        `json:"paths"` // delivered INDIRECT, handed off OFFLINE
+	Node   map[string]EndpointHealth `json:"node"`
+	Recent []queue.Outbound          `json:"recent,omitempty"`
+}
+
+// InboxStatus counts inbound messages.
+type InboxStatus struct {
+	Pending int `json:"pending"`
+}
+
+// Status reports the relay connection, queue depths, counts per path and
+// node endpoint health, with the recent outbound messages when recent > 0.
+func (e *Engine) Status(ctx context.Context, recent int) (Status, error) {
+	c, err := e.q.Counts(ctx)
+	if err != nil {
+		return Status{}, fmt.Errorf("count queues: %w", err)
+	}
+	st := Status{
+		Relay:  e.RelayStatus(),
+		Outbox: make(map[queue.State]int),
+		Inbox:  InboxStatus{Pending: c.InboxPending},
+		Paths: map[queue.Path]int{
+			queue.PathIndirect: c.Count(queue.Delivered, queue.PathIndirect),
+			queue.PathOffline:  c.Count(queue.HandedOff, queue.PathOffline),
+		},
+		Node: make(map[string]EndpointHealth),
+	}
+	for _, s := range queue.States {
+		st.Outbox[s] = c.State(s)
+	}
+	e.mu.Lock()
+	for k, h := range e.health {
+		st.Node[k] = *h
+	}
+	e.mu.Unlock()
+	if recent > 0 {
+		if st.Recent, err = e.q.Recent(ctx, recent); err != nil {
+			return Status{}, fmt.Errorf("recent messages: %w", err)
+		}
+	}
+	return st, nil
+}
+
+// Ready returns nil when the sidecar can do its job, otherwise why not: the
+// store fails, the configured relay has been unreachable past the grace, or
+// a node endpoint keeps failing.
+func (e *Engine) Ready(ctx context.Context) error {
+	if _, err := e.q.Counts(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cfg.RelayURL != "" && e.relay.State != RelayConnected {
+		if down := time.Since(e.relayDownAt); down >= e.cfg.Delivery.RelayGrace {
+			return fmt.Errorf("relay: %s for %s (last error: %s)", e.relay.State, down.Round(time.Second), e.relay.LastError)
+		}
+	}
+	for _, name := range []string{"sign", "offline", "inbound"} {
+		if h := e.health[name]; h != nil && h.ConsecutiveFailures >= unhealthyAfter {
+			return fmt.Errorf("node %s endpoint: %d failures in a row, last: %s", name, h.ConsecutiveFailures, h.LastError)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/sync/errgroup"
+
+	"courier/wire"
+)
+
+// session is one authenticated, subscribed connection. Its reader, its
+// inbound handler and its pinger live in serve's errgroup: when one fails
+// the others stop, and serve returns only after all three have.
+type session struct {
+	c       *Client
+	conn    *websocket.Conn
+	inbound chan Inbound
+
+	writeMu sync.Mutex // held across ref assignment and write: publish order is call order
+
+	mu      sync.Mutex
+	closed  bool
+	nextRef uint64
+	pending map[string]chan Result
+}
+
+func newSession(c *Client, conn *websocket.Conn) *session {
+	return &session{
+		c:       c,
+		conn:    conn,
+		inbound: make(chan Inbound, 4*c.cfg.MaxInboundBatch),
+		pending: make(map[string]chan Result),
+	}
+}
+
+// serve runs the session until the connection fails or parent is done. On
+// shutdown it closes the connection with a proper close handshake first, so
+// the relay sees a clean goodbye, and the reader ends on that.
+func (s *session) serve(parent context.Context) error {
+	g, ctx := errgroup.WithContext(context.WithoutCancel(parent))
+	g.Go(func() error { return s.read(ctx) })
+	g.Go(func() error { return s.handleInbound(ctx) })
+	g.Go(func() error { return s.keepalive(ctx) })
+	g.Go(func() error {
+		select {
+		case <-parent.Done():
+			s.conn.Close(websocket.StatusNormalClosure, "sidecar shutting down")
+			return parent.Err()
+		case <-ctx.Done():
+			return nil
+		}
+	})
+	return g.Wait()
+}
+
+func (s *session) publish(ctx context.Context, recipient string, ciphertext []byte) (<-chan Result, error) {
+	ch := make(chan Result, 1)
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrNotConnected
+	}
+	s.nextRef++
+	ref := strconv.FormatUint(s.nextRef, 10)
+	s.pending[ref] = ch
+	s.mu.Unlock()
+
+	frame := wire.ClientFrameBytes(wire.TypePublish, wire.Publish{
+		EncryptedMessage: base64.StdEncoding.EncodeToString(ciphertext),
+		Recipient:        recipient,
+		Ref:              ref,
+	})
+	if err := s.c.write(ctx, s.conn, frame); err != nil {
+		s.mu.Lock()
+		delete(s.pending, ref)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("upstream: write publish: %w", err)
+	}
+	return ch, nil
+}
+
+// failPending answers every publish still waiting with ErrConnectionLost.
+func (s *session) failPending() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for ref, ch := range s.pending {
+		ch <- Result{Err: ErrConnectionLost}
+		delete(s.pending, ref)
+	}
+}
+
+func (s *session) resolve(r wire.PublishResult) {
+	s.mu.Lock()
+	ch, ok := s.pending[r.Ref]
+	delete(s.pending, r.Ref)
+	s.mu.Unlock()
+	if !ok {
+		s.c.cfg.Logger.Debug("publish result for an unknown ref", "ref", r.Ref, "id", r.ID)
+		return
+	}
+	ch <- Result{PublishResult: r}
+}
+
+func (s *session) read(ctx context.Context) error {
+	log := s.c.cfg.Logger
+	for {
+		f, err := readFrame(ctx, s.conn)
+		if err != nil {
+			if websocket.CloseStatus(err) != -1 {
+				return err // a close from the relay: keep its code for Run
+			}
+			return fmt.Errorf("read: %w", err)
+		}
+		switch f.Kind {
+		case wire.KindPublishResult:
+			s.resolve(*f.PublishResult)
+		case wire.KindDelivery:
+			ct, err := base64.StdEncoding.DecodeString(f.Delivery.EncryptedMessage)
+			if err != nil || wire.MessageID(ct) != f.Delivery.ID {
+				// Not acked: a relay that sends this is broken, and the
+				// message stays with it rather than being lost here.
+				log.Warn("relay delivered a malformed message; not acking it", "id", f.Delivery.ID)
+				continue
+			}
+			select {
+			case s.inbound <- Inbound{ID: f.Delivery.ID, Ciphertext: ct}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case wire.KindDrained:
+			log.Debug("relay replay drained", "count", f.Drained.Count)
+		case wire.KindError, wire.KindLevel2Error:
+			log.Warn("relay reported an error", "reason", f.Error)
+		default:
+			log.Debug("ignoring unexpected relay frame", "kind", f.Kind)
+		}
+	}
+}
+
+// handleInbound hands inbound messages to the Handler in batches, in order,
+// and acks each only after the handler returned nil.
+func (s *session) handleInbound(ctx context.Context) error {
+	max := s.c.cfg.MaxInboundBatch
+	batch := make([]Inbound, 0, max)
+	for {
+		batch = batch[:0]
+		select {
+		case m := <-s.inbound:
+			batch = append(batch, m)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	drain:
+		for len(batch) < max {
+			select {
+			case m := <-s.inbound:
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		if err := s.c.cfg.Handle(ctx, batch); err != nil {
+			return fmt.Errorf("inbound handler: %w", err)
+		}
+		for _, m := range batch {
+			ack := wire.ClientFrameBytes(wire.TypeAck, wire.Ack{MessageID: m.ID})
+			if err := s.c.write(ctx, s.conn, ack); err != nil {
+				return fmt.Errorf("write ack: %w", err)
+			}
+		}
+	}
+}
+
+func (s *session) keepalive(ctx context.Context) error {
+	t := time.NewTicker(s.c.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.c.cfg.PingTimeout)
+		err := s.conn.Ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("keepalive: no pong within %s: %w", s.c.cfg.PingTimeout, err)
+		}
+	}
+}

@@ -1,0 +1,349 @@
+// Package upstream is the sidecar's one WebSocket connection to its relay.
+//
+// A Client dials relay_url, authenticates at protocol level 2 (the signature
+// comes from a SignFunc, so the private key never leaves the node),
+// subscribes, and then keeps the connection: it reconnects forever with
+// capped exponential backoff and full jitter, at once (jittered) when the
+// relay restarts, and notices a dead connection by keepalive pings.
+// Publishes are pipelined and matched to their PublishResult by ref; inbound
+// messages are handed up in order, in batches, and acked only after the
+// handler says it has them durably.
+//
+// upstream knows nothing of queues or nodes: the sidecar's engine gives it
+// functions to sign and to take inbound messages.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"courier/wire"
+)
+
+// Signature is what the node's sign endpoint returns.
+type Signature struct {
+	Signature string // hex ed25519 signature over the content
+	PubKey    string // hex marshalled public key
+	PeerID    string // the node's peer ID
+}
+
+// SignFunc signs content with the node's identity key.
+type SignFunc func(ctx context.Context, content string) (Signature, error)
+
+// Inbound is one message the relay delivered.
+type Inbound struct {
+	ID         string
+	Ciphertext []byte
+}
+
+// Handler takes inbound messages in the order the relay sent them. It must
+// return nil only once it holds every message durably: the client acks them
+// to the relay after it returns. On error nothing is acked and the
+// connection is dropped, so the relay replays them after the reconnect.
+type Handler func(ctx context.Context, batch []Inbound) error
+
+// State is the state of the relay connection.
+type State string
+
+// Connection states, as /v1/status reports them.
+const (
+	StateConnecting   State = "connecting"
+	StateConnected    State = "connected"
+	StateDisconnected State = "disconnected"
+)
+
+// Status is a snapshot of the connection.
+type Status struct {
+	State     State
+	Since     time.Time
+	LastError string
+	PeerID    string // the authenticated peer ID, once known
+}
+
+// Result is the answer to one publish.
+type Result struct {
+	wire.PublishResult
+	Err error // ErrConnectionLost when the connection dropped before the answer
+}
+
+// Errors callers branch on.
+var (
+	ErrNotConnected   = errors.New("upstream: not connected to the relay")
+	ErrConnectionLost = errors.New("upstream: relay connection lost before the publish result")
+)
+
+// Config configures a Client. URL, Sign and Handle are required.
+type Config struct {
+	URL    string
+	Sign   SignFunc
+	Handle Handler
+	Logger *slog.Logger
+	// OnStateChange, if set, is called after every state change. It runs on
+	// the client's goroutine and must not block.
+	OnStateChange func(Status)
+
+	BackoffMin       time.Duration // first reconnect wait bound; default 250ms
+	BackoffMax       time.Duration // cap of the reconnect wait bound; default 30s
+	RestartJitter    time.Duration // bound of the wait after a 1012 close; default 500ms
+	HandshakeTimeout time.Duration // dial + auth + subscribe; default 10s
+	PingInterval     time.Duration // keepalive ping period; default 10s
+	PingTimeout      time.Duration // a pong later than this drops the connection; default 5s
+	WriteTimeout     time.Duration // per frame write; default 10s
+	MaxFrameBytes    int64         // read limit; default wire.MaxFrameBytes(16 MiB)
+	MaxInboundBatch  int           // messages handed to Handle at once; default 256
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.BackoffMin, 250*time.Millisecond)
+	def(&c.BackoffMax, 30*time.Second)
+	def(&c.RestartJitter, 500*time.Millisecond)
+	def(&c.HandshakeTimeout, 10*time.Second)
+	def(&c.PingInterval, 10*time.Second)
+	def(&c.PingTimeout, 5*time.Second)
+	def(&c.WriteTimeout, 10*time.Second)
+	if c.MaxFrameBytes <= 0 {
+		c.MaxFrameBytes = wire.MaxFrameBytes(16 << 20)
+	}
+	if c.MaxInboundBatch <= 0 {
+		c.MaxInboundBatch = 256
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Client keeps the connection to one relay. Create it with New and run it
+// with Run; Publish may be called from any goroutine.
+type Client struct {
+	cfg  Config
+	host string // the relay's host, for logs
+
+	mu      sync.Mutex
+	status  Status
+	session *session // nil while not connected
+}
+
+// New validates cfg and returns a Client. It does not connect: Run does.
+func New(cfg Config) (*Client, error) {
+	if cfg.Sign == nil || cfg.Handle == nil {
+		return nil, errors.New("upstream: Config.Sign and Config.Handle are required")
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return nil, fmt.Errorf("upstream: relay URL %q: want ws://host[:port]/ or wss://host[:port]/", cfg.URL)
+	}
+	cfg.setDefaults()
+	return &Client{
+		cfg:    cfg,
+		host:   u.Host,
+		status: Status{State: StateDisconnected, Since: time.Now()},
+	}, nil
+}
+
+// Status returns the current connection status.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.status
+}
+
+func (c *Client) setStatus(st State, lastErr error, peerID string) {
+	c.mu.Lock()
+	s := c.status
+	if s.State != st {
+		s.State, s.Since = st, time.Now()
+	}
+	if lastErr != nil {
+		s.LastError = lastErr.Error()
+	}
+	if peerID != "" {
+		s.PeerID = peerID
+	}
+	c.status = s
+	c.mu.Unlock()
+	if c.cfg.OnStateChange != nil {
+		c.cfg.OnStateChange(s)
+	}
+}
+
+// Run connects and stays connected until ctx is done, then closes the
+// connection cleanly and returns nil. Failures are retried forever; they are
+// reported through Status and the log.
+func (c *Client) Run(ctx context.Context) error {
+	defer c.setStatus(StateDisconnected, nil, "")
+	attempt := 0
+	for {
+		c.setStatus(StateConnecting, nil, "")
+		start := time.Now()
+		err := c.connectAndServe(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.setStatus(StateDisconnected, err, "")
+		// A connection that held for a while resets the backoff: the next
+		// failure is a new outage, not the same one.
+		if time.Since(start) > c.cfg.BackoffMax {
+			attempt = 0
+		}
+		var wait time.Duration
+		if websocket.CloseStatus(err) == wire.CloseServiceRestart {
+			wait = rand.N(c.cfg.RestartJitter + 1)
+			attempt = 0
+		} else {
+			wait = Backoff(c.cfg.BackoffMin, c.cfg.BackoffMax, attempt)
+			attempt++
+		}
+		c.cfg.Logger.Warn("relay connection ended", "relay", c.host, "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Backoff returns a wait drawn uniformly from [0, min(max, min·2^attempt)]:
+// capped exponential backoff with full jitter, so that many sidecars that
+// lost the same relay do not come back in step.
+func Backoff(min, max time.Duration, attempt int) time.Duration {
+	bound := max
+	if attempt < 32 {
+		if b := min << attempt; b > 0 && b < max {
+			bound = b
+		}
+	}
+	return rand.N(bound + 1)
+}
+
+// Publish sends one message to the relay and returns once the frame is
+// written; the result arrives on the channel (exactly one value). Calls are
+// written in call order, so one caller publishing in sequence keeps its
+// order at the relay. ErrNotConnected when there is no connection.
+func (c *Client) Publish(ctx context.Context, recipient string, ciphertext []byte) (<-chan Result, error) {
+	c.mu.Lock()
+	s := c.session
+	c.mu.Unlock()
+	if s == nil {
+		return nil, ErrNotConnected
+	}
+	return s.publish(ctx, recipient, ciphertext)
+}
+
+// connectAndServe runs one connection from dial to its end.
+func (c *Client) connectAndServe(ctx context.Context) error {
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
+	defer cancel()
+	conn, _, err := websocket.Dial(hctx, c.cfg.URL, nil)
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(c.cfg.MaxFrameBytes)
+
+	peerID, err := c.handshake(hctx, conn)
+	if err != nil {
+		return err
+	}
+	s := newSession(c, conn)
+	c.mu.Lock()
+	c.session = s
+	c.mu.Unlock()
+	c.setStatus(StateConnected, nil, peerID)
+	c.cfg.Logger.Info("relay connected", "relay", c.host, "peer_id", peerID)
+
+	err = s.serve(ctx)
+
+	c.mu.Lock()
+	c.session = nil
+	c.mu.Unlock()
+	s.failPending()
+	return err
+}
+
+// handshake authenticates at level 2 and subscribes; it returns the peer ID.
+func (c *Client) handshake(ctx context.Context, conn *websocket.Conn) (string, error) {
+	// The node's peer ID is learned from the sign endpoint itself: it is
+	// needed for the AuthRequest, before there is a challenge to sign.
+	ident, err := c.cfg.Sign(ctx, "courier-identity:v1")
+	if err != nil {
+		return "", fmt.Errorf("sign endpoint: %w", err)
+	}
+	peer, err := wire.ParsePeerID(ident.PeerID)
+	if err != nil {
+		return "", fmt.Errorf("sign endpoint returned a bad peer ID: %w", err)
+	}
+	if err := c.write(ctx, conn, wire.ClientFrameBytes(wire.TypeAuthRequest, wire.AuthRequest{PeerID: peer.String()})); err != nil {
+		return "", fmt.Errorf("send AuthRequest: %w", err)
+	}
+	f, err := readFrame(ctx, conn)
+	if err != nil {
+		return "", fmt.Errorf("read AuthChallenge: %w", err)
+	}
+	if f.Kind != wire.KindAuthChallenge {
+		return "", fmt.Errorf("relay answered AuthRequest with %s", describe(f))
+	}
+	sig, err := c.cfg.Sign(ctx, wire.AuthPayload(f.AuthChallenge.Host, f.AuthChallenge.Nonce))
+	if err != nil {
+		return "", fmt.Errorf("sign endpoint: %w", err)
+	}
+	if sig.PeerID != peer.String() {
+		return "", fmt.Errorf("sign endpoint changed identity from %s to %s", peer, sig.PeerID)
+	}
+	sub := wire.Subscribe{
+		UserID:          peer.String(),
+		SubscriptionKey: peer.SubscriptionKey(wire.RelayPrefixBits),
+		Protocol:        wire.ProtocolLevel2,
+		PubKey:          sig.PubKey,
+		Signature:       sig.Signature,
+	}
+	if err := c.write(ctx, conn, wire.ClientFrameBytes(wire.TypeSubscribe, sub)); err != nil {
+		return "", fmt.Errorf("send SubscribeMessage: %w", err)
+	}
+	f, err = readFrame(ctx, conn)
+	if err != nil {
+		return "", fmt.Errorf("read subscribe answer: %w", err)
+	}
+	if f.Kind != wire.KindSubscribed {
+		return "", fmt.Errorf("relay refused the subscription: %s", describe(f))
+	}
+	return peer.String(), nil
+}
+
+func (c *Client) write(ctx context.Context, conn *websocket.Conn, b []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
+	defer cancel()
+	return conn.Write(ctx, websocket.MessageText, b)
+}
+
+func readFrame(ctx context.Context, conn *websocket.Conn) (wire.ServerFrame, error) {
+	_, b, err := conn.Read(ctx)
+	if err != nil {
+		return wire.ServerFrame{}, err
+	}
+	return wire.ParseServerFrame(b)
+}
+
+func describe(f wire.ServerFrame) string {
+	switch f.Kind {
+	case wire.KindError, wire.KindLevel2Error:
+		return "error: " + f.Error
+	default:
+		return "unexpected frame kind " + strconv.Itoa(int(f.Kind))
+	}
+}
