@@ -15,7 +15,7 @@ UNITDIR  ?= /etc/systemd/system
 BENCHCOUNT ?= 5
 CMDS     := courier courier-relay devnode
 
-.PHONY: all build test bench lint install clean
+.PHONY: all build test bench lint install clean demo
 
 all: build
 
@@ -47,3 +47,8 @@ install: build
 
 clean:
 	rm -rf bin
+
+# One command that shows Courier working: relay, two sidecars, two
+# stand-in nodes on loopback; a message from A to B; everything stopped.
+demo:
+	$(GO) run ./cmd/courier-demo

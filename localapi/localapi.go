@@ -8,9 +8,11 @@
 package localapi
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -27,15 +29,21 @@ type Server struct {
 	token string
 	log   *slog.Logger
 	mux   *http.ServeMux
+
+	polls    context.Context // ends at EndLongPolls
+	endPolls context.CancelFunc
 }
 
 // New returns the API for e. A non-empty token is required as
-// "Authorization: Bearer <token>" on every endpoint but /healthz.
+// "Authorization: Bearer <token>" on every endpoint but /healthz. Without a
+// token (the API listens on loopback only: the config requires a token
+// otherwise), requests must be addressed to a loopback host.
 func New(e *sidecar.Engine, token string, logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{e: e, token: token, log: logger, mux: http.NewServeMux()}
+	s.polls, s.endPolls = context.WithCancel(context.Background())
 	s.mux.HandleFunc("POST /v1/messages", s.postMessage)
 	s.mux.HandleFunc("GET /v1/messages/{id}", s.getMessage)
 	s.mux.HandleFunc("GET /v1/inbox", s.getInbox)
@@ -51,12 +59,24 @@ func New(e *sidecar.Engine, token string, logger *slog.Logger) *Server {
 	return s
 }
 
+// EndLongPolls answers the long polls waiting in GET /v1/inbox (503) and
+// every later one at once, so that a shutdown need not wait for them: call
+// it when the HTTP server's shutdown begins (http.Server.RegisterOnShutdown).
+func (s *Server) EndLongPolls() { s.endPolls() }
+
 // ServeHTTP checks who is asking, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A web page in the operator's browser must not be able to drive the
 	// API: browsers send Origin on cross-site requests, the node does not.
 	if o := r.Header.Get("Origin"); o != "" && !sameHost(o, r.Host) {
 		writeError(w, http.StatusForbidden, "cross-origin requests are refused; call the API from the node, not from a web page")
+		return
+	}
+	// Nor through DNS rebinding: a page whose host name has been pointed
+	// at 127.0.0.1 is "same origin" with itself, but its requests carry
+	// its own host name. Without a token, only loopback names are served.
+	if s.token == "" && !loopbackHost(r.Host) {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("Host %q is not a loopback address: without api.token this API answers only requests to 127.0.0.1, [::1] or localhost", r.Host))
 		return
 	}
 	if s.token != "" && r.URL.Path != "/healthz" && !s.authorized(r) {
@@ -86,6 +106,20 @@ func sameHost(origin, host string) bool {
 		hh = host
 	}
 	return strings.EqualFold(oh, hh)
+}
+
+// loopbackHost reports whether a Host header names the loopback
+// interface: localhost, or a loopback IP address, with or without a port.
+func loopbackHost(host string) bool {
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		h = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	}
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -1,6 +1,8 @@
 package localapi
 
 import (
+	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -25,7 +27,12 @@ type postMessageRequest struct {
 	Ciphertext *string `json:"ciphertext"`
 }
 
-// messageView is a message as GET /v1/messages/{id} shows it.
+// messageView is a message as GET /v1/messages/{id} shows it. Attempts
+// counts the tries on the message's current path: INDIRECT publishes while
+// it goes INDIRECT; once it is on OFFLINE, hand-offs to the node's OFFLINE
+// endpoint (the ones delivery.offline_max_attempts bounds). LastError stays
+// after a hand-off: why the message went OFFLINE, or the last failed
+// hand-off before the one that succeeded.
 type messageView struct {
 	ID        string    `json:"id"`
 	Recipient string    `json:"recipient"`
@@ -58,18 +65,28 @@ func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req postMessageRequest
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, "body: "+jsonProblem(err)+"; "+postShape)
 		return
 	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, "body: more than one JSON value; "+postShape)
+		return
+	}
 	switch {
-	case req.Recipient == nil || *req.Recipient == "":
+	case req.Recipient == nil:
 		writeError(w, http.StatusBadRequest, "recipient: missing; "+postShape)
 		return
-	case req.Ciphertext == nil || *req.Ciphertext == "":
+	case *req.Recipient == "":
+		writeError(w, http.StatusBadRequest, "recipient: empty; "+postShape)
+		return
+	case req.Ciphertext == nil:
 		writeError(w, http.StatusBadRequest, "ciphertext: missing; "+postShape)
+		return
+	case *req.Ciphertext == "":
+		writeError(w, http.StatusBadRequest, "ciphertext: empty: a message has at least one byte; "+postShape)
 		return
 	}
 	ct, err := base64.StdEncoding.DecodeString(*req.Ciphertext)
@@ -99,10 +116,14 @@ func jsonProblem(err error) string {
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
+	case errors.As(err, &te) && te.Field == "":
+		return "must be a JSON object, not " + te.Value
 	case errors.As(err, &te):
 		return fmt.Sprintf("%s must be a %s, not %s", te.Field, te.Type, te.Value)
 	case errors.As(err, &se):
 		return "invalid JSON (" + se.Error() + ")"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "invalid JSON (it ends too early)"
 	case errors.Is(err, io.EOF):
 		return "empty"
 	case strings.HasPrefix(err.Error(), "json: unknown field"):
@@ -160,10 +181,17 @@ func (s *Server) getInbox(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	msgs, err := s.e.Inbox(r.Context(), wait, limit)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(s.polls, cancel)()
+	msgs, err := s.e.Inbox(ctx, wait, limit)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the node hung up
+		}
+		if s.polls.Err() != nil {
+			writeError(w, http.StatusServiceUnavailable, "courier is shutting down; poll again once it is back")
+			return
 		}
 		s.log.Error("read inbox", "err", err)
 		writeError(w, http.StatusInternalServerError, "reading the inbox failed: "+err.Error())

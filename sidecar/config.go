@@ -74,7 +74,9 @@ type StoreConfig struct {
 type DeliveryConfig struct {
 	// RelayGrace is how long the relay may be unreachable before queued
 	// messages go OFFLINE instead of waiting for it. Default 10s; 0 falls
-	// back at once.
+	// back at once. For as long again after the relay comes back, a
+	// "queued" answer (the recipient not connected: its sidecar may not
+	// have reconnected yet) is retried INDIRECT before going OFFLINE.
 	RelayGrace time.Duration `toml:"relay_grace"`
 	// PublishTimeout is how long the sidecar waits for the relay's
 	// PublishResult before treating the publish as a NACK and going

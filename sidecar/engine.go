@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -50,12 +51,14 @@ type Engine struct {
 	mu          sync.Mutex
 	cfg         Config
 	relay       RelayStatus
-	relayDownAt time.Time         // when the configured relay was last seen not connected
-	up          *upstream.Client  // nil unless a relay is configured
-	inflight    map[string]bool   // IDs published and awaiting a result
-	cursor      int64             // dispatcher's position in the outbox
+	relayDownAt time.Time        // when the configured relay was last seen not connected
+	relayBackAt time.Time        // when the relay connection came back after it had been lost; zero before
+	wasUp       bool             // the current relay client has been connected before
+	up          *upstream.Client // nil unless a relay is configured
+	inflight    map[string]bool  // IDs published and awaiting a result
+	cursor      int64            // dispatcher's position in the outbox
 	health      map[string]*EndpointHealth
-	inboxSignal chan struct{}     // closed when inbound arrives, for long polls
+	inboxSignal chan struct{} // closed when inbound arrives, for long polls
 	closed      bool
 }
 
@@ -65,6 +68,9 @@ type Options struct {
 	OfflineWorkers int           // concurrent OFFLINE hand-offs; default 8
 	NodeTimeout    time.Duration // one HTTP call to the node; default 10s
 	Poll           time.Duration // how often due retries are looked for; default 1s
+	// ReconnectWaitMax caps the wait between attempts to reconnect to the
+	// relay (capped exponential backoff with full jitter); default 30s.
+	ReconnectWaitMax time.Duration
 }
 
 // New opens the outbox and inbox at cfg.Store.Path. cfg must be valid.
@@ -148,17 +154,20 @@ func (e *Engine) Reconfigure(cfg Config) error {
 // after Run has returned.
 func (e *Engine) Run(ctx context.Context) error {
 	if err := e.resumeAfterCrash(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started
+		}
 		return err
 	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return e.manageRelay(ctx) })
-	g.Go(func() error { return e.loop(ctx, e.wakeDispatch, e.dispatchOnce) })
-	g.Go(func() error { return e.loop(ctx, e.wakeOffline, e.offlineOnce) })
-	g.Go(func() error { return e.loop(ctx, e.wakeInbound, e.pushInboundOnce) })
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.manageRelay(gctx) })
+	g.Go(func() error { return e.loop(gctx, e.wakeDispatch, e.dispatchOnce) })
+	g.Go(func() error { return e.loop(gctx, e.wakeOffline, e.offlineOnce) })
+	g.Go(func() error { return e.loop(gctx, e.wakeInbound, e.pushInboundOnce) })
 	err := g.Wait()
 	e.trackers.Wait()
-	if errors.Is(err, context.Canceled) {
-		return nil
+	if ctx.Err() != nil {
+		return nil // stopped as asked, by cancel or by deadline
 	}
 	return err
 }
@@ -215,7 +224,34 @@ func (e *Engine) resumeAfterCrash(ctx context.Context) error {
 	}
 }
 
-var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+// farFuture is a "now" later than every stored time, for listing every
+// message whatever its next attempt. The queue stores Unix nanoseconds, so
+// it must be the latest time those can hold (in 2262): a later one, such as
+// the year 9999, overflows UnixNano into a negative number that matches
+// nothing.
+var farFuture = time.Unix(0, math.MaxInt64)
+
+// shutdownGrace is how long a call to the node already under way may go
+// on after Run's context has ended: long enough that what the node accepts
+// is recorded as accepted (and not sent to it again at the next start),
+// short enough that a stuck node does not hold up a shutdown for long.
+const shutdownGrace = 5 * time.Second
+
+// finishing returns the context for one call to the node: it outlives ctx
+// by shutdownGrace. Start no call once ctx has ended.
+func finishing(ctx context.Context) (context.Context, context.CancelFunc) {
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(shutdownGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-fctx.Done():
+		}
+	})
+	return fctx, func() { stop(); cancel() }
+}
 
 func signal(c chan struct{}) {
 	select {

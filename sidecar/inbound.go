@@ -64,14 +64,23 @@ func (e *Engine) pushInboundOnce(ctx context.Context) error {
 		var marks sync.WaitGroup
 		var markErr error
 		var markMu sync.Mutex
+		// Once the node has a message, recording that must not be undone
+		// by a shutdown: with ctx cancelled the queue would skip the write
+		// and the next start would push the message again. The marks are
+		// waited for below before this pass returns.
+		markCtx := context.WithoutCancel(ctx)
 		for _, m := range msgs {
-			if m.NextAttemptAt.After(time.Now()) {
+			if m.NextAttemptAt.After(time.Now()) || ctx.Err() != nil {
 				marks.Wait()
 				return markErr
 			}
-			err := e.node.post(ctx, cfg.Node.InboundURL, inboundRequest{
+			// A push under way when a shutdown begins is let finish, so
+			// that what the node takes is marked, not pushed again later.
+			callCtx, release := finishing(ctx)
+			err := e.node.post(callCtx, cfg.Node.InboundURL, inboundRequest{
 				ID: m.ID, Ciphertext: m.Ciphertext, Path: "INDIRECT", ReceivedAt: m.ReceivedAt,
 			}, nil)
+			release()
 			e.recordNode("inbound", err)
 			if err != nil {
 				marks.Wait()
@@ -88,7 +97,7 @@ func (e *Engine) pushInboundOnce(ctx context.Context) error {
 			marks.Add(1)
 			go func(id string) {
 				defer marks.Done()
-				if err := e.q.MarkInboundDelivered(ctx, id); err != nil {
+				if err := e.q.MarkInboundDelivered(markCtx, id); err != nil {
 					markMu.Lock()
 					markErr = err
 					markMu.Unlock()

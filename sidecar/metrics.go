@@ -38,7 +38,7 @@ func newMetrics(e *Engine) *metrics {
 			Name: "courier_publish_results_total", Help: "PublishResults from the relay, by status.",
 		}, []string{"status"}),
 		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "courier_fallbacks_total", Help: "Messages sent OFFLINE after INDIRECT could not confirm them, by cause (queued, rejected, timeout).",
+			Name: "courier_fallbacks_total", Help: "Messages sent OFFLINE after INDIRECT could not confirm them, by cause (queued, rejected, timeout, too_large, connection_lost).",
 		}, []string{"cause"}),
 		failed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_messages_failed_total", Help: "Outbound messages given up on.",

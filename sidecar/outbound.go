@@ -17,6 +17,10 @@ import (
 
 const dispatchPage = 256
 
+// maxLostPublishes is how many INDIRECT attempts of one message may end with
+// the connection lost before it goes OFFLINE instead.
+const maxLostPublishes = 3
+
 // dispatchOnce moves queued messages on: published INDIRECT in outbox
 // order while the relay is connected (one connection, in order, so each
 // recipient's messages reach the relay in submission order), handed to
@@ -44,31 +48,48 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 		}
 		for _, m := range msgs {
 			e.mu.Lock()
-			e.cursor = m.Seq
 			busy := e.inflight[m.ID]
 			e.mu.Unlock()
-			if busy {
-				continue
-			}
-			if rt == routeOffline {
+			switch {
+			case busy:
+			case rt == routeOffline:
 				reason := "no relay configured"
 				if e.Config().RelayURL != "" {
-					reason = "relay unreachable past the grace: " + e.RelayStatus().LastError
+					reason = "relay unreachable past the grace"
+					if last := e.RelayStatus().LastError; last != "" {
+						reason += ": " + last
+					}
 				}
 				if err := e.toOffline(ctx, m, []queue.State{queue.Queued}, reason); err != nil {
 					return err
 				}
-				continue
-			}
-			if err := e.publish(ctx, up, m); err != nil {
-				if errors.Is(err, upstream.ErrNotConnected) || errors.Is(err, context.Canceled) {
+			default:
+				err := e.publish(ctx, up, m)
+				switch {
+				case errors.Is(err, upstream.ErrTooLarge):
+					// The relay would refuse it (or drop the connection
+					// over its frame): OFFLINE at once.
+					e.m.fallbacks.WithLabelValues("too_large").Inc()
+					if err := e.toOffline(ctx, m, []queue.State{queue.Queued}, err.Error()); err != nil {
+						return err
+					}
+				case err != nil:
+					// The connection is gone or going. The cursor must not
+					// pass this message: the next pass starts over from the
+					// oldest queued one, so nothing is skipped or reordered.
 					e.mu.Lock()
 					e.cursor = 0
 					e.mu.Unlock()
-					return nil // the connection went: the next wake retries
+					if ctx.Err() != nil || errors.Is(err, upstream.ErrNotConnected) {
+						e.log.Debug("publish not sent; will retry", "id", m.ID, "err", err)
+						return nil // the next wake (connected again, or past the grace) retries
+					}
+					return err
 				}
-				return err
 			}
+			e.mu.Lock()
+			e.cursor = m.Seq
+			e.mu.Unlock()
 		}
 	}
 }
@@ -126,6 +147,11 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 		return // left sending: resumed at the next start
 	}
 	switch {
+	case r.Err != nil && m.Attempts >= maxLostPublishes:
+		// Lost with the connection every time: a relay that closes the
+		// connection over this very message (a frame over its limit), or
+		// one that keeps going down. OFFLINE does not depend on it.
+		e.fallBack(ctx, m, "connection_lost", fmt.Sprintf("relay connection lost before the publish result, %d times: %v", m.Attempts, r.Err))
 	case r.Err != nil:
 		// Connection lost: the relay may or may not have it. Queue it again;
 		// the dispatcher sends it OFFLINE if the relay stays away.
@@ -147,6 +173,8 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 			return
 		}
 		e.m.delivered(done)
+	case r.Status == wire.StatusQueued && e.retryAfterComeback(ctx, m):
+		e.m.publishResults.WithLabelValues(r.Status).Inc()
 	case r.Status == wire.StatusRejected && strings.HasPrefix(r.Reason, wire.ReasonRateLimited) && m.Attempts < 5:
 		e.m.publishResults.WithLabelValues(r.Status).Inc()
 		// The relay asks us to slow down: try INDIRECT again shortly.
@@ -166,6 +194,32 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 	}
 }
 
+// retryAfterComeback queues a message answered queued again, for another
+// INDIRECT try shortly, when the relay came back from an outage less than
+// relay_grace ago (see relayJustBack); it reports whether it did. The relay
+// takes a republished ID as the same message: it pushes it to the
+// recipient if connected by then, and stores it once.
+func (e *Engine) retryAfterComeback(ctx context.Context, m queue.Outbound) bool {
+	until, ok := e.relayJustBack()
+	if !ok {
+		return false
+	}
+	next := time.Now().Add(reconnectRetry)
+	if next.After(until) {
+		next = until
+	}
+	if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{
+		State: queue.Queued, Path: queue.PathNone, LastError: "relay answered queued just after it came back; trying INDIRECT again", NextAttemptAt: next,
+	}); err != nil {
+		if ctx.Err() == nil {
+			e.log.Error("requeue", "id", m.ID, "err", err)
+		}
+		return false // the caller sends it OFFLINE, if it can
+	}
+	e.log.Debug("queued just after the relay came back; will publish again", "id", m.ID, "at", next)
+	return true
+}
+
 // fallBack sends a message that INDIRECT could not confirm OFFLINE.
 func (e *Engine) fallBack(ctx context.Context, m queue.Outbound, kind, reason string) {
 	e.m.fallbacks.WithLabelValues(kind).Inc()
@@ -175,10 +229,14 @@ func (e *Engine) fallBack(ctx context.Context, m queue.Outbound, kind, reason st
 }
 
 // toOffline puts a message on the OFFLINE path: state sending, path
-// OFFLINE, due now.
+// OFFLINE, due now, with reason as its last error. Its attempts start again
+// from 0: from here on they count OFFLINE attempts, which
+// delivery.offline_max_attempts bounds; the INDIRECT ones must not use up
+// that budget. m must be the message as stored (its Attempts current).
 func (e *Engine) toOffline(ctx context.Context, m queue.Outbound, from []queue.State, reason string) error {
 	if _, err := e.q.Transition(ctx, m.ID, from, queue.Change{
 		State: queue.Sending, Path: queue.PathOffline, LastError: reason, NextAttemptAt: time.Now(),
+		AttemptsDelta: -m.Attempts,
 	}); err != nil {
 		if errors.Is(err, queue.ErrConflict) {
 			return nil // someone else moved it on meanwhile
@@ -217,19 +275,32 @@ func (e *Engine) offlineOnce(ctx context.Context) error {
 // handOff posts one message to the node's OFFLINE endpoint: handed_off on
 // 2xx; otherwise retried later with backoff, until the budget is spent.
 func (e *Engine) handOff(ctx context.Context, m queue.Outbound) error {
-	cfg := e.Config()
-	err := e.node.post(ctx, cfg.Node.OfflinePublishURL, offlineRequest{Recipient: m.Recipient, Ciphertext: m.Ciphertext}, nil)
-	e.recordNode("offline", err)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	cfg := e.Config()
+	// A hand-off under way when a shutdown begins is let finish, so that
+	// what the node takes is recorded, not handed to it again later.
+	callCtx, release := finishing(ctx)
+	err := e.node.post(callCtx, cfg.Node.OfflinePublishURL, offlineRequest{Recipient: m.Recipient, Ciphertext: m.Ciphertext}, nil)
+	release()
+	e.recordNode("offline", err)
 	if err == nil {
-		done, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{State: queue.HandedOff, Path: queue.PathOffline})
+		// The node has it: record that even if a shutdown began meanwhile
+		// (with ctx cancelled the queue would skip the write, and the next
+		// start would hand the message off again). The last error stays:
+		// it says why the message went OFFLINE.
+		done, err := e.q.Transition(context.WithoutCancel(ctx), m.ID, []queue.State{queue.Sending}, queue.Change{
+			State: queue.HandedOff, Path: queue.PathOffline, AttemptsDelta: 1, LastError: m.LastError,
+		})
 		if err != nil {
 			return fmt.Errorf("mark handed_off %s: %w", m.ID, err)
 		}
 		e.m.delivered(done)
 		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	attempts := m.Attempts + 1
 	change := queue.Change{State: queue.Sending, Path: queue.PathOffline, AttemptsDelta: 1, LastError: "OFFLINE endpoint: " + err.Error()}

@@ -62,6 +62,7 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 			Handle:        e.takeInbound,
 			Logger:        e.log.With("component", "upstream"),
 			OnStateChange: e.onRelayState,
+			BackoffMax:    e.opts.ReconnectWaitMax, // 0: upstream's default
 		})
 		if err != nil { // Validate checked the URL; this is a bug, not an input error.
 			e.log.Error("cannot start relay client", "err", err)
@@ -70,6 +71,7 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 		e.mu.Lock()
 		e.up = client
 		e.relayDownAt = time.Now()
+		e.relayBackAt, e.wasUp = time.Time{}, false // a new relay: its first connection is no comeback
 		e.mu.Unlock()
 		var cctx context.Context
 		cctx, stop = context.WithCancel(ctx)
@@ -108,6 +110,12 @@ func (e *Engine) onRelayState(s upstream.Status) {
 	e.relay = RelayStatus{State: string(s.State), Since: s.Since, LastError: s.LastError, PeerID: s.PeerID}
 	if wasUp && s.State != upstream.StateConnected {
 		e.relayDownAt = time.Now()
+	}
+	if !wasUp && s.State == upstream.StateConnected {
+		if e.wasUp {
+			e.relayBackAt = time.Now()
+		}
+		e.wasUp = true
 	}
 	e.mu.Unlock()
 	e.m.relayState(string(s.State))
@@ -155,6 +163,27 @@ func (e *Engine) route() (route, *upstream.Client) {
 	default:
 		return routeOffline, nil
 	}
+}
+
+// reconnectRetry is how soon a message answered queued just after the relay
+// came back is published again (see relayJustBack): about the relay's
+// restart jitter, within which the other sidecars reconnect.
+const reconnectRetry = 500 * time.Millisecond
+
+// relayJustBack reports whether the relay connection came back from an
+// outage less than relay_grace ago, and until when that holds. Meanwhile a
+// queued answer may only mean that the recipient's sidecar has not
+// reconnected yet: the relay restarted under both, and this side was
+// quicker. Within that window the grace the operator gave the relay covers
+// the recipient's return too.
+func (e *Engine) relayJustBack() (until time.Time, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.relayBackAt.IsZero() {
+		return time.Time{}, false
+	}
+	until = e.relayBackAt.Add(e.cfg.Delivery.RelayGrace)
+	return until, time.Now().Before(until)
 }
 
 // RelayStatus returns the relay connection's status.

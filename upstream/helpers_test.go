@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,10 +39,11 @@ type testRelay struct {
 	cfg  relay.Config
 	addr string
 
-	mu    sync.Mutex
-	store *sqlitestore.Store
-	srv   *relay.Server
-	hs    *http.Server
+	mu      sync.Mutex
+	store   *sqlitestore.Store
+	srv     *relay.Server
+	hs      *http.Server
+	handler atomic.Pointer[http.Handler] // what hs serves; swapRelay replaces it
 }
 
 func startRelay(t *testing.T, mutate func(*relay.Config)) *testRelay {
@@ -77,7 +79,11 @@ func (r *testRelay) serve(ln net.Listener) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	hs := &http.Server{Handler: srv.Handler()}
+	h := srv.Handler()
+	r.handler.Store(&h)
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		(*r.handler.Load()).ServeHTTP(w, req)
+	})}
 	go hs.Serve(ln)
 	r.mu.Lock()
 	r.store, r.srv, r.hs = st, srv, hs
@@ -99,6 +105,25 @@ func (r *testRelay) stop() {
 		r.t.Errorf("store close: %v", err)
 	}
 	r.srv = nil
+}
+
+// swapRelay restarts the relay server the way a rolling restart does: a
+// new server on the same store takes over the listener at once, then the
+// old one shuts down, closing its connections with 1012.
+func (r *testRelay) swapRelay() {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next, err := relay.New(r.cfg, r.store, testLogger().With("side", "relay"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	h := next.Handler()
+	r.handler.Store(&h)
+	if err := r.srv.Close(); err != nil {
+		r.t.Errorf("relay close: %v", err)
+	}
+	r.srv = next
 }
 
 // restart starts the relay again on the same address and database.

@@ -24,6 +24,8 @@ type session struct {
 
 	writeMu sync.Mutex // held across ref assignment and write: publish order is call order
 
+	maxMessageBytes int // the relay's limit, 0 if unknown; set before the session is shared
+
 	mu      sync.Mutex
 	closed  bool
 	nextRef uint64
@@ -60,6 +62,9 @@ func (s *session) serve(parent context.Context) error {
 }
 
 func (s *session) publish(ctx context.Context, recipient string, ciphertext []byte) (<-chan Result, error) {
+	if s.maxMessageBytes > 0 && len(ciphertext) > s.maxMessageBytes {
+		return nil, fmt.Errorf("%w: the message is %d bytes, the relay accepts at most %d", ErrTooLarge, len(ciphertext), s.maxMessageBytes)
+	}
 	ch := make(chan Result, 1)
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -82,7 +87,9 @@ func (s *session) publish(ctx context.Context, recipient string, ciphertext []by
 		s.mu.Lock()
 		delete(s.pending, ref)
 		s.mu.Unlock()
-		return nil, fmt.Errorf("upstream: write publish: %w", err)
+		// A failed or cut-short write leaves the connection unusable
+		// (coder/websocket closes it): the caller retries after the reconnect.
+		return nil, fmt.Errorf("%w: write publish: %w", ErrNotConnected, err)
 	}
 	return ch, nil
 }

@@ -15,12 +15,16 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +83,10 @@ type Result struct {
 var (
 	ErrNotConnected   = errors.New("upstream: not connected to the relay")
 	ErrConnectionLost = errors.New("upstream: relay connection lost before the publish result")
+	// ErrTooLarge: the message is larger than the relay accepts (its
+	// limits.max_message_bytes, read from its description at GET /). The
+	// relay would refuse it, or close the connection over its frame.
+	ErrTooLarge = errors.New("too_large")
 )
 
 // Config configures a Client. URL, Sign and Handle are required.
@@ -234,7 +242,10 @@ func Backoff(min, max time.Duration, attempt int) time.Duration {
 // Publish sends one message to the relay and returns once the frame is
 // written; the result arrives on the channel (exactly one value). Calls are
 // written in call order, so one caller publishing in sequence keeps its
-// order at the relay. ErrNotConnected when there is no connection.
+// order at the relay. An error wrapping ErrNotConnected when there is no
+// connection or the frame could not be written (the connection is then
+// gone: retry after the reconnect); ErrTooLarge, without sending, when the
+// message is larger than the relay accepts.
 func (c *Client) Publish(ctx context.Context, recipient string, ciphertext []byte) (<-chan Result, error) {
 	c.mu.Lock()
 	s := c.session
@@ -261,6 +272,7 @@ func (c *Client) connectAndServe(ctx context.Context) error {
 		return err
 	}
 	s := newSession(c, conn)
+	s.maxMessageBytes = c.relayMessageLimit(hctx)
 	c.mu.Lock()
 	c.session = s
 	c.mu.Unlock()
@@ -274,6 +286,39 @@ func (c *Client) connectAndServe(ctx context.Context) error {
 	c.mu.Unlock()
 	s.failPending()
 	return err
+}
+
+// relayMessageLimit reads the relay's limits.max_message_bytes from the
+// description it serves at GET / on the same address, or returns 0 when it
+// cannot (a proxy in front that passes only WebSockets, an older relay):
+// then nothing is refused here and the relay decides.
+func (c *Client) relayMessageLimit(ctx context.Context) int {
+	u, err := url.Parse(c.cfg.URL)
+	if err != nil {
+		return 0
+	}
+	u.Scheme = strings.Replace(u.Scheme, "ws", "http", 1) // ws→http, wss→https
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.cfg.Logger.Debug("relay description unavailable", "relay", c.host, "err", err)
+		return 0
+	}
+	defer resp.Body.Close()
+	var d struct {
+		Limits struct {
+			MaxMessageBytes int `json:"max_message_bytes"`
+		} `json:"limits"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&d) != nil {
+		c.cfg.Logger.Debug("relay description unavailable", "relay", c.host, "status", resp.StatusCode)
+		return 0
+	}
+	return max(d.Limits.MaxMessageBytes, 0)
 }
 
 // handshake authenticates at level 2 and subscribes; it returns the peer ID.

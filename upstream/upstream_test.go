@@ -51,11 +51,14 @@ func TestQueuedWhenRecipientAway(t *testing.T) {
 	if res.Err != nil || res.Status != wire.StatusQueued {
 		t.Fatalf("result = %+v, want queued", res)
 	}
-	// Just over the relay's limit, yet within its frame limit: refused, and
-	// the connection stays.
-	res = publish(t, ca, away.peer, make([]byte, r.cfg.Limits.MaxMessageBytes+1))
-	if res.Status != wire.StatusRejected || !strings.HasPrefix(res.Reason, wire.ReasonTooLarge) {
-		t.Fatalf("oversized: %+v, want rejected too_large", res)
+	// Just over the relay's limit, which the client read from the relay's
+	// description: refused without sending, and the connection stays.
+	_, err := ca.Publish(context.Background(), away.peer.String(), make([]byte, r.cfg.Limits.MaxMessageBytes+1))
+	if !errors.Is(err, upstream.ErrTooLarge) || !strings.HasPrefix(err.Error(), strings.TrimSpace(wire.ReasonTooLarge)) {
+		t.Fatalf("oversized: %v, want ErrTooLarge", err)
+	}
+	if res := publish(t, ca, away.peer, []byte("also for later")); res.Status != wire.StatusQueued {
+		t.Fatalf("after the oversized one: %+v, want queued", res)
 	}
 
 	// The recipient connects later: the relay replays, upstream hands it up.
@@ -154,20 +157,32 @@ func TestAckedMessagesAreNotReplayed(t *testing.T) {
 	}
 }
 
-// A relay restart (close 1012) brings the client back at once; while the
-// relay is gone publishes fail fast with ErrNotConnected.
-func TestReconnectsAfterRelayRestart(t *testing.T) {
+// A relay restart (close 1012) brings the client back at once, however
+// long its backoff: the replacement relay is already listening.
+func TestReconnectsAtOnceAfter1012(t *testing.T) {
 	r := startRelay(t, nil)
 	a := newNode(1)
-	ca, sa := a.client(t, r.url(), func(c *upstream.Config) {
+	_, sa := a.client(t, r.url(), func(c *upstream.Config) {
 		c.BackoffMin, c.BackoffMax = time.Hour, time.Hour // only the 1012 rule may bring it back quickly
 	})
 	waitState(t, sa, upstream.StateConnected)
-	r.stop()
+	r.swapRelay()
 	s := waitState(t, sa, upstream.StateDisconnected)
 	if !strings.Contains(s.LastError, "1012") && !strings.Contains(strings.ToLower(s.LastError), "restart") {
 		t.Errorf("last error = %q, want the 1012 close", s.LastError)
 	}
+	waitState(t, sa, upstream.StateConnected)
+}
+
+// While the relay is gone, publishes fail fast with ErrNotConnected, and the
+// client comes back by itself when the relay does.
+func TestReconnectsAfterRelayOutage(t *testing.T) {
+	r := startRelay(t, nil)
+	a := newNode(1)
+	ca, sa := a.client(t, r.url(), nil)
+	waitState(t, sa, upstream.StateConnected)
+	r.stop()
+	waitState(t, sa, upstream.StateDisconnected)
 	if _, err := ca.Publish(context.Background(), a.peer.String(), []byte("x")); !errors.Is(err, upstream.ErrNotConnected) {
 		t.Errorf("publish while down: %v, want ErrNotConnected", err)
 	}
@@ -268,4 +283,3 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
-

@@ -26,15 +26,23 @@ func runSidecar(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := sidecar.LoadConfig(*configPath)
+	fileCfg, err := sidecar.LoadConfig(*configPath)
 	if err != nil {
 		return err
 	}
-	if *listen != "" {
-		cfg.API.Listen = *listen
-		if err := cfg.Validate(); err != nil {
-			return fmt.Errorf("-listen: %w", err)
+	// Flags override the file, at start and at every reload.
+	override := func(c sidecar.Config) sidecar.Config {
+		if *listen != "" {
+			c.API.Listen = *listen
 		}
+		return c
+	}
+	cfg := override(fileCfg)
+	if err := cfg.Validate(); err != nil {
+		if *listen != "" {
+			return fmt.Errorf("%w\n(api.listen is set by -listen %q)", err, *listen)
+		}
+		return err
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.SlogLevel()}))
 
@@ -48,13 +56,17 @@ func runSidecar(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("api.listen: %w", err)
 	}
+	api := localapi.New(engine, cfg.API.Token, logger.With("component", "localapi"))
 	srv := &http.Server{
-		Handler:           localapi.New(engine, cfg.API.Token, logger.With("component", "localapi")),
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Shutdown waits for requests in flight, so that every 202 given is
+	// committed; a long poll of the inbox is answered at once instead.
+	srv.RegisterOnShutdown(api.EndLongPolls)
 	logger.Info("courier started", "version", version, "api", ln.Addr().String(), "relay_configured", cfg.RelayURL != "", "store", cfg.Store.Path)
 
 	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
@@ -67,7 +79,10 @@ func runSidecar(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopWatch()
 	watchDone := make(chan error, 1)
 	go func() {
-		watchDone <- sidecar.Watch(watchCtx, *configPath, cfg, logger.With("component", "config"), func(next sidecar.Config) {
+		// Watch compares file with file; the engine gets the file with the
+		// flags applied, as at start.
+		watchDone <- sidecar.Watch(watchCtx, *configPath, fileCfg, logger.With("component", "config"), func(next sidecar.Config) {
+			next = override(next)
 			if err := engine.Reconfigure(next); err != nil {
 				logger.Error("config change refused; the last good config stays in force", "err", err)
 				return

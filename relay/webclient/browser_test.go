@@ -1,22 +1,18 @@
 package webclient_test
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/chromedp/chromedp"
-
+	"courier/internal/browsertest"
 	"courier/relay/webclient"
 	"courier/wire"
 )
@@ -24,81 +20,9 @@ import (
 // testTimeout bounds a whole browser test: the browser is killed after it.
 const testTimeout = 50 * time.Second
 
-// newBrowser starts a headless Chromium with a fresh profile and returns a
-// chromedp context for one tab in it. The browser is stopped (and waited
-// for) before the profile directory is removed.
-func newBrowser(t *testing.T) context.Context {
-	t.Helper()
-	execPath, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Skip("chromium not installed: apt-get install chromium")
-	}
-	profile := t.TempDir() // registered first, so removed after the browser stopped
-
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(execPath),
-		chromedp.Headless,
-		chromedp.NoSandbox, // the tests run as root in CI
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(profile),
-		chromedp.WindowSize(1100, 900),
-	)
-	tabCtx, tabCancel := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() {
-		tabCancel()   // closes the browser gracefully
-		allocCancel() // waits for the process to exit
-		cancel()
-	})
-	return tabCtx
-}
-
 // serveClient serves the embedded client at /client/ of mux.
 func serveClient(mux *http.ServeMux, fsys fs.FS) {
 	mux.Handle("/client/", http.StripPrefix("/client/", http.FileServerFS(fsys)))
-}
-
-// openPage loads the client page and waits until its module has run.
-func openPage(t *testing.T, ctx context.Context, baseURL string) {
-	t.Helper()
-	err := chromedp.Do(ctx,
-		chromedp.Navigate(baseURL+"/client/"),
-		poll(`window.courier && window.courier.ready`),
-	)
-	if err != nil {
-		t.Fatalf("open %s/client/: %v", baseURL, err)
-	}
-}
-
-// poll waits, in the page, until the JavaScript expression is truthy.
-func poll(expr string) chromedp.Action[chromedp.Void] {
-	return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(20*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))
-}
-
-// eval evaluates a JavaScript expression in the page, awaiting a promise,
-// and decodes its JSON value into T.
-func eval[T any](t *testing.T, ctx context.Context, expr string) T {
-	t.Helper()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
-	if err != nil {
-		t.Fatalf("evaluate %.120s: %v", expr, err)
-	}
-	return v
-}
-
-// jsValue encodes v as a JavaScript literal.
-func jsValue(t *testing.T, v any) string {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // newPeer returns a fresh Ed25519 identity as its Qm… and 12D3Koo… peer IDs.
@@ -120,16 +44,16 @@ func newPeer(t *testing.T) (qm, identity wire.PeerID) {
 // package wire: subscription keys of both peer ID forms, message IDs,
 // base58 and base64.
 func TestProtocolFunctionsMatchGo(t *testing.T) {
-	ctx := newBrowser(t)
+	ctx := browsertest.New(t, testTimeout)
 	mux := http.NewServeMux()
 	serveClient(mux, webclient.FS())
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
-	openPage(t, ctx, srv.URL)
+	browsertest.OpenClient(t, ctx, srv.URL)
 
 	t.Run("vectors", func(t *testing.T) {
 		const peer = "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg"
-		got := eval[[]string](t, ctx, fmt.Sprintf(`Promise.all([
+		got := browsertest.Eval[[]string](t, ctx, fmt.Sprintf(`Promise.all([
 			courier.lib.subscriptionKey(%[1]q),
 			courier.lib.subscriptionKey(%[1]q, 16),
 			courier.lib.subscriptionKey(%[1]q, 14),
@@ -157,10 +81,10 @@ func TestProtocolFunctionsMatchGo(t *testing.T) {
 			Key       string
 			RoundTrip string
 		}
-		got := eval[[]result](t, ctx, fmt.Sprintf(`Promise.all(%s.map(async (p) => ({
+		got := browsertest.Eval[[]result](t, ctx, fmt.Sprintf(`Promise.all(%s.map(async (p) => ({
 			Key: await courier.lib.subscriptionKey(p),
 			RoundTrip: courier.lib.base58Encode(courier.lib.base58Decode(p)),
-		})))`, jsValue(t, peers)))
+		})))`, browsertest.JS(t, peers)))
 		if len(got) != len(peers) {
 			t.Fatalf("got %d results for %d peers", len(got), len(peers))
 		}
@@ -186,8 +110,8 @@ func TestProtocolFunctionsMatchGo(t *testing.T) {
 			"5dqvXR93VnV1Grn96DBGdqEQAbJe1e",               // sha1 multihash
 			"1111111111111111111111111111111111111111",     // identity of a non-Ed25519 key
 		}
-		got := eval[[]string](t, ctx, fmt.Sprintf(`Promise.all(%s.map((p) =>
-			courier.lib.subscriptionKey(p).then((k) => "accepted: " + k, (e) => "")))`, jsValue(t, bad)))
+		got := browsertest.Eval[[]string](t, ctx, fmt.Sprintf(`Promise.all(%s.map((p) =>
+			courier.lib.subscriptionKey(p).then((k) => "accepted: " + k, (e) => "")))`, browsertest.JS(t, bad)))
 		for i, g := range got {
 			if g != "" {
 				t.Errorf("subscriptionKey(%q) %s, want an error", bad[i], g)
@@ -211,10 +135,10 @@ func TestProtocolFunctionsMatchGo(t *testing.T) {
 			ID     string
 			Base64 string
 		}
-		got := eval[[]result](t, ctx, fmt.Sprintf(`Promise.all(%s.map(async (s) => {
+		got := browsertest.Eval[[]result](t, ctx, fmt.Sprintf(`Promise.all(%s.map(async (s) => {
 			const b = courier.lib.base64ToBytes(s);
 			return {ID: await courier.lib.messageID(b), Base64: courier.lib.bytesToBase64(b)};
-		}))`, jsValue(t, inputs)))
+		}))`, browsertest.JS(t, inputs)))
 		for i := range inputs {
 			if got[i].ID != wantIDs[i] {
 				t.Errorf("messageID of input %d = %s, want %s", i, got[i].ID, wantIDs[i])

@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
+	"courier/internal/browsertest"
 	"courier/relay"
 	"courier/relay/sqlitestore"
 	"courier/relay/webclient"
@@ -127,7 +128,7 @@ func (c *goClient) next() (string, []byte) {
 // clients on the other side: receive and ack, publish, and no replay after
 // the ack.
 func TestEndToEnd(t *testing.T) {
-	ctx := newBrowser(t)
+	ctx := browsertest.New(t, testTimeout)
 	base := startRelay(t)
 	wsURL := "ws" + strings.TrimPrefix(base, "http") + "/"
 
@@ -140,14 +141,14 @@ func TestEndToEnd(t *testing.T) {
 	publisher := dial(t, wsURL) // send-only
 
 	// The relay serves the page; its default relay URL is the same host.
-	openPage(t, ctx, base)
+	browsertest.OpenClient(t, ctx, base)
 	if got, err := chromedp.Run(ctx, chromedp.Value(chromedp.ID("relay-url"))); err != nil || got != wsURL {
 		t.Errorf("default relay URL = %q (%v), want %q", got, err, wsURL)
 	}
 	err := chromedp.Do(ctx,
 		chromedp.SetValue(chromedp.ID("peer-id"), browserPeer.String()),
 		chromedp.Click(chromedp.ID("subscribe")),
-		poll(`courier.client.state === "subscribed"`),
+		browsertest.Poll(`courier.client.state === "subscribed"`),
 	)
 	if err != nil {
 		t.Fatalf("subscribe in the page: %v", err)
@@ -161,7 +162,7 @@ func TestEndToEnd(t *testing.T) {
 	binary := []byte{0xff, 0xfe, 0x00, 0x80, 0x01}
 	publisher.publish(browserPeer.String(), text)
 	publisher.publish(browserPeer.String(), binary)
-	if err := chromedp.Do(ctx, poll(`courier.received.length >= 2 && courier.received.every((m) => m.acked)`)); err != nil {
+	if err := chromedp.Do(ctx, browsertest.Poll(`courier.received.length >= 2 && courier.received.every((m) => m.acked)`)); err != nil {
 		t.Fatalf("waiting for 2 acked messages in the page: %v", err)
 	}
 	type shown struct {
@@ -170,7 +171,7 @@ func TestEndToEnd(t *testing.T) {
 		Text  *string
 		Acked bool
 	}
-	got := eval[[]shown](t, ctx, `courier.received.map((m) => ({ID: m.id, Size: m.size, Text: m.text, Acked: m.acked}))`)
+	got := browsertest.Eval[[]shown](t, ctx, `courier.received.map((m) => ({ID: m.id, Size: m.size, Text: m.text, Acked: m.acked}))`)
 	if len(got) != 2 {
 		t.Fatalf("page shows %d messages, want 2: %+v", len(got), got)
 	}
@@ -199,7 +200,7 @@ func TestEndToEnd(t *testing.T) {
 	if string(msg) != fromBrowser || id != wire.MessageID(msg) {
 		t.Errorf("Go subscriber got %s %q, want %s %q", id, msg, wire.MessageID([]byte(fromBrowser)), fromBrowser)
 	}
-	if err := chromedp.Do(ctx, poll(fmt.Sprintf(`courier.published.some((p) => p.id === %q)`, id))); err != nil {
+	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.published.some((p) => p.id === %q)`, id))); err != nil {
 		t.Errorf("page did not record its publish %s: %v", id, err)
 	}
 
@@ -221,12 +222,12 @@ func TestEndToEnd(t *testing.T) {
 	if id, msg := same.next(); !bytes.Equal(msg, sentinel) {
 		t.Errorf("reconnect with the page's userID: first delivery %s %q, want the new %q (acked messages replayed?)", id, msg, sentinel)
 	}
-	if err := chromedp.Do(ctx, poll(`courier.received.length === 3 && courier.received[2].acked`)); err != nil {
+	if err := chromedp.Do(ctx, browsertest.Poll(`courier.received.length === 3 && courier.received[2].acked`)); err != nil {
 		t.Errorf("page did not show and ack the third message: %v", err)
 	}
 
 	t.Log("a refused subscribe rejects with the relay's reason")
-	refused := eval[string](t, ctx, fmt.Sprintf(`(async () => {
+	refused := browsertest.Eval[string](t, ctx, fmt.Sprintf(`(async () => {
 		const c = new courier.lib.RelayClient();
 		await c.connect(%q);
 		try {
@@ -242,7 +243,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("subscribe with a bad key: %q, want a refusal", refused)
 	}
 
-	if errs := eval[[]string](t, ctx, `courier.errors`); len(errs) > 0 {
+	if errs := browsertest.Eval[[]string](t, ctx, `courier.errors`); len(errs) > 0 {
 		t.Errorf("page showed errors: %q", errs)
 	}
 
