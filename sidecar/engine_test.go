@@ -768,3 +768,51 @@ func TestEngineLifecycle(t *testing.T) {
 		t.Errorf("after reopening: %v", err)
 	}
 }
+
+// A node that refuses a message for good (4xx: it cannot open it, say) is
+// not asked again, and the messages behind it still arrive, in order.
+func TestInboundRefusedIsNotRetried(t *testing.T) {
+	p := startPair(t, nil, nil)
+	p.b.Node.Inbound.FailNext(1, http.StatusUnprocessableEntity)
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, p.a.Submit(p.b.Node, st.Ciphertext("refused", i, 100)))
+	}
+	st.Eventually(t, "B's node to take the two it accepts", func() bool { return len(p.b.Node.Inbound.Accepted()) == 2 })
+	got := p.b.Node.Inbound.Accepted()
+	if got[0].ID != ids[1] || got[1].ID != ids[2] {
+		t.Errorf("node took %.8s, %.8s; want %.8s, %.8s", got[0].ID, got[1].ID, ids[1], ids[2])
+	}
+	stat, err := p.b.E.Status(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stat.Inbox.Pending != 0 {
+		t.Errorf("inbox pending = %d, want 0: the refused message is given up on", stat.Inbox.Pending)
+	}
+	if n := counterValue(t, p.b.E, "courier_inbound_refused_total"); n != 1 {
+		t.Errorf("courier_inbound_refused_total = %v, want 1", n)
+	}
+	if n := len(p.b.Node.Inbound.Requests()); n != 3 {
+		t.Errorf("node saw %d inbound requests, want 3: the refused one must not be retried", n)
+	}
+	if err := p.b.E.Ready(context.Background()); err != nil {
+		t.Errorf("a refusal is not an endpoint failure, yet Ready = %v", err)
+	}
+}
+
+// counterValue reads one unlabelled counter from the engine's metrics.
+func counterValue(t *testing.T, e *sidecar.Engine, name string) float64 {
+	t.Helper()
+	mfs, err := e.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}

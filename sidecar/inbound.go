@@ -81,7 +81,25 @@ func (e *Engine) pushInboundOnce(ctx context.Context) error {
 				ID: m.ID, Ciphertext: m.Ciphertext, Path: "INDIRECT", ReceivedAt: m.ReceivedAt,
 			}, nil)
 			release()
-			e.recordNode("inbound", err)
+			if refused(err) {
+				e.recordNode("inbound", nil) // it answered: the endpoint works
+			} else {
+				e.recordNode("inbound", err)
+			}
+			if err != nil && refused(err) {
+				// The node will never take this one (it cannot open it, say):
+				// record why, and stop offering it, so that it does not hold
+				// up the messages behind it.
+				e.log.Error("node refused an inbound message; not retrying", "id", m.ID, "err", err)
+				e.m.refused.Inc()
+				if err := e.q.InboundAttempt(markCtx, m.ID, "refused by the node: "+err.Error(), time.Now()); err != nil {
+					return fmt.Errorf("record inbound refusal: %w", err)
+				}
+				if err := e.q.MarkInboundDelivered(markCtx, m.ID); err != nil {
+					return fmt.Errorf("record inbound refusal: %w", err)
+				}
+				continue
+			}
 			if err != nil {
 				marks.Wait()
 				if ctx.Err() != nil {

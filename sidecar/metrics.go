@@ -21,6 +21,7 @@ type metrics struct {
 	failed         prometheus.Counter
 	inbound        prometheus.Counter
 	pushed         prometheus.Counter
+	refused        prometheus.Counter
 	latency        *prometheus.HistogramVec
 	relay          *prometheus.GaugeVec
 }
@@ -46,6 +47,9 @@ func newMetrics(e *Engine) *metrics {
 		inbound: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_inbound_received_total", Help: "Inbound messages taken from the relay (new IDs only).",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "courier_inbound_refused_total", Help: "Inbound messages the node refused for good (a 4xx answer): given up on, not retried.",
+		}),
 		pushed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_inbound_pushed_total", Help: "Inbound messages the node's inbound endpoint accepted.",
 		}),
@@ -59,7 +63,7 @@ func newMetrics(e *Engine) *metrics {
 		}, []string{"state"}),
 	}
 	m.reg.MustRegister(m.accepted, m.deliveries, m.publishResults, m.fallbacks, m.failed,
-		m.inbound, m.pushed, m.latency, m.relay, queueCollector{e},
+		m.inbound, m.pushed, m.refused, m.latency, m.relay, queueCollector{e},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.relayState(e.relay.State)
 	return m

@@ -41,6 +41,15 @@ type nodeError struct {
 	Body   string
 }
 
+// refused reports whether err is the node's final no to a request: a 4xx
+// answer other than 408 (timeout) and 429 (slow down), which are worth
+// retrying. Retrying a refusal would only hold up what comes after it.
+func refused(err error) bool {
+	var ne *nodeError
+	return errors.As(err, &ne) && ne.Status >= 400 && ne.Status < 500 &&
+		ne.Status != http.StatusRequestTimeout && ne.Status != http.StatusTooManyRequests
+}
+
 func (e *nodeError) Error() string {
 	if e.Body == "" {
 		return fmt.Sprintf("node answered %d", e.Status)
