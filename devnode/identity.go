@@ -14,8 +14,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/mr-tron/base58"
-
 	"courier/wire"
 )
 
@@ -166,7 +164,7 @@ func ParseRecipient(peerID, pubkeyHex string) (Recipient, error) {
 			return Recipient{}, err
 		}
 		peer, r.PeerID = p, peerID
-		r.PubKey = identityPeerIDKey(peerID)
+		r.PubKey, _ = p.PublicKey() // only a 12D3Koo… ID embeds one
 	}
 	if pubkeyHex != "" {
 		raw, err := hex.DecodeString(strings.TrimSpace(pubkeyHex))
@@ -200,19 +198,4 @@ func ParseRecipient(peerID, pubkeyHex string) (Recipient, error) {
 		return Recipient{}, fmt.Errorf("public key belongs to %s, not to peer ID %s", own, peerID)
 	}
 	return r, nil
-}
-
-// identityPeerIDKey returns the Ed25519 key embedded in an identity-multihash
-// (12D3Koo…) peer ID that wire.ParsePeerID has accepted, or nil for a Qm… ID.
-// wire.PeerID keeps the key to itself, hence this local decoding.
-func identityPeerIDKey(s string) ed25519.PublicKey {
-	raw, err := base58.Decode(s)
-	if err != nil || len(raw) < 2 || raw[0] != 0x00 {
-		return nil
-	}
-	pub, err := wire.UnmarshalPublicKey(raw[2:])
-	if err != nil {
-		return nil
-	}
-	return pub
 }

@@ -72,6 +72,17 @@ func ParsePeerID(s string) (PeerID, error) {
 // String returns the peer ID as it was written.
 func (p PeerID) String() string { return p.text }
 
+// PublicKey returns the Ed25519 key an identity-multihash (12D3Koo…) peer
+// ID embeds. A Qm… peer ID is a hash of the key, so it has none: ok is
+// false.
+func (p PeerID) PublicKey() (pub ed25519.PublicKey, ok bool) {
+	if p.pubkey == nil {
+		return nil, false
+	}
+	pub, err := UnmarshalPublicKey(p.pubkey)
+	return pub, err == nil // ParsePeerID checked it already
+}
+
 // IsZero reports whether p is the zero value.
 func (p PeerID) IsZero() bool { return p.text == "" }
 

@@ -52,6 +52,12 @@ func TestBothPeerIDFormsAreOnePeer(t *testing.T) {
 	if qm.SubscriptionKey(16) != id.SubscriptionKey(16) {
 		t.Errorf("subscription keys differ: %s vs %s", qm.SubscriptionKey(16), id.SubscriptionKey(16))
 	}
+	if got, ok := id.PublicKey(); !ok || string(MarshalPublicKey(got)) != string(pub) {
+		t.Errorf("identity ID's PublicKey() = %x, %v; want the embedded key", got, ok)
+	}
+	if _, ok := qm.PublicKey(); ok {
+		t.Error("a Qm… ID claims to embed a key")
+	}
 	reparsed, err := ParsePeerID(id.String())
 	if err != nil || reparsed.Canonical() != qm.String() {
 		t.Errorf("reparse identity ID: %v %v", reparsed, err)
