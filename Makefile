@@ -26,9 +26,11 @@ build:
 test:
 	$(GO) test -race -count=1 -timeout 9m ./...
 
-# Benchmarks run without -race, several times; quote medians.
+# Benchmarks run without -race, several times; quote medians. The
+# end-to-end one is a fixed 30 s experiment per run (see bench/doc.go).
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count $(BENCHCOUNT) ./relay/... ./sidecar/... ./wire/...
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count $(BENCHCOUNT) ./relay/... ./sidecar/...
+	$(GO) test -run '^$$' -bench EndToEnd -benchtime 1x -count 3 -timeout 30m ./bench/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

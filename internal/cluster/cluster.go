@@ -143,7 +143,7 @@ func (p *Proc) run(ctx context.Context) error {
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Dir = p.c.Dir
 	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", p.Name, err)
