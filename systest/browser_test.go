@@ -49,7 +49,7 @@ func TestLightClientAndDesktop(t *testing.T) {
 	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.received.some((m) => m.id === %q && m.acked)`, sent.ID))); err != nil {
 		t.Fatalf("page never showed and acked %s: %v", sent.ID, err)
 	}
-	b64 := browsertest.Eval[string](t, ctx, fmt.Sprintf(`courier.lib.bytesToBase64(courier.received.find((m) => m.id === %q).bytes)`, sent.ID))
+	b64 := browsertest.Eval[string](t, ctx, fmt.Sprintf(`courier.received.find((m) => m.id === %q).encryptedMessage`, sent.ID))
 	ct, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil {
 		t.Fatal(err)

@@ -116,6 +116,7 @@ function showMessage(msg) {
     id: msg.id,
     size: msg.bytes.length,
     text,
+    encryptedMessage: msg.encryptedMessage, // the bytes as the relay sent them (base64)
     receivedAt: msg.receivedAt.toISOString(),
     acked: false,
   };
