@@ -1,0 +1,138 @@
+package relay_test
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"courier/relay"
+)
+
+func TestDefaultConfigIsValid(t *testing.T) {
+	if err := relay.DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseConfigProtocolExample(t *testing.T) {
+	// The courier-relay example of PROTOCOL.md, verbatim.
+	const example = `
+listen = ":8080"
+public_host = "relay.example.org"   # the host name clients sign for
+
+[store]
+driver = "sqlite"                   # or "redis"
+path = "courier-relay.db"           # sqlite
+# url = "redis://127.0.0.1:6379/0"  # redis
+
+[limits]
+max_message_bytes = 4194304         # decoded ciphertext bytes; larger: rejected, too_large
+message_ttl = "336h"                # stored messages expire after this
+delivery_wait = "3s"                # how long a level-2 publish waits for the recipient's ack
+`
+	cfg, err := relay.ParseConfig(strings.NewReader(example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PublicHost != "relay.example.org" || cfg.Limits.MessageTTL != 336*time.Hour || cfg.Limits.DeliveryWait != 3*time.Second {
+		t.Errorf("parsed %+v", cfg)
+	}
+}
+
+// The example file at the repository root documents every key with its
+// default value.
+func TestExampleFileIsTheDefaults(t *testing.T) {
+	f, err := os.Open("../courier-relay.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg, err := relay.ParseConfig(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := relay.DefaultConfig()
+	want.PublicHost = "relay.example.org"
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("example file:\n%+v\nwant the defaults:\n%+v", cfg, want)
+	}
+}
+
+func TestParseConfigErrorsNameTheKey(t *testing.T) {
+	tests := []struct{ name, toml, want string }{
+		{"unknown top-level key", `lisen = ":1"`, `unknown key lisen`},
+		{"unknown nested key", "[limits]\nmax_mesage_bytes = 1", `unknown key limits.max_mesage_bytes`},
+		{"unknown table", "[nope]\nx = 1", `unknown key nope`},
+		{"wrong type", "[limits]\nmax_message_bytes = \"big\"", `max_message_bytes`},
+		{"bad duration", "[limits]\ndelivery_wait = \"soon\"", `delivery_wait`},
+		{"syntax", "listen = ", `line 1`},
+		{"duration as a number", "[keepalive]\nping_interval = 30", `keepalive.ping_interval: write a duration as a string`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := relay.ParseConfig(strings.NewReader(tt.toml))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ParseConfig(%q) = %v, want an error containing %q", tt.toml, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestValidateNamesTheKey(t *testing.T) {
+	tests := []struct {
+		key    string
+		mutate func(c *relay.Config)
+	}{
+		{"listen", func(c *relay.Config) { c.Listen = "" }},
+		{"public_host", func(c *relay.Config) { c.PublicHost = "" }},
+		{"public_host", func(c *relay.Config) { c.PublicHost = "a b" }},
+		{"log_level", func(c *relay.Config) { c.LogLevel = "loud" }},
+		{"sweep_interval", func(c *relay.Config) { c.SweepInterval = 0 }},
+		{"shutdown_timeout", func(c *relay.Config) { c.ShutdownTimeout = -1 }},
+		{"store.driver", func(c *relay.Config) { c.Store.Driver = "mysql" }},
+		{"store.path", func(c *relay.Config) { c.Store.Path = "" }},
+		{"store.synchronous", func(c *relay.Config) { c.Store.Synchronous = "off" }},
+		{"store.max_batch", func(c *relay.Config) { c.Store.MaxBatch = -1 }},
+		{"limits.max_message_bytes", func(c *relay.Config) { c.Limits.MaxMessageBytes = 0 }},
+		{"limits.message_ttl", func(c *relay.Config) { c.Limits.MessageTTL = 0 }},
+		{"limits.delivery_wait", func(c *relay.Config) { c.Limits.DeliveryWait = 0 }},
+		{"limits.max_connections", func(c *relay.Config) { c.Limits.MaxConnections = -1 }},
+		{"limits.publish_rate", func(c *relay.Config) { c.Limits.PublishRate = -1 }},
+		{"limits.publish_burst", func(c *relay.Config) { c.Limits.PublishBurst = 0 }},
+		{"limits.max_messages_per_key", func(c *relay.Config) { c.Limits.MaxMessagesPerKey = -1 }},
+		{"limits.max_bytes_per_key", func(c *relay.Config) { c.Limits.MaxBytesPerKey = -1 }},
+		{"limits.subscribe_timeout", func(c *relay.Config) { c.Limits.SubscribeTimeout = 0 }},
+		{"limits.nonce_ttl", func(c *relay.Config) { c.Limits.NonceTTL = 0 }},
+		{"limits.send_queue", func(c *relay.Config) { c.Limits.SendQueue = 0 }},
+		{"limits.send_queue_bytes", func(c *relay.Config) { c.Limits.SendQueueBytes = 0 }},
+		{"limits.max_inflight", func(c *relay.Config) { c.Limits.MaxInflight = 0 }},
+		{"limits.write_timeout", func(c *relay.Config) { c.Limits.WriteTimeout = 0 }},
+		{"keepalive.ping_interval", func(c *relay.Config) { c.Keepalive.PingInterval = 0 }},
+		{"keepalive.ping_timeout", func(c *relay.Config) { c.Keepalive.PingTimeout = 0 }},
+	}
+	for _, tt := range tests {
+		cfg := relay.DefaultConfig()
+		tt.mutate(&cfg)
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), "config: "+tt.key+": ") {
+			t.Errorf("%s: Validate = %v", tt.key, err)
+		}
+	}
+	cfg := relay.DefaultConfig()
+	cfg.Store.Driver = "redis"
+	if err := cfg.Validate(); !errors.Is(err, relay.ErrNotSupported) || !strings.Contains(err.Error(), "store.driver") {
+		t.Errorf("redis: %v", err)
+	}
+	// Every problem at once.
+	cfg = relay.DefaultConfig()
+	cfg.Listen, cfg.Limits.SendQueue = "", 0
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "listen") || !strings.Contains(err.Error(), "limits.send_queue") {
+		t.Errorf("two problems: %v", err)
+	}
+}

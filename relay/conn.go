@@ -1,0 +1,619 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"courier/wire"
+)
+
+// Close codes the server uses besides the protocol's own (wire.CloseReplaced,
+// wire.CloseServiceRestart).
+const (
+	closePolicy   = websocket.StatusPolicyViolation // subscribe failures and timeouts
+	closeSlow     = websocket.StatusTryAgainLater   // send queue full: reconnect to replay
+	closeInternal = websocket.StatusInternalError   // the store failed
+)
+
+// closeGrace bounds the close handshake: a client that has not answered
+// our close frame by then is dropped.
+const closeGrace = 2 * time.Second
+
+// A replay reads stored messages in pages of at most replayPage messages
+// and, after the first page of replayFirstPage, about replayPageBytes.
+const (
+	replayPage      = 256
+	replayFirstPage = 32
+	replayPageBytes = 4 << 20
+)
+
+// maxUserIDBytes bounds a level-1 userID.
+const maxUserIDBytes = 512
+
+// conn is one WebSocket connection. Its goroutines: the reader (which runs
+// serve, started by Server.serveWebSocket), the writer, the processor
+// (started with the first publish or ack) and, after a subscribe, the
+// replay. serve waits for all of them before it returns.
+type conn struct {
+	srv    *Server
+	ws     *websocket.Conn
+	id     uint64
+	log    *slog.Logger
+	ctx    context.Context // ends when the connection is torn down
+	cancel context.CancelFunc
+	q      *sendQueue
+	wg     sync.WaitGroup // writer, processor, replay
+
+	subscribed atomic.Bool
+	subTimer   *time.Timer
+
+	// Reader-owned state.
+	work      chan job // to the processor; made with the first write
+	limiter   *rate.Limiter
+	nonce     string // the outstanding AuthChallenge nonce, "" when none
+	noncePeer string // canonical peer ID the nonce was issued for
+	nonceAt   time.Time
+
+	// Set by the reader at subscribe, before the hub or the replay see
+	// the connection; read-only afterwards.
+	sub    Subscriber
+	key    string
+	level2 bool
+
+	// Delivery state: see deliver and replay.
+	dmu        sync.Mutex
+	live       bool
+	missed     bool
+	replayedTo int64
+}
+
+// job is a write the processor waits for, in the order the reader issued it.
+type job struct {
+	put    <-chan PutResult
+	ack    <-chan AckResult
+	msg    Message // the message put, for a put
+	id     string
+	ref    string
+	level2 bool // answer with a PublishResult
+}
+
+// serve runs the connection until it ends; its goroutine is the reader.
+func (c *conn) serve() {
+	s := c.srv
+	c.ws.SetReadLimit(wire.MaxFrameBytes(s.cfg.Limits.MaxMessageBytes))
+	c.subTimer = time.AfterFunc(s.cfg.Limits.SubscribeTimeout, c.subscribeTimeout)
+	c.wg.Add(1)
+	go c.writeLoop()
+
+	c.readLoop()
+
+	// Teardown: stop pushes to this connection, let the processor finish the
+	// writes it waits for (they are pushed to other subscribers), and wait.
+	c.subTimer.Stop()
+	c.q.requestClose(closeRequest{code: websocket.StatusNormalClosure})
+	if c.subscribed.Load() {
+		s.hub.unsubscribe(c)
+	}
+	if c.work != nil {
+		close(c.work)
+	}
+	c.cancel()
+	c.wg.Wait()
+	if c.subscribed.Load() {
+		s.metrics.subscriptions.WithLabelValues(c.levelLabel()).Dec()
+	}
+}
+
+func (c *conn) levelLabel() string {
+	if c.level2 {
+		return "2"
+	}
+	return "1"
+}
+
+// closeWith ends the connection with code and reason (at most 123 bytes).
+// With flush, what is queued is written first (an error answer before
+// the close). Safe from any goroutine; only the first call counts.
+func (c *conn) closeWith(code websocket.StatusCode, reason string, flush bool, metric string) {
+	if c.q.requestClose(closeRequest{code: code, reason: reason, flush: flush}) {
+		c.srv.metrics.disconnects.WithLabelValues(metric).Inc()
+		c.log.Debug("closing connection", "code", int(code), "reason", reason)
+	}
+}
+
+// fail answers a subscribe failure with {"error": …} and closes.
+func (c *conn) fail(metric, reason string) {
+	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	_ = c.q.push(outFrame{b: wire.ErrorFrame(reason)})
+	c.closeWith(closePolicy, "subscribe failed", true, "subscribe_failed")
+}
+
+// reject answers a per-frame problem without closing: {"error": …} for a
+// level-1 connection, {"Type":"Error",…} for a level-2 one.
+func (c *conn) reject(metric, reason string) {
+	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	b := wire.ErrorFrame(reason)
+	if c.level2 {
+		b = wire.Level2ErrorFrame(reason)
+	}
+	c.send(b)
+}
+
+// send queues a frame that must not be dropped silently: if the client
+// does not read its answers, it is disconnected.
+func (c *conn) send(b []byte) {
+	if err := c.q.push(outFrame{b: b}); errors.Is(err, errQueueFull) {
+		c.closeWith(closeSlow, "send queue full: the client does not read", false, "slow_consumer")
+	}
+}
+
+func (c *conn) subscribeTimeout() {
+	if c.subscribed.Load() {
+		return
+	}
+	_ = c.q.push(outFrame{b: wire.ErrorFrame("no SubscribeMessage within " + c.srv.cfg.Limits.SubscribeTimeout.String() + " of connecting")})
+	c.closeWith(closePolicy, "subscribe timeout", true, "subscribe_timeout")
+}
+
+func (c *conn) readLoop() {
+	for {
+		err := c.readFrame()
+		if err == nil {
+			continue
+		}
+		switch {
+		case errors.Is(err, websocket.ErrMessageTooBig):
+			c.srv.metrics.rejected.WithLabelValues(rejectFrameSize).Inc()
+			c.srv.metrics.disconnects.WithLabelValues("frame_too_large").Inc()
+			c.log.Debug("frame too large", "limit", wire.MaxFrameBytes(c.srv.cfg.Limits.MaxMessageBytes))
+		case websocket.CloseStatus(err) != -1:
+			c.log.Debug("client closed", "code", int(websocket.CloseStatus(err)))
+		default:
+			c.log.Debug("read ended", "err", err)
+		}
+		return
+	}
+}
+
+// readBufs holds frame buffers between frames, so that an idle connection
+// holds none.
+var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// readFrame reads and handles one frame. The frame's fields are copied out
+// while parsing, so its buffer is reused.
+func (c *conn) readFrame() error {
+	_, r, err := c.ws.Reader(c.ctx)
+	if err != nil {
+		return err
+	}
+	buf := readBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 64<<10 { // let a large frame's buffer go
+			readBufs.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(r); err != nil {
+		return err
+	}
+	if !c.q.closing() { // else read on until the close handshake ends
+		c.handle(buf.Bytes())
+	}
+	return nil
+}
+
+func (c *conn) handle(b []byte) {
+	f, err := wire.ParseClientFrame(b)
+	if err != nil {
+		c.reject(rejectMalformed, wire.ReasonInvalid+err.Error())
+		return
+	}
+	switch f.Type {
+	case wire.TypeSubscribe:
+		c.handleSubscribe(f.Subscribe)
+	case wire.TypeAuthRequest:
+		c.handleAuthRequest(f.AuthRequest)
+	case wire.TypeAck:
+		c.handleAck(f.Ack)
+	case wire.TypePublish:
+		c.handlePublish(f.Publish)
+	}
+}
+
+func (c *conn) handleAuthRequest(a *wire.AuthRequest) {
+	if c.subscribed.Load() {
+		c.reject(rejectState, wire.ReasonInvalid+"AuthRequest after subscribing; open a new connection to authenticate")
+		return
+	}
+	peer, err := wire.ParsePeerID(a.PeerID)
+	if err != nil {
+		c.fail(rejectAuth, "AuthRequest: "+err.Error())
+		return
+	}
+	var raw [32]byte
+	_, _ = rand.Read(raw[:]) // crypto/rand.Read never fails
+	c.nonce = base64.StdEncoding.EncodeToString(raw[:])
+	c.noncePeer = peer.Canonical()
+	c.nonceAt = c.srv.now()
+	c.send(wire.ChallengeFrame(wire.AuthChallenge{Nonce: c.nonce, Host: c.srv.cfg.PublicHost}))
+}
+
+func (c *conn) handleSubscribe(s *wire.Subscribe) {
+	if c.subscribed.Load() {
+		c.reject(rejectState, wire.ReasonInvalid+"already subscribed on this connection")
+		return
+	}
+	switch s.Protocol {
+	case 0:
+		if s.UserID == "" {
+			c.fail(rejectInvalid, "userID is empty")
+			return
+		}
+		if len(s.UserID) > maxUserIDBytes {
+			c.fail(rejectInvalid, fmt.Sprintf("userID is longer than %d bytes", maxUserIDBytes))
+			return
+		}
+		if err := wire.ValidSubscriptionKey(s.SubscriptionKey); err != nil {
+			c.fail(rejectInvalid, err.Error())
+			return
+		}
+		c.sub = Subscriber{ID: s.UserID}
+	case wire.ProtocolLevel2:
+		nonce := c.nonce
+		c.nonce = "" // single use, whatever the outcome
+		if nonce == "" {
+			c.fail(rejectAuth, "protocol 2 subscribe without an outstanding AuthChallenge: send AuthRequest first (each challenge is good for one subscribe)")
+			return
+		}
+		if c.srv.now().Sub(c.nonceAt) > c.srv.cfg.Limits.NonceTTL {
+			c.fail(rejectAuth, "the AuthChallenge expired (valid for "+c.srv.cfg.Limits.NonceTTL.String()+"); send a new AuthRequest")
+			return
+		}
+		peer, err := wire.VerifyAuth(*s, c.srv.cfg.PublicHost, nonce)
+		if err != nil {
+			c.fail(rejectAuth, err.Error())
+			return
+		}
+		if peer.Canonical() != c.noncePeer {
+			c.fail(rejectAuth, "the AuthChallenge was issued for another peer ID")
+			return
+		}
+		c.sub = Subscriber{Peer: true, ID: peer.Canonical()}
+		c.level2 = true
+	default:
+		c.fail(rejectInvalid, fmt.Sprintf("unknown protocol %d: this relay speaks 2, or none for level 1", s.Protocol))
+		return
+	}
+	c.key = s.SubscriptionKey
+	c.subscribed.Store(true)
+	c.subTimer.Stop()
+	if c.level2 {
+		c.log.Debug("subscribed", "level", 2, "peer", c.sub.ID, "key", c.key)
+	} else {
+		c.log.Debug("subscribed", "level", 1, "key", c.key)
+	}
+	// SubscribeOK is queued before the hub knows the connection: nothing
+	// can come before it.
+	c.send(wire.SubscribeOK)
+	if old := c.srv.hub.subscribe(c); old != nil {
+		old.closeWith(wire.CloseReplaced, "replaced by a newer connection of the same peer", false, "replaced")
+	}
+	c.srv.metrics.subscriptions.WithLabelValues(c.levelLabel()).Inc()
+	c.wg.Add(1)
+	go c.replay()
+}
+
+func (c *conn) handleAck(a *wire.Ack) {
+	if !c.subscribed.Load() {
+		c.reject(rejectState, wire.ReasonInvalid+"AckMessage before SubscribeMessage: an ack needs a subscriber")
+		return
+	}
+	if !wire.ValidMessageID(a.MessageID) {
+		c.reject(rejectInvalid, wire.ReasonInvalid+"messageID is not a message ID (64 lowercase hex digits)")
+		return
+	}
+	c.enqueue(job{ack: c.srv.store.Ack(c.sub, a.MessageID), id: a.MessageID})
+}
+
+func (c *conn) handlePublish(p *wire.Publish) {
+	level2 := c.level2 // only a fully authenticated connection gets results
+	lim := c.srv.cfg.Limits
+	if lim.PublishRate > 0 {
+		if c.limiter == nil {
+			c.limiter = rate.NewLimiter(rate.Limit(lim.PublishRate), lim.PublishBurst)
+		}
+		if !c.limiter.Allow() {
+			c.publishRejected(level2, p.Ref, "", rejectRateLimited, wire.ReasonRateLimited+
+				"more than "+strconv.FormatFloat(lim.PublishRate, 'f', -1, 64)+" publishes per second on this connection; retry later")
+			return
+		}
+	}
+	peer, err := wire.ParsePeerID(p.Recipient)
+	if err != nil {
+		c.publishRejected(level2, p.Ref, "", rejectInvalid, wire.ReasonInvalid+"recipient: "+err.Error())
+		return
+	}
+	ct, err := wire.DecodeCiphertext(p.EncryptedMessage, lim.MaxMessageBytes)
+	if errors.Is(err, wire.ErrTooLarge) {
+		c.publishRejected(level2, p.Ref, "", rejectTooLarge, wire.ReasonTooLarge+err.Error())
+		return
+	}
+	if err != nil {
+		c.publishRejected(level2, p.Ref, "", rejectInvalid, wire.ReasonInvalid+err.Error())
+		return
+	}
+	m := Message{
+		ID:         wire.MessageID(ct),
+		Key:        peer.SubscriptionKey(wire.RelayPrefixBits),
+		Recipient:  peer.Canonical(),
+		Ciphertext: ct,
+	}
+	c.enqueue(job{put: c.srv.store.Put(m), msg: m, id: m.ID, ref: p.Ref, level2: level2})
+}
+
+// publishRejected answers a publish that was not stored.
+func (c *conn) publishRejected(level2 bool, ref, id, metric, reason string) {
+	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	if level2 {
+		c.publishResult(id, ref, wire.StatusRejected, reason)
+		return
+	}
+	c.send(wire.ErrorFrame(reason))
+}
+
+// publishResult answers a level-2 publish. Safe from any goroutine.
+func (c *conn) publishResult(id, ref, status, reason string) {
+	c.srv.metrics.publishResults.WithLabelValues(status).Inc()
+	c.send(wire.PublishResultFrame(wire.PublishResult{ID: id, Ref: ref, Status: status, Reason: reason}))
+}
+
+// enqueue hands a write to the processor, starting it with the first one.
+// When MaxInflight writes wait for their commit, the reader waits here: the
+// client's own publishes are throttled, nobody else's.
+func (c *conn) enqueue(j job) {
+	if c.work == nil {
+		c.work = make(chan job, c.srv.cfg.Limits.MaxInflight)
+		c.wg.Add(1)
+		go c.process()
+	}
+	c.work <- j
+}
+
+// process finishes the connection's writes in the order they were issued,
+// as their commits come in. It runs until the reader is done and every
+// write has its result, even when the connection is closed meanwhile: a
+// committed message is still pushed to its subscribers.
+func (c *conn) process() {
+	defer c.wg.Done()
+	for j := range c.work {
+		if j.put != nil {
+			c.finishPut(j, <-j.put)
+		} else {
+			c.finishAck(j, <-j.ack)
+		}
+	}
+}
+
+func (c *conn) storeFailed(op string, err error) {
+	if errors.Is(err, ErrClosed) {
+		c.closeWith(wire.CloseServiceRestart, "server shutting down", false, "shutdown")
+		return
+	}
+	c.log.Error("store "+op+" failed", "err", err)
+	c.closeWith(closeInternal, "store error", false, "store_error")
+}
+
+func (c *conn) finishPut(j job, r PutResult) {
+	s := c.srv
+	if r.Err != nil {
+		if errors.Is(r.Err, ErrOverQuota) {
+			c.publishRejected(j.level2, j.ref, j.id, rejectOverQuota, wire.ReasonOverQuota+
+				"the recipient's subscription key holds its limit of undelivered messages; send it another way")
+			return
+		}
+		// No result: the close tells the client that nothing after its
+		// last result is confirmed.
+		c.storeFailed("put", r.Err)
+		return
+	}
+	m := r.Message
+	if len(m.Ciphertext) == 0 {
+		m.Ciphertext = j.msg.Ciphertext
+	}
+	if m.ID == "" {
+		m.ID, m.Key, m.Recipient = j.msg.ID, j.msg.Key, j.msg.Recipient
+	}
+	if r.Existing {
+		s.metrics.republished.Inc()
+	} else {
+		s.metrics.stored.Inc()
+	}
+	if j.level2 && r.Existing && r.RecipientAcked {
+		c.publishResult(j.id, j.ref, wire.StatusDelivered, "")
+		return
+	}
+	var w *waiter
+	if j.level2 && s.hub.peerConnected(m.Recipient) {
+		// Registered before the push, so the recipient's ack cannot come first.
+		w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait)
+	}
+	if !(r.Existing && r.RecipientAcked) {
+		s.hub.push(m, r.Existing)
+	}
+	if j.level2 && w == nil {
+		c.publishResult(j.id, j.ref, wire.StatusQueued, "")
+	}
+}
+
+func (c *conn) finishAck(j job, r AckResult) {
+	if r.Err != nil {
+		c.storeFailed("ack", r.Err)
+		return
+	}
+	if r.Found {
+		c.srv.metrics.acked.Inc()
+	}
+	if r.ByRecipient {
+		c.srv.waiters.resolve(j.id)
+	}
+}
+
+// deliver queues a committed message for this connection, pushed by the
+// hub. While the replay runs, pushes are dropped but remembered (missed),
+// and the replay reads the store again; once live, a message the replay
+// sent already (Seq ≤ replayedTo) is skipped, unless force (a republish,
+// which the recipient is to get again). A live subscriber whose queue is
+// full is disconnected; its messages stay stored for the next replay.
+func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.live {
+		c.missed = true
+		return
+	}
+	if seq <= c.replayedTo && !force {
+		return
+	}
+	if err := c.q.push(outFrame{b: frame(), kind: frameLive}); errors.Is(err, errQueueFull) {
+		c.closeWith(closeSlow, "too slow: send queue full; reconnect to get the rest", false, "slow_consumer")
+	}
+}
+
+// replay sends what is stored for the subscriber, oldest first, page by
+// page, then switches the connection to live pushes (see deliver). Pages
+// hold about replayPageBytes of ciphertext: up to replayPage small messages,
+// one at a time of the largest.
+func (c *conn) replay() {
+	defer c.wg.Done()
+	var after int64
+	count := 0
+	limit := replayFirstPage
+	for {
+		msgs, err := c.srv.store.Pending(c.ctx, c.sub, c.key, after, limit)
+		if err != nil {
+			if c.ctx.Err() == nil {
+				c.storeFailed("pending", err)
+			}
+			return
+		}
+		size := 0
+		for i, m := range msgs {
+			size += len(m.Ciphertext)
+			frame := wire.DeliveryFrame(m.ID, m.Ciphertext)
+			msgs[i] = Message{} // the frame is all we keep
+			if err := c.q.pushWait(c.ctx, outFrame{b: frame, kind: frameReplay}); err != nil {
+				return
+			}
+			after = m.Seq
+			count++
+		}
+		if len(msgs) < limit {
+			c.dmu.Lock()
+			if !c.missed {
+				c.live = true
+				c.replayedTo = after
+				c.dmu.Unlock()
+				break
+			}
+			c.missed = false
+			c.dmu.Unlock()
+		}
+		if len(msgs) > 0 {
+			limit = min(max(replayPageBytes/(size/len(msgs)+1), 1), replayPage)
+		}
+	}
+	c.log.Debug("replayed", "count", count)
+	if c.level2 {
+		_ = c.q.pushWait(c.ctx, outFrame{b: wire.DrainedFrame(count)})
+	}
+}
+
+// writeLoop is the connection's only writer: queued frames, pings, and the
+// close.
+func (c *conn) writeLoop() {
+	defer c.wg.Done()
+	s := c.srv
+	ping := time.NewTicker(s.cfg.Keepalive.PingInterval)
+	defer ping.Stop()
+	var buf []outFrame
+	for {
+		select {
+		case <-c.q.notify:
+		case <-ping.C:
+			ctx, cancel := context.WithTimeout(c.ctx, s.cfg.Keepalive.PingTimeout)
+			err := c.ws.Ping(ctx)
+			cancel()
+			if err != nil {
+				if c.ctx.Err() == nil {
+					s.metrics.disconnects.WithLabelValues("ping_timeout").Inc()
+					c.log.Debug("no pong: dropping peer", "err", err)
+				}
+				c.abort()
+				return
+			}
+			continue
+		case <-c.ctx.Done():
+			c.abort()
+			return
+		}
+		frames, cr := c.q.take(buf[:0])
+		for i, f := range frames {
+			ctx, cancel := context.WithTimeout(c.ctx, s.cfg.Limits.WriteTimeout)
+			err := c.ws.Write(ctx, websocket.MessageText, f.b)
+			timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)
+			cancel()
+			if err != nil {
+				switch {
+				case timedOut: // the reader may have seen the close first
+					s.metrics.disconnects.WithLabelValues("write_timeout").Inc()
+					c.log.Debug("write timed out: dropping peer", "timeout", s.cfg.Limits.WriteTimeout)
+				case c.ctx.Err() == nil && !errors.Is(err, io.EOF):
+					s.metrics.disconnects.WithLabelValues("write_failed").Inc()
+					c.log.Debug("write failed: dropping peer", "err", err)
+				}
+				c.abort()
+				return
+			}
+			switch f.kind {
+			case frameLive:
+				s.metrics.deliveredLive.Inc()
+			case frameReplay:
+				s.metrics.deliveredReplay.Inc()
+			}
+			frames[i] = outFrame{}
+		}
+		buf = frames[:0]
+		if cap(buf) > 64 {
+			buf = nil
+		}
+		if cr != nil {
+			// Close waits for the client's close frame, which the reader
+			// reads; a client that does not answer is dropped after a grace.
+			grace := time.AfterFunc(min(closeGrace, s.cfg.Limits.WriteTimeout), c.cancel)
+			_ = c.ws.Close(cr.code, cr.reason)
+			grace.Stop()
+			c.cancel()
+			return
+		}
+	}
+}
+
+// abort drops the connection without a close handshake.
+func (c *conn) abort() {
+	c.q.requestClose(closeRequest{code: websocket.StatusAbnormalClosure})
+	_ = c.ws.CloseNow()
+	c.cancel()
+}
