@@ -8,17 +8,14 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"courier/relay"
-	"courier/relay/sqlitestore"
+	"courier/relay/relaytest"
 	"courier/upstream"
 	"courier/wire"
 )
@@ -32,116 +29,10 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// testRelay is the real relay on a real SQLite file, served on a fixed
-// loopback address so that it can be stopped and started again there.
-type testRelay struct {
-	t    *testing.T
-	cfg  relay.Config
-	addr string
-
-	mu      sync.Mutex
-	store   *sqlitestore.Store
-	srv     *relay.Server
-	hs      *http.Server
-	handler atomic.Pointer[http.Handler] // what hs serves; swapRelay replaces it
-}
-
-func startRelay(t *testing.T, mutate func(*relay.Config)) *testRelay {
+// startRelay runs the real relay (package relaytest) for one test.
+func startRelay(t *testing.T, mutate func(*relay.Config)) *relaytest.Relay {
 	t.Helper()
-	cfg := relay.DefaultConfig()
-	cfg.PublicHost = "relay.test"
-	cfg.Store.Path = filepath.Join(t.TempDir(), "relay.db")
-	cfg.Store.Synchronous = "normal"
-	cfg.Limits.PublishRate = 0
-	cfg.Limits.DeliveryWait = 2 * time.Second
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &testRelay{t: t, cfg: cfg, addr: ln.Addr().String()}
-	r.serve(ln)
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *testRelay) url() string { return "ws://" + r.addr + "/" }
-
-func (r *testRelay) serve(ln net.Listener) {
-	r.t.Helper()
-	st, err := sqlitestore.Open(r.cfg.Store.Path, sqlitestore.Options{Synchronous: r.cfg.Store.Synchronous, Logger: testLogger()})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	srv, err := relay.New(r.cfg, st, testLogger().With("side", "relay"))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	h := srv.Handler()
-	r.handler.Store(&h)
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		(*r.handler.Load()).ServeHTTP(w, req)
-	})}
-	go hs.Serve(ln)
-	r.mu.Lock()
-	r.store, r.srv, r.hs = st, srv, hs
-	r.mu.Unlock()
-}
-
-// stop shuts the relay down as SIGTERM does: every connection gets 1012.
-func (r *testRelay) stop() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.srv == nil {
-		return
-	}
-	r.hs.Close() // the listener; hijacked WebSockets are the relay's to close
-	if err := r.srv.Close(); err != nil {
-		r.t.Errorf("relay close: %v", err)
-	}
-	if err := r.store.Close(); err != nil {
-		r.t.Errorf("store close: %v", err)
-	}
-	r.srv = nil
-}
-
-// swapRelay restarts the relay server the way a rolling restart does: a
-// new server on the same store takes over the listener at once, then the
-// old one shuts down, closing its connections with 1012.
-func (r *testRelay) swapRelay() {
-	r.t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	next, err := relay.New(r.cfg, r.store, testLogger().With("side", "relay"))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	h := next.Handler()
-	r.handler.Store(&h)
-	if err := r.srv.Close(); err != nil {
-		r.t.Errorf("relay close: %v", err)
-	}
-	r.srv = next
-}
-
-// restart starts the relay again on the same address and database.
-func (r *testRelay) restart() {
-	r.t.Helper()
-	var ln net.Listener
-	var err error
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		if ln, err = net.Listen("tcp", r.addr); err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond) // the port is being released
-	}
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.serve(ln)
+	return relaytest.Start(t, mutate, testLogger().With("side", "relay"))
 }
 
 // node is a test identity and the sign function a node's endpoint offers.

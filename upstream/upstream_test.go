@@ -16,8 +16,8 @@ import (
 func TestDeliveredBetweenTwoClients(t *testing.T) {
 	r := startRelay(t, nil)
 	a, b := newNode(1), newNode(2)
-	ca, sa := a.client(t, r.url(), nil)
-	_, sb := b.client(t, r.url(), nil)
+	ca, sa := a.client(t, r.URL(), nil)
+	_, sb := b.client(t, r.URL(), nil)
 	if s := waitState(t, sa, upstream.StateConnected); s.PeerID != a.peer.String() {
 		t.Errorf("status peer ID = %q, want %s", s.PeerID, a.peer)
 	}
@@ -40,7 +40,7 @@ func TestDeliveredBetweenTwoClients(t *testing.T) {
 func TestQueuedWhenRecipientAway(t *testing.T) {
 	r := startRelay(t, nil)
 	a, away := newNode(1), newNode(3)
-	ca, sa := a.client(t, r.url(), func(c *upstream.Config) {
+	ca, sa := a.client(t, r.URL(), func(c *upstream.Config) {
 		// A 4 MiB frame keeps the relay's reader (which answers pings) busy
 		// for a second or more under -race: the production default, not the
 		// tests' impatient one.
@@ -53,7 +53,7 @@ func TestQueuedWhenRecipientAway(t *testing.T) {
 	}
 	// Just over the relay's limit, which the client read from the relay's
 	// description: refused without sending, and the connection stays.
-	_, err := ca.Publish(context.Background(), away.peer.String(), make([]byte, r.cfg.Limits.MaxMessageBytes+1))
+	_, err := ca.Publish(context.Background(), away.peer.String(), make([]byte, r.Cfg.Limits.MaxMessageBytes+1))
 	if !errors.Is(err, upstream.ErrTooLarge) || !strings.HasPrefix(err.Error(), strings.TrimSpace(wire.ReasonTooLarge)) {
 		t.Fatalf("oversized: %v, want ErrTooLarge", err)
 	}
@@ -62,7 +62,7 @@ func TestQueuedWhenRecipientAway(t *testing.T) {
 	}
 
 	// The recipient connects later: the relay replays, upstream hands it up.
-	away.client(t, r.url(), nil)
+	away.client(t, r.URL(), nil)
 	if got := waitMessage(t, away); string(got.Ciphertext) != "for later" {
 		t.Errorf("replayed %q", got.Ciphertext)
 	}
@@ -72,8 +72,8 @@ func TestQueuedWhenRecipientAway(t *testing.T) {
 func TestPipelinedPublishKeepsOrder(t *testing.T) {
 	r := startRelay(t, nil)
 	a, b := newNode(1), newNode(2)
-	ca, sa := a.client(t, r.url(), nil)
-	_, sb := b.client(t, r.url(), nil)
+	ca, sa := a.client(t, r.URL(), nil)
+	_, sb := b.client(t, r.URL(), nil)
 	waitState(t, sa, upstream.StateConnected)
 	waitState(t, sb, upstream.StateConnected)
 
@@ -110,10 +110,10 @@ func TestPipelinedPublishKeepsOrder(t *testing.T) {
 func TestHandlerErrorMeansNoAck(t *testing.T) {
 	r := startRelay(t, nil)
 	a, b := newNode(1), newNode(2)
-	ca, sa := a.client(t, r.url(), nil)
+	ca, sa := a.client(t, r.URL(), nil)
 	waitState(t, sa, upstream.StateConnected)
 	b.failNext = 1
-	_, sb := b.client(t, r.url(), nil)
+	_, sb := b.client(t, r.URL(), nil)
 	waitState(t, sb, upstream.StateConnected)
 
 	ct := []byte("must survive a handler failure")
@@ -135,18 +135,18 @@ func TestHandlerErrorMeansNoAck(t *testing.T) {
 func TestAckedMessagesAreNotReplayed(t *testing.T) {
 	r := startRelay(t, nil)
 	a, b := newNode(1), newNode(2)
-	ca, sa := a.client(t, r.url(), nil)
+	ca, sa := a.client(t, r.URL(), nil)
 	waitState(t, sa, upstream.StateConnected)
-	_, sb := b.client(t, r.url(), nil)
+	_, sb := b.client(t, r.URL(), nil)
 	waitState(t, sb, upstream.StateConnected)
 	if res := publish(t, ca, b.peer, []byte("first")); res.Status != wire.StatusDelivered {
 		t.Fatalf("first: %+v", res)
 	}
 	waitMessage(t, b)
 
-	r.stop()
+	r.Stop()
 	waitState(t, sb, upstream.StateDisconnected)
-	r.restart()
+	r.Restart()
 	waitState(t, sb, upstream.StateConnected)
 	waitState(t, sa, upstream.StateConnected)
 	if res := publish(t, ca, b.peer, []byte("second")); res.Status != wire.StatusDelivered {
@@ -162,11 +162,11 @@ func TestAckedMessagesAreNotReplayed(t *testing.T) {
 func TestReconnectsAtOnceAfter1012(t *testing.T) {
 	r := startRelay(t, nil)
 	a := newNode(1)
-	_, sa := a.client(t, r.url(), func(c *upstream.Config) {
+	_, sa := a.client(t, r.URL(), func(c *upstream.Config) {
 		c.BackoffMin, c.BackoffMax = time.Hour, time.Hour // only the 1012 rule may bring it back quickly
 	})
 	waitState(t, sa, upstream.StateConnected)
-	r.swapRelay()
+	r.Swap()
 	s := waitState(t, sa, upstream.StateDisconnected)
 	if !strings.Contains(s.LastError, "1012") && !strings.Contains(strings.ToLower(s.LastError), "restart") {
 		t.Errorf("last error = %q, want the 1012 close", s.LastError)
@@ -179,14 +179,14 @@ func TestReconnectsAtOnceAfter1012(t *testing.T) {
 func TestReconnectsAfterRelayOutage(t *testing.T) {
 	r := startRelay(t, nil)
 	a := newNode(1)
-	ca, sa := a.client(t, r.url(), nil)
+	ca, sa := a.client(t, r.URL(), nil)
 	waitState(t, sa, upstream.StateConnected)
-	r.stop()
+	r.Stop()
 	waitState(t, sa, upstream.StateDisconnected)
 	if _, err := ca.Publish(context.Background(), a.peer.String(), []byte("x")); !errors.Is(err, upstream.ErrNotConnected) {
 		t.Errorf("publish while down: %v, want ErrNotConnected", err)
 	}
-	r.restart()
+	r.Restart()
 	waitState(t, sa, upstream.StateConnected)
 }
 
@@ -194,7 +194,7 @@ func TestReconnectsAfterRelayOutage(t *testing.T) {
 // the keepalive within seconds, and publishes waiting for a result fail.
 func TestKeepaliveNoticesDeadPath(t *testing.T) {
 	r := startRelay(t, nil)
-	p := startProxy(t, r.addr)
+	p := startProxy(t, r.Addr)
 	a := newNode(1)
 	ca, sa := a.client(t, p.url(), func(c *upstream.Config) {
 		c.PingInterval, c.PingTimeout = 200*time.Millisecond, 300*time.Millisecond
@@ -227,7 +227,7 @@ func TestSignFailureKeepsRetrying(t *testing.T) {
 	r := startRelay(t, nil)
 	a := newNode(1)
 	a.signErr = errors.New("node is down")
-	_, sa := a.client(t, r.url(), nil)
+	_, sa := a.client(t, r.URL(), nil)
 	s := waitState(t, sa, upstream.StateDisconnected)
 	if !strings.Contains(s.LastError, "sign endpoint") || !strings.Contains(s.LastError, "node is down") {
 		t.Errorf("last error = %q", s.LastError)
@@ -244,7 +244,7 @@ func TestRefusedSubscription(t *testing.T) {
 	r := startRelay(t, nil)
 	a, impostor := newNode(1), newNode(2)
 	a.priv = impostor.priv // signs with a key that does not hash to its peer ID
-	_, sa := a.client(t, r.url(), nil)
+	_, sa := a.client(t, r.URL(), nil)
 	s := waitState(t, sa, upstream.StateDisconnected)
 	if !strings.Contains(s.LastError, "refused the subscription") {
 		t.Errorf("last error = %q", s.LastError)

@@ -17,11 +17,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,7 +29,7 @@ import (
 	"github.com/coder/websocket"
 
 	"courier/relay"
-	"courier/relay/sqlitestore"
+	"courier/relay/relaytest"
 	"courier/sidecar"
 	"courier/sidecar/queue"
 	"courier/wire"
@@ -64,126 +61,17 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// Relay is the real relay on a real SQLite file.
-type Relay struct {
-	t    testing.TB
-	Cfg  relay.Config
-	Addr string
-	log  *slog.Logger
+// Relay is the real relay on a real SQLite file (package relaytest).
+type Relay = relaytest.Relay
 
-	mu    sync.Mutex
-	store *sqlitestore.Store
-	srv   *relay.Server
-	hs    *http.Server
-}
-
-// StartRelay starts a relay on 127.0.0.1 with test settings (public host
-// "relay.test", synchronous "normal", no publish rate limit, delivery_wait
-// 2s), changed by mutate, logging to logger (nil: [Logger]). It stops
-// when the test ends.
+// StartRelay starts a relay with relaytest's settings, changed by mutate,
+// logging to logger (nil: [Logger]). It stops when the test ends.
 func StartRelay(t testing.TB, mutate func(*relay.Config), logger *slog.Logger) *Relay {
 	t.Helper()
-	cfg := relay.DefaultConfig()
-	cfg.PublicHost = "relay.test"
-	cfg.Store.Path = filepath.Join(t.TempDir(), "relay.db")
-	cfg.Store.Synchronous = "normal"
-	cfg.Limits.PublishRate = 0
-	cfg.Limits.DeliveryWait = 2 * time.Second
-	if mutate != nil {
-		mutate(&cfg)
-	}
 	if logger == nil {
 		logger = Logger().With("side", "relay")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &Relay{t: t, Cfg: cfg, Addr: ln.Addr().String(), log: logger}
-	r.serve(ln)
-	t.Cleanup(r.Stop)
-	return r
-}
-
-// URL is the relay's WebSocket URL, for relay_url.
-func (r *Relay) URL() string { return "ws://" + r.Addr + "/" }
-
-func (r *Relay) serve(ln net.Listener) {
-	r.t.Helper()
-	// As courier-relay opens it: the quota is the store's to enforce.
-	st, err := sqlitestore.Open(r.Cfg.Store.Path, sqlitestore.Options{
-		Quota: r.Cfg.Limits.Quota(), Synchronous: r.Cfg.Store.Synchronous, MaxBatch: r.Cfg.Store.MaxBatch, Logger: r.log,
-	})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	srv, err := relay.New(r.Cfg, st, r.log)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv.Handler()}
-	go hs.Serve(ln)
-	r.mu.Lock()
-	r.store, r.srv, r.hs = st, srv, hs
-	r.mu.Unlock()
-}
-
-// Stop shuts the relay down as SIGTERM does: every connection gets 1012.
-// Stopping a stopped relay does nothing.
-func (r *Relay) Stop() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.srv == nil {
-		return
-	}
-	r.hs.Close() // the listener; hijacked WebSockets are the relay's to close
-	if err := r.srv.Close(); err != nil {
-		r.t.Errorf("relay close: %v", err)
-	}
-	if err := r.store.Close(); err != nil {
-		r.t.Errorf("relay store close: %v", err)
-	}
-	r.srv = nil
-}
-
-// Restart starts the relay again on the same address and database.
-func (r *Relay) Restart() {
-	r.t.Helper()
-	var ln net.Listener
-	var err error
-	deadline := time.Now().Add(WaitTimeout)
-	for {
-		if ln, err = net.Listen("tcp", r.Addr); err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond) // the port is being released
-	}
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.serve(ln)
-}
-
-// WebSocketOnlyURL returns the URL of a reverse proxy in front of the relay
-// that passes WebSocket upgrades and answers 404 to everything else, as a
-// proxy set up for the WebSocket alone does: the relay's description at
-// GET / is out of reach through it.
-func (r *Relay) WebSocketOnlyURL(t testing.TB) string {
-	t.Helper()
-	target, err := url.Parse("http://" + r.Addr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if !strings.EqualFold(req.Header.Get("Upgrade"), "websocket") {
-			http.NotFound(w, req)
-			return
-		}
-		proxy.ServeHTTP(w, req)
-	}))
-	t.Cleanup(srv.Close)
-	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
+	return relaytest.Start(t, mutate, logger)
 }
 
 // Request is one call a node endpoint received.
