@@ -460,7 +460,11 @@ func TestKill9(t *testing.T) {
 		trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { close(wrote) }}
 		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
 			http.MethodGet, "http://"+courier.api+"/v1/inbox?wait=60s", nil)
-		resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+		// A connection of its own: an idle keep-alive one left by the
+		// status calls would be closed by the shutdown under the request,
+		// and the retry would find the listener gone.
+		client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := client.Do(req)
 		if err != nil {
 			polled <- err.Error()
 			return
