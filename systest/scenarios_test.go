@@ -146,7 +146,16 @@ func TestReceivingSidecarKilled(t *testing.T) {
 // the rest goes OFFLINE; put back, INDIRECT resumes; no restart.
 func TestLiveOptOutAndIn(t *testing.T) {
 	w := newWorld(t, options{})
-	var phase atomic.Int32 // 0 before opt-out, 1 opted out, 2 opted in again
+	// Phases: a message is labelled with the phase read just before it was
+	// sent. Only settled phases have one path to check; messages sent while
+	// an edit is being taken up may go either way.
+	const (
+		before    = 0 // connected
+		optedOut  = 1 // relay_url deleted, state seen "disabled"
+		optedIn   = 2 // relay_url back, state seen "connected"
+		switching = 9 // an edit is on its way
+	)
+	var phase atomic.Int32
 	var mu sync.Mutex
 	byPhase := map[int32][]string{}
 	stop := make(chan struct{})
@@ -172,41 +181,47 @@ func TestLiveOptOutAndIn(t *testing.T) {
 		}
 	}()
 	waitCount := func(p int32, n int) {
-		cluster.WaitFor(w.ctx, fmt.Sprintf("%d messages in phase %d", n, p), func(context.Context) (bool, error) {
+		if err := cluster.WaitFor(w.ctx, fmt.Sprintf("%d messages in phase %d", n, p), func(context.Context) (bool, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(byPhase[p]) >= n, nil
-		})
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	waitCount(0, 10)
+	waitCount(before, 10)
+	phase.Store(switching)
 	if err := w.sideA.SetRelayURL(""); err != nil {
 		t.Fatal(err)
 	}
 	w.waitRelayState(w.sideA, "disabled")
-	phase.Store(1)
-	waitCount(1, 10)
+	phase.Store(optedOut)
+	waitCount(optedOut, 10)
+	phase.Store(switching)
 	if err := w.sideA.SetRelayURL(w.relay.URL()); err != nil {
 		t.Fatal(err)
 	}
 	w.waitConnected(w.sideA)
-	phase.Store(2)
-	waitCount(2, 10)
+	phase.Store(optedIn)
+	waitCount(optedIn, 10)
 	close(stop)
 	<-done
 
-	want := map[int32]string{0: "INDIRECT", 1: "OFFLINE", 2: "INDIRECT"}
+	want := map[int32]string{before: "INDIRECT", optedOut: "OFFLINE", optedIn: "INDIRECT"}
 	var all []string
-	for p := int32(0); p <= 2; p++ {
-		states := w.waitFinal(w.sideA, byPhase[p])
-		for _, id := range byPhase[p] {
+	for _, p := range []int32{before, switching, optedOut, optedIn} {
+		ids := byPhase[p]
+		states := w.waitFinal(w.sideA, ids)
+		for i, id := range ids {
 			all = append(all, id)
 			m := states[id]
 			if m.State == "failed" {
 				t.Errorf("phase %d: %s failed: %s", p, id[:12], m.LastError)
 				continue
 			}
-			// The message in flight at a switch may take either path.
-			if m.Path != want[p] && id != byPhase[p][0] && id != byPhase[p][len(byPhase[p])-1] {
+			// The last message before an edit may still be on its way when
+			// the edit lands.
+			if p != switching && m.Path != want[p] && i != len(ids)-1 {
 				t.Errorf("phase %d: %s went %s, want %s", p, id[:12], m.Path, want[p])
 			}
 		}

@@ -472,11 +472,19 @@ func TestKill9(t *testing.T) {
 		defer resp.Body.Close()
 		polled <- resp.Status + " " + st.ReadAll(resp.Body)
 	}()
-	<-wrote // on an accepted connection: the server serves it, shutting down or not
+	<-wrote
 	if code := courier.signal(syscall.SIGTERM); code != 0 {
 		t.Errorf("after SIGTERM, exit code %d, want 0", code)
 	}
-	if got := <-polled; !strings.HasPrefix(got, "503") || !strings.Contains(got, "shutting down") {
+	// The client wrote the request; whether the server had read it when the
+	// signal came is a race. A poll being served is answered 503 at once
+	// (localapi's TestInboxLongPollAndAck checks that in-process); one not
+	// read yet is cut off by the shutdown. Either way nothing waits 60 s.
+	switch got := <-polled; {
+	case strings.HasPrefix(got, "503") && strings.Contains(got, "shutting down"):
+	case strings.HasSuffix(got, "EOF") || strings.Contains(got, "connection reset"):
+		t.Logf("the long poll was not read yet at SIGTERM: %s", got)
+	default:
 		t.Errorf("long poll at SIGTERM: %s", got)
 	}
 	if !strings.Contains(courier.stderr(), `"msg":"courier stopped"`) {
