@@ -146,6 +146,9 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 	case <-ctx.Done():
 		return // left sending: resumed at the next start
 	}
+	if r.Err == nil {
+		e.m.publishResults.WithLabelValues(r.Status).Inc()
+	}
 	switch {
 	case r.Err != nil && m.Attempts >= maxLostPublishes:
 		// Lost with the connection every time: a relay that closes the
@@ -162,7 +165,6 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 		}
 		signal(e.wakeDispatch)
 	case r.Status == wire.StatusDelivered:
-		e.m.publishResults.WithLabelValues(r.Status).Inc()
 		done, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{
 			State: queue.Delivered, Path: queue.PathIndirect,
 		})
@@ -174,9 +176,9 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 		}
 		e.m.delivered(done)
 	case r.Status == wire.StatusQueued && e.retryAfterComeback(ctx, m):
-		e.m.publishResults.WithLabelValues(r.Status).Inc()
+		// Queued again for INDIRECT: the relay just came back, and the
+		// recipient is likely reconnecting.
 	case r.Status == wire.StatusRejected && strings.HasPrefix(r.Reason, wire.ReasonRateLimited) && m.Attempts < 5:
-		e.m.publishResults.WithLabelValues(r.Status).Inc()
 		// The relay asks us to slow down: try INDIRECT again shortly.
 		wait := time.Duration(m.Attempts) * 200 * time.Millisecond
 		if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{
@@ -185,7 +187,6 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 			e.log.Error("requeue", "id", m.ID, "err", err)
 		}
 	default:
-		e.m.publishResults.WithLabelValues(r.Status).Inc()
 		reason := "relay answered " + r.Status
 		if r.Reason != "" {
 			reason += ": " + r.Reason
