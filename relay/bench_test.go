@@ -5,9 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,20 +206,7 @@ func runIdleChild(path string) error {
 	cfg := relay.DefaultConfig()
 	cfg.Store.Path = path
 	cfg.Limits.MaxConnections = 0
-	st, err := sqlitestore.Open(path, sqlitestore.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return err
-	}
-	srv, err := relay.New(cfg, st, slog.New(slog.DiscardHandler))
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("ADDR %s\n", ln.Addr())
-	return http.Serve(ln, srv.Handler())
+	return serveChild(cfg, sqlitestore.Options{})
 }
 
 func vmRSSKiB(b *testing.B, pid int) float64 {

@@ -75,8 +75,14 @@ func childConfig(path string) relay.Config {
 // runChild serves a relay with durable (synchronous=full) storage until it
 // is killed, after printing its address.
 func runChild(path string) error {
-	cfg := childConfig(path)
-	st, err := sqlitestore.Open(path, sqlitestore.Options{Synchronous: "full", Logger: slog.New(slog.DiscardHandler)})
+	return serveChild(childConfig(path), sqlitestore.Options{Synchronous: "full"})
+}
+
+// serveChild is the body of a child relay process: it opens the store,
+// prints "ADDR host:port" for the parent, and serves until killed.
+func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
+	opts.Logger = slog.New(slog.DiscardHandler)
+	st, err := sqlitestore.Open(cfg.Store.Path, opts)
 	if err != nil {
 		return err
 	}

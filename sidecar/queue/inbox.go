@@ -112,33 +112,26 @@ func (q *Queue) PendingInbound(ctx context.Context, now time.Time, after int64, 
 // twice is not an error (the first DeliveredAt stays); an unknown ID gives
 // ErrNotFound.
 func (q *Queue) MarkInboundDelivered(ctx context.Context, id string) error {
-	var outcome error
-	err := q.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.Exec(`UPDATE inbox SET delivered = 1, delivered_at = ?, next_attempt_at = 0 WHERE id = ? AND delivered = 0`,
-			time.Now().UnixNano(), id)
-		if err != nil {
-			return fmt.Errorf("update %s: %w", id, err)
-		}
-		outcome, err = inboxOutcome(tx, res, id)
-		return err
-	})
-	if err == nil {
-		err = outcome
-	}
-	if err != nil {
-		return fmt.Errorf("mark inbound %s delivered: %w", id, err)
-	}
-	return nil
+	return q.updateInbox(ctx, "mark inbound "+id+" delivered", id,
+		`UPDATE inbox SET delivered = 1, delivered_at = ?, next_attempt_at = 0 WHERE id = ? AND delivered = 0`,
+		time.Now().UnixNano(), id)
 }
 
 // InboundAttempt records a failed push of the message to the node: one
 // more attempt, lastErr, and the next try at next. For a message already
 // delivered it changes nothing; an unknown ID gives ErrNotFound.
 func (q *Queue) InboundAttempt(ctx context.Context, id string, lastErr string, next time.Time) error {
+	return q.updateInbox(ctx, "record inbound attempt "+id, id,
+		`UPDATE inbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ? AND delivered = 0`,
+		lastErr, nanos(next), id)
+}
+
+// updateInbox runs one update of an undelivered inbox row through the
+// writer, and reports an unknown ID as ErrNotFound.
+func (q *Queue) updateInbox(ctx context.Context, what, id, query string, args ...any) error {
 	var outcome error
 	err := q.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.Exec(`UPDATE inbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ? AND delivered = 0`,
-			lastErr, nanos(next), id)
+		res, err := tx.Exec(query, args...)
 		if err != nil {
 			return fmt.Errorf("update %s: %w", id, err)
 		}
@@ -149,7 +142,7 @@ func (q *Queue) InboundAttempt(ctx context.Context, id string, lastErr string, n
 		err = outcome
 	}
 	if err != nil {
-		return fmt.Errorf("record inbound attempt %s: %w", id, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
