@@ -27,8 +27,9 @@ import (
 )
 
 // childArgsEnv, when set, makes the test binary run as the courier program
-// with these arguments (JSON), through main: the sidecar as shipped, in a
-// process of its own that a test can kill.
+// with these arguments (JSON), through runProcess as main does: the sidecar
+// as shipped, in a process of its own that a test can kill. It reports its
+// bound API address on file descriptor 3, once open.
 const childArgsEnv = "COURIER_TEST_CHILD_ARGS"
 
 func TestMain(m *testing.M) {
@@ -39,8 +40,11 @@ func TestMain(m *testing.M) {
 			os.Exit(2)
 		}
 		os.Args = append([]string{"courier"}, a...)
-		main() // exits 1 on error
-		os.Exit(0)
+		addrOut := os.NewFile(3, "addr")
+		os.Exit(runProcess(func(m *Main) {
+			fmt.Fprintln(addrOut, m.Addr())
+			addrOut.Close()
+		}))
 	}
 	os.Exit(m.Run())
 }
@@ -49,7 +53,7 @@ func TestMain(m *testing.M) {
 type child struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	api  string // host:port of its local API, from its "courier started" log line
+	api  string // host:port of its local API, as it reported it
 	done chan struct{}
 
 	mu    sync.Mutex
@@ -71,11 +75,24 @@ func startChild(t *testing.T, wantAPI bool, args ...string) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addrR, addrW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.ExtraFiles = []*os.File{addrW} // the child's fd 3
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	addrW.Close()
 	c := &child{t: t, cmd: cmd, done: make(chan struct{})}
 	apiAddr := make(chan string, 1)
+	go func() {
+		defer addrR.Close()
+		line, err := bufio.NewReader(addrR).ReadString('\n')
+		if err == nil {
+			apiAddr <- strings.TrimSpace(line)
+		}
+	}()
 	go func() {
 		defer close(c.done)
 		sc := bufio.NewScanner(stderr)
@@ -85,13 +102,6 @@ func startChild(t *testing.T, wantAPI bool, args ...string) *child {
 			c.mu.Lock()
 			c.lines = append(c.lines, line)
 			c.mu.Unlock()
-			var rec struct {
-				Msg string `json:"msg"`
-				API string `json:"api"`
-			}
-			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "courier started" {
-				apiAddr <- rec.API
-			}
 		}
 		_ = cmd.Wait()
 	}()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -9,28 +10,83 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"courier/localapi"
 	"courier/sidecar"
 )
 
-// runSidecar runs until ctx is done. Shutdown order: stop taking requests
-// (in-flight ones finish, so every 202 given is committed), stop the engine
-// (the relay connection closes cleanly), close the store.
-func runSidecar(ctx context.Context, args []string, stderr io.Writer) error {
+// errHelp is returned by ParseFlags for -h: nothing to run.
+var errHelp = errors.New("help requested")
+
+// shutdownTimeout bounds how long Run waits for requests in flight once it
+// is told to stop.
+const shutdownTimeout = 10 * time.Second
+
+// Main is the courier sidecar as a value that tests can drive in-process:
+// NewMain, ParseFlags, Open (binds the local API and opens the store, every
+// failure at once), Addr, Run until its ctx ends, Close.
+type Main struct {
+	// Config is the configuration in force at start: the file with the
+	// flags applied. ParseFlags sets it; a test may adjust it before Open.
+	Config sidecar.Config
+	// ConfigPath is the file watched for changes while Run runs; empty
+	// means no watch.
+	ConfigPath string
+	Logger     *slog.Logger
+	// Options tune the engine (zero values: its defaults).
+	Options sidecar.Options
+
+	stderr   io.Writer
+	fileCfg  sidecar.Config                      // the file as read, without the flags
+	override func(sidecar.Config) sidecar.Config // applies the flags, at start and at every reload
+
+	engine *sidecar.Engine
+	api    *localapi.Server
+	srv    *http.Server
+	ln     net.Listener
+
+	mu     sync.Mutex
+	ran    bool
+	closed bool
+}
+
+// NewMain returns a Main that logs JSON to stderr.
+func NewMain(stderr io.Writer) *Main {
+	return &Main{
+		Config:   sidecar.DefaultConfig(),
+		Logger:   slog.New(slog.NewJSONHandler(stderr, nil)),
+		stderr:   stderr,
+		override: func(c sidecar.Config) sidecar.Config { return c },
+	}
+}
+
+// ParseFlags reads the command line and the configuration file it names,
+// applies the flags over the file and validates the result: every bad key
+// is named here, before anything is opened.
+func (m *Main) ParseFlags(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("courier", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	var usage bytes.Buffer
+	fs.SetOutput(&usage)
 	configPath := fs.String("config", "courier.toml", "the sidecar's TOML configuration `file`")
-	listen := fs.String("listen", "", "local API address, overriding api.listen")
+	listen := fs.String("listen", "", "local API `address`, overriding api.listen (e.g. 127.0.0.1:0)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			_, _ = io.Copy(stdout, &usage)
+			return errHelp
+		}
+		return fmt.Errorf("%w\n%s", err, usage.String())
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q: courier takes only flags (or the subcommands status, version)", fs.Args())
 	}
 	fileCfg, err := sidecar.LoadConfig(*configPath)
 	if err != nil {
 		return err
 	}
-	// Flags override the file, at start and at every reload.
 	override := func(c sidecar.Config) sidecar.Config {
 		if *listen != "" {
 			c.API.Listen = *listen
@@ -44,85 +100,145 @@ func runSidecar(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.Log.SlogLevel()}))
+	m.Config, m.fileCfg, m.override, m.ConfigPath = cfg, fileCfg, override, *configPath
+	m.Logger = slog.New(slog.NewJSONHandler(m.stderr, &slog.HandlerOptions{Level: cfg.Log.SlogLevel()}))
+	return nil
+}
 
-	engine, err := sidecar.New(cfg, logger.With("component", "engine"), sidecar.Options{})
+// Open opens the store (refused at once when another courier holds it) and
+// binds the local API's address (refused at once when it is taken). It
+// does not deliver or serve yet: Run does.
+func (m *Main) Open() error {
+	if m.ConfigPath == "" {
+		m.fileCfg = m.Config
+	}
+	engine, err := sidecar.New(m.Config, m.Logger.With("component", "engine"), m.Options)
 	if err != nil {
 		return err
 	}
-	defer engine.Close()
-
-	ln, err := net.Listen("tcp", cfg.API.Listen)
+	ln, err := net.Listen("tcp", m.Config.API.Listen)
 	if err != nil {
+		engine.Close()
 		return fmt.Errorf("api.listen: %w", err)
 	}
-	api := localapi.New(engine, cfg.API.Token, logger.With("component", "localapi"))
-	srv := &http.Server{
-		Handler:           api,
+	m.engine, m.ln = engine, ln
+	m.api = localapi.New(engine, m.Config.API.Token, m.Logger.With("component", "localapi"))
+	m.srv = &http.Server{
+		Handler:           m.api,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
 	}
 	// Shutdown waits for requests in flight, so that every 202 given is
 	// committed; a long poll of the inbox is answered at once instead.
-	srv.RegisterOnShutdown(api.EndLongPolls)
-	logger.Info("courier started", "version", version, "api", ln.Addr().String(), "relay_configured", cfg.RelayURL != "", "store", cfg.Store.Path)
+	m.srv.RegisterOnShutdown(m.api.EndLongPolls)
+	// Operators and the process-level test harness read the address here.
+	m.Logger.Info("courier started", "version", version, "api", ln.Addr().String(),
+		"relay_configured", m.Config.RelayURL != "", "store", m.Config.Store.Path)
+	return nil
+}
 
+// Addr is the local API's bound address, once Open has succeeded.
+func (m *Main) Addr() net.Addr { return m.ln.Addr() }
+
+// Engine is the delivery engine, once Open has succeeded.
+func (m *Main) Engine() *sidecar.Engine { return m.engine }
+
+// Run serves the local API, delivers and follows the config file until ctx
+// ends or one of them fails. Then it stops in order: no new requests, the
+// ones in flight finish (so every 202 given is committed), the engine stops
+// (the relay connection closes cleanly), the watch ends. It returns nil
+// when stopped by ctx. Call it once, after Open; Close afterwards.
+func (m *Main) Run(ctx context.Context) error {
+	m.mu.Lock()
+	if m.ran || m.closed || m.engine == nil {
+		m.mu.Unlock()
+		return errors.New("courier: Run needs a Main that is open and has not run yet")
+	}
+	m.ran = true
+	m.mu.Unlock()
+
+	// The engine and the watch stop only when the HTTP server has finished
+	// the requests in flight: their context is not ctx.
 	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopEngine()
-	engineDone := make(chan error, 1)
-	go func() { engineDone <- engine.Run(engineCtx) }()
-	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve(ln) }()
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	watchDone := make(chan error, 1)
-	go func() {
-		// Watch compares file with file; the engine gets the file with the
-		// flags applied, as at start.
-		watchDone <- sidecar.Watch(watchCtx, *configPath, fileCfg, logger.With("component", "config"), func(next sidecar.Config) {
-			next = override(next)
-			if err := engine.Reconfigure(next); err != nil {
-				logger.Error("config change refused; the last good config stays in force", "err", err)
-				return
+	g, gctx := errgroup.WithContext(engineCtx)
+	g.Go(func() error {
+		if err := m.engine.Run(gctx); err != nil {
+			return fmt.Errorf("engine stopped: %w", err)
+		}
+		return nil
+	})
+	if m.ConfigPath != "" {
+		g.Go(func() error {
+			if err := sidecar.Watch(gctx, m.ConfigPath, m.fileCfg, m.Logger.With("component", "config"), m.reload); err != nil {
+				return fmt.Errorf("config watch: %w", err)
 			}
-			if next.API != cfg.API {
-				logger.Warn("api settings changed; they take effect at the next restart")
-			}
-			logger.Info("config reloaded", "relay_configured", next.RelayURL != "")
+			return nil
 		})
-	}()
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- m.srv.Serve(m.ln) }()
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-	case err := <-serveDone:
+	case err := <-serveErr:
+		serveErr <- err
 		runErr = fmt.Errorf("local API: %w", err)
-	case err := <-engineDone:
-		engineDone <- err
-		runErr = fmt.Errorf("engine stopped: %w", err)
-	case err := <-watchDone:
-		watchDone <- err
-		if err != nil {
-			runErr = fmt.Errorf("config watch: %w", err)
-		}
+	case <-gctx.Done(): // the engine or the watch failed
 	}
-	logger.Info("courier stopping")
-	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	m.Logger.Info("courier stopping")
+	shutCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		logger.Warn("local API shutdown", "err", err)
+	if err := m.srv.Shutdown(shutCtx); err != nil {
+		m.Logger.Warn("local API shutdown", "err", err)
+	}
+	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) && runErr == nil {
+		runErr = fmt.Errorf("local API: %w", err)
 	}
 	stopEngine()
-	if err := <-engineDone; err != nil && runErr == nil {
+	if err := g.Wait(); err != nil && runErr == nil {
 		runErr = err
 	}
-	stopWatch()
-	<-watchDone
-	if err := engine.Close(); err != nil && runErr == nil {
-		runErr = fmt.Errorf("close store: %w", err)
-	}
-	logger.Info("courier stopped")
 	return runErr
+}
+
+// reload puts a changed config file in force: the engine gets the file
+// with the flags applied, as at start.
+func (m *Main) reload(next sidecar.Config) {
+	next = m.override(next)
+	if err := m.engine.Reconfigure(next); err != nil {
+		m.Logger.Error("config change refused; the last good config stays in force", "err", err)
+		return
+	}
+	if next.API != m.Config.API {
+		m.Logger.Warn("api settings changed; they take effect at the next restart")
+	}
+	m.Logger.Info("config reloaded", "relay_configured", next.RelayURL != "")
+}
+
+// Close releases what Open took: the listener (if Run did not) and the
+// store. It is idempotent; call it after Run has returned.
+func (m *Main) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	var errs []error
+	if m.srv != nil && !m.ran {
+		if err := m.ln.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close listener: %w", err))
+		}
+	}
+	if m.engine != nil {
+		if err := m.engine.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	}
+	m.Logger.Info("courier stopped")
+	return errors.Join(errs...)
 }
