@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -67,9 +68,10 @@ func (s *Server) EndLongPolls() { s.endPolls() }
 // ServeHTTP checks who is asking, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A web page in the operator's browser must not be able to drive the
-	// API: browsers send Origin on cross-site requests, the node does not.
-	if o := r.Header.Get("Origin"); o != "" && !sameHost(o, r.Host) {
-		writeError(w, http.StatusForbidden, "cross-origin requests are refused; call the API from the node, not from a web page")
+	// API: browsers send Origin on cross-origin requests, the node does
+	// not. The whole origin counts: scheme, host and port.
+	if o := r.Header.Get("Origin"); o != "" && !sameOrigin(o, r) {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("Origin %q is not this API's own origin (scheme, host and port): cross-origin requests are refused; call the API from the node, not from a web page", o))
 		return
 	}
 	// Nor through DNS rebinding: a page whose host name has been pointed
@@ -92,20 +94,38 @@ func (s *Server) authorized(r *http.Request) bool {
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1
 }
 
-func sameHost(origin, host string) bool {
-	_, rest, ok := strings.Cut(origin, "://")
-	if !ok {
+// sameOrigin reports whether a request's Origin header names the API
+// itself: the same scheme, host and port as the request was sent to (a
+// page on another loopback port is another origin). Default ports count
+// as given; an Origin with anything beyond scheme://host[:port] is not
+// this API's.
+func sameOrigin(origin string, r *http.Request) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return false
 	}
-	oh, _, err := net.SplitHostPort(rest)
-	if err != nil {
-		oh = rest
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
 	}
-	hh, _, err := net.SplitHostPort(host)
-	if err != nil {
-		hh = host
+	if !strings.EqualFold(u.Scheme, scheme) {
+		return false
 	}
-	return strings.EqualFold(oh, hh)
+	oh, op := splitHostPort(u.Host, scheme)
+	rh, rp := splitHostPort(r.Host, scheme)
+	return oh != "" && strings.EqualFold(oh, rh) && op == rp
+}
+
+// splitHostPort splits "host[:port]", filling in the scheme's default port.
+func splitHostPort(hostport, scheme string) (host, port string) {
+	h, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		h, p = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]"), ""
+	}
+	if p == "" {
+		p = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	return h, p
 }
 
 // loopbackHost reports whether a Host header names the loopback

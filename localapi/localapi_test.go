@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -414,5 +415,60 @@ func TestNotReadyWithoutRelay(t *testing.T) {
 	page := string(a.do("GET", "/", "", nil).body)
 	if !strings.Contains(page, "NOT READY") || !(strings.Contains(page, "connecting") || strings.Contains(page, "disconnected")) {
 		t.Errorf("status page does not show the relay state: %s", page)
+	}
+}
+
+// The Origin check compares the whole origin: a page served from another
+// loopback port, another scheme or another host name must not drive the
+// API, even without a token. No Origin at all (the node, curl) is fine.
+func TestOriginFull(t *testing.T) {
+	a := startAPI(t, "", "")
+	hostport := strings.TrimPrefix(a.url, "http://") // 127.0.0.1:port
+	_, port, _ := strings.Cut(hostport, ":")
+	other := "1"
+	if port == "1" {
+		other = "2"
+	}
+	peer := st.NewNode(t, "recipient").Peer.String()
+	for i, tc := range []struct {
+		name   string
+		origin string // "" sends none
+		host   string // "" keeps the real one
+		status int
+	}{
+		{"no Origin (the node itself)", "", "", 202},
+		{"same origin", "http://" + hostport, "", 202},
+		{"same origin, upper-case scheme and trailing slash", "HTTP://" + hostport + "/", "", 202},
+		{"another loopback port", "http://127.0.0.1:" + other, "", 403},
+		{"no port: port 80", "http://127.0.0.1", "", 403},
+		{"https, same host and port", "https://" + hostport, "", 403},
+		{"another loopback host name", "http://localhost:" + port, "", 403},
+		{"another host", "http://evil.example:" + port, "", 403},
+		{"a path is not an origin", "http://" + hostport + "/x", "", 403},
+		{"userinfo", "http://u@" + hostport, "", 403},
+		{"null", "null", "", 403},
+		{"garbage", "::::", "", 403},
+		{"default port given both ways", "http://localhost:80", "localhost", 202},
+		{"default port, other scheme", "https://localhost", "localhost", 403},
+		{"IPv6 loopback, other port", "http://[::1]:" + other, "[::1]:" + port, 403},
+		{"IPv6 loopback, same", "http://[::1]:" + port, "[::1]:" + port, 202},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := map[string]string{}
+			if tc.origin != "" {
+				h["Origin"] = tc.origin
+			}
+			if tc.host != "" {
+				h["Host"] = tc.host
+			}
+			ct := []byte(fmt.Sprintf("origin case %d", i))
+			r := a.do("POST", "/v1/messages", postBody(peer, b64(ct)), h)
+			if r.status != tc.status {
+				t.Fatalf("Origin %q, Host %q: status %d, want %d: %s", tc.origin, tc.host, r.status, tc.status, r.body)
+			}
+			if tc.status == 403 && !strings.Contains(r.json(t)["error"].(string), "cross-origin") {
+				t.Errorf("403 without saying why: %s", r.body)
+			}
+		})
 	}
 }
