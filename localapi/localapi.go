@@ -18,8 +18,10 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/semaphore"
 
 	"courier/sidecar"
 )
@@ -33,6 +35,12 @@ type Server struct {
 
 	polls    context.Context // ends at EndLongPolls
 	endPolls context.CancelFunc
+	bodies   *semaphore.Weighted // bodyBudget
+
+	// BodyTimeout bounds how long the body of a POST /v1/messages may take
+	// to arrive once its headers are in; zero means DefaultBodyTimeout.
+	// Set it before serving.
+	BodyTimeout time.Duration
 }
 
 // New returns the API for e. A non-empty token is required as
@@ -43,7 +51,7 @@ func New(e *sidecar.Engine, token string, logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{e: e, token: token, log: logger, mux: http.NewServeMux()}
+	s := &Server{e: e, token: token, log: logger, mux: http.NewServeMux(), bodies: semaphore.NewWeighted(bodyBudget)}
 	s.polls, s.endPolls = context.WithCancel(context.Background())
 	s.mux.HandleFunc("POST /v1/messages", s.postMessage)
 	s.mux.HandleFunc("GET /v1/messages/{id}", s.getMessage)

@@ -33,12 +33,21 @@ type api struct {
 // no inbound endpoint: the node polls) and the API in front of it.
 func startAPI(t *testing.T, token, relayURL string) *api {
 	t.Helper()
+	return startAPIWith(t, token, relayURL, nil)
+}
+
+// startAPIWith is startAPI with the Server adjusted by set before it serves.
+func startAPIWith(t *testing.T, token, relayURL string, set func(*localapi.Server)) *api {
+	t.Helper()
 	n := st.NewNode(t, "api")
 	cfg := st.Config(n, relayURL, t.TempDir())
 	cfg.Node.InboundURL = ""
 	cfg.API.Token = token
 	s := st.StartSidecar(t, n, cfg, st.Options())
 	srv := localapi.New(s.E, token, st.Logger())
+	if set != nil {
+		set(srv)
+	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
 	return &api{t: t, url: hs.URL, srv: srv, s: s, node: n}

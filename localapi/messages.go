@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -18,9 +19,26 @@ import (
 	"courier/wire"
 )
 
-// maxBody fits the largest accepted ciphertext in base64 plus the JSON
-// around it.
-var maxBody = int64(base64.StdEncoding.EncodedLen(sidecar.MaxMessageBytes)) + 4096
+// bodyLimit is the largest POST /v1/messages body for a ciphertext limit:
+// the ciphertext in base64 plus the JSON around it.
+func bodyLimit(maxMessageBytes int) int64 {
+	return int64(base64.StdEncoding.EncodedLen(maxMessageBytes)) + 4096
+}
+
+// bodyBudget caps the bytes of message bodies being read and decoded at
+// once, across all requests: a burst of large posts waits its turn (or
+// until its client gives up) instead of taking memory without bound. It
+// holds at least two bodies of the largest size the config allows.
+var bodyBudget = max(64<<20, 2*bodyLimit(sidecar.MaxMessageBytes))
+
+// DefaultBodyTimeout is how long the body of a POST /v1/messages may take
+// to arrive, once its headers are in.
+const DefaultBodyTimeout = 30 * time.Second
+
+// messageLimit is the largest ciphertext the sidecar accepts: its own
+// limit, larger than the relay's (a message the relay cannot take goes
+// OFFLINE).
+func (s *Server) messageLimit() int { return sidecar.MaxMessageBytes }
 
 type postMessageRequest struct {
 	Recipient  *string `json:"recipient"`
@@ -54,14 +72,49 @@ func view(m queue.Outbound) messageView {
 const postShape = `send {"recipient":"<peer id>","ciphertext":"<standard base64>"}`
 
 func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
+	limit := s.messageLimit()
+	maxBody := bodyLimit(limit)
+	tooLarge := func(size string) {
+		w.Header().Set("Connection", "close") // do not read the rest
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf(
+			"body is over %d bytes%s: the largest ciphertext this sidecar accepts is %d bytes (api.max_message_bytes); "+
+				"a message larger than the relay takes is accepted and goes OFFLINE, but nothing over this limit: send it over the node's own path", maxBody, size, limit))
+	}
+	if r.ContentLength > maxBody {
+		tooLarge(fmt.Sprintf(" (it is %d)", r.ContentLength))
+		return
+	}
+	// Reserve the body's bytes from the budget shared by all requests; an
+	// unknown length may be as large as allowed.
+	weight := r.ContentLength
+	if weight < 0 {
+		weight = maxBody
+	}
+	if err := s.bodies.Acquire(r.Context(), weight); err != nil {
+		return // the client gave up while waiting
+	}
+	defer s.bodies.Release(weight)
+	// The body must arrive in time: a client that stalls or trickles does
+	// not hold its reservation (and a goroutine) for long.
+	rc := http.NewResponseController(w)
+	timeout := s.BodyTimeout
+	if timeout <= 0 {
+		timeout = DefaultBodyTimeout
+	}
+	_ = rc.SetReadDeadline(time.Now().Add(timeout)) // unsupported only by test recorders
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body is over %d bytes; the largest ciphertext accepted is %d bytes", maxBody, sidecar.MaxMessageBytes))
-			return
+		switch {
+		case errors.As(err, &tooBig):
+			tooLarge("")
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			w.Header().Set("Connection", "close")
+			writeError(w, http.StatusRequestTimeout, fmt.Sprintf("body: not received within %s of the headers; send the whole body at once", timeout))
+		default:
+			writeError(w, http.StatusBadRequest, "reading body: "+err.Error())
 		}
-		writeError(w, http.StatusBadRequest, "reading body: "+err.Error())
 		return
 	}
 	var req postMessageRequest
