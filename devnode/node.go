@@ -5,12 +5,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -20,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"courier/localapi/apiclient"
 	"courier/wire"
 )
 
@@ -113,7 +111,7 @@ type Node struct {
 	pubKey []byte // marshalled
 	peerID string
 
-	sidecar   atomic.Pointer[url.URL] // settable at run time: see SetSidecarURL
+	sidecar   atomic.Pointer[apiclient.Client] // settable at run time: see SetSidecarURL
 	client    *http.Client
 	log       *slog.Logger
 	maxBody   int64
@@ -500,15 +498,9 @@ type SendResult struct {
 	HTTPStatus    int    `json:"-"`               // the sidecar's answer: 202 new, 200 known
 }
 
-// SidecarError is a non-2xx answer from the sidecar.
-type SidecarError struct {
-	Status  int
-	Message string // the "error" of its JSON body, or the body
-}
-
-func (e *SidecarError) Error() string {
-	return fmt.Sprintf("sidecar answered %d: %s", e.Status, e.Message)
-}
+// SidecarError is a non-2xx answer from the sidecar: its HTTP status and
+// its JSON error text.
+type SidecarError = apiclient.Error
 
 // ErrNoSidecar is returned by Send and MessageState when no sidecar URL is
 // configured.
@@ -521,14 +513,19 @@ func (n *Node) SetSidecarURL(s string) error {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("sidecar URL %q: want http://host:port", s)
 	}
-	n.sidecar.Store(u)
+	c, err := apiclient.New(u.String(), apiclient.Options{HTTPClient: n.client})
+	if err != nil {
+		return err
+	}
+	n.sidecar.Store(c)
 	return nil
 }
 
 // Send seals a chat message to the recipient and posts it to the sidecar's
 // POST /v1/messages.
 func (n *Node) Send(ctx context.Context, req SendRequest) (SendResult, error) {
-	if n.sidecar.Load() == nil {
+	sc := n.sidecar.Load()
+	if sc == nil {
 		return SendResult{}, ErrNoSidecar
 	}
 	to, err := ParseRecipient(req.ToPeer, req.ToPubKey)
@@ -540,16 +537,22 @@ func (n *Node) Send(ctx context.Context, req SendRequest) (SendResult, error) {
 	if err != nil {
 		return SendResult{}, fmt.Errorf("seal: %w", err)
 	}
-	body, _ := json.Marshal(map[string]string{ // strings always marshal
-		"recipient":  to.PeerID,
-		"ciphertext": base64.StdEncoding.EncodeToString(ct),
-	})
 	res := SendResult{Recipient: to.PeerID, ChatMessageID: chat.MessageID}
-	status, err := n.sidecarDo(ctx, http.MethodPost, "/v1/messages", body, &res.MessageState)
-	res.HTTPStatus = status
+	sub, err := sc.Submit(ctx, to.PeerID, ct)
+	var e *SidecarError
+	switch {
+	case errors.As(err, &e):
+		res.HTTPStatus = e.Status
+	case err == nil && sub.Created:
+		res.HTTPStatus = http.StatusAccepted
+	case err == nil:
+		res.HTTPStatus = http.StatusOK
+	}
 	if err != nil {
 		return res, err
 	}
+	res.ID, res.State = sub.ID, sub.State
+	status := res.HTTPStatus
 	if want := wire.MessageID(ct); res.ID != want {
 		return res, fmt.Errorf("sidecar gave message ID %q, want %s (sha256 of the ciphertext)", res.ID, want)
 	}
@@ -559,15 +562,29 @@ func (n *Node) Send(ctx context.Context, req SendRequest) (SendResult, error) {
 
 // State asks the sidecar for a message's state: GET /v1/messages/{id}.
 func (n *Node) State(ctx context.Context, id string) (MessageState, error) {
-	if n.sidecar.Load() == nil {
+	sc := n.sidecar.Load()
+	if sc == nil {
 		return MessageState{}, ErrNoSidecar
 	}
 	if !wire.ValidMessageID(id) {
 		return MessageState{}, fmt.Errorf("%q is not a message ID", id)
 	}
-	var s MessageState
-	_, err := n.sidecarDo(ctx, http.MethodGet, "/v1/messages/"+id, nil, &s)
-	return s, err
+	m, err := sc.Message(ctx, id)
+	if err != nil {
+		return MessageState{}, err
+	}
+	return MessageState{
+		ID: m.ID, Recipient: m.Recipient, State: m.State, Path: m.Path, Attempts: m.Attempts,
+		CreatedAt: jsonTime(m.CreatedAt), UpdatedAt: jsonTime(m.UpdatedAt), LastError: m.LastError,
+	}, nil
+}
+
+// jsonTime is t as the sidecar wrote it, or "" for none.
+func jsonTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339Nano)
 }
 
 // WaitState polls State every PollInterval until the message reaches a final
@@ -595,42 +612,4 @@ func (n *Node) WaitState(ctx context.Context, id string) (MessageState, error) {
 		}
 		t.Reset(n.pollEvery)
 	}
-}
-
-func (n *Node) sidecarDo(ctx context.Context, method, path string, body []byte, out any) (int, error) {
-	u := n.sidecar.Load().JoinPath(path)
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
-	if err != nil {
-		return 0, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := n.client.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("sidecar %s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return resp.StatusCode, fmt.Errorf("sidecar %s %s: read answer: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(b))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		return resp.StatusCode, &SidecarError{Status: resp.StatusCode, Message: msg}
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return resp.StatusCode, fmt.Errorf("sidecar %s %s: answer is not the expected JSON: %w", method, path, err)
-	}
-	return resp.StatusCode, nil
 }

@@ -4,8 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"courier/localapi/apiclient"
 	"courier/relay"
 	"courier/sidecar"
 	st "courier/sidecar/sidecartest"
@@ -154,53 +155,50 @@ func (c *child) signal(sig syscall.Signal) int {
 	return c.cmd.ProcessState.ExitCode()
 }
 
+// api is a client for the child's local API.
+func (c *child) client() *apiclient.Client {
+	cl, err := apiclient.New(c.api, apiclient.Options{HTTPClient: httpClient})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cl
+}
+
 // post submits a message to the child's API: its status, or 0 when no
 // answer came (the process died meanwhile, say).
 func (c *child) post(to wire.PeerID, ct []byte) int {
-	body, _ := json.Marshal(map[string]string{"recipient": to.String(), "ciphertext": base64.StdEncoding.EncodeToString(ct)})
-	resp, err := httpClient.Post("http://"+c.api+"/v1/messages", "application/json", bytes.NewReader(body))
-	if err != nil {
+	s, err := c.client().Submit(context.Background(), to.String(), ct)
+	var e *apiclient.Error
+	switch {
+	case errors.As(err, &e):
+		return e.Status
+	case err != nil:
 		return 0
+	case s.Created:
+		return http.StatusAccepted
+	default:
+		return http.StatusOK
 	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
 }
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
 
 // message is GET /v1/messages/{id}.
-type message struct {
-	ID        string `json:"id"`
-	State     string `json:"state"`
-	Path      string `json:"path"`
-	Attempts  int    `json:"attempts"`
-	LastError string `json:"last_error"`
-}
+type message = apiclient.Message
 
 func (c *child) get(id string) message {
 	c.t.Helper()
-	resp, err := httpClient.Get("http://" + c.api + "/v1/messages/" + id)
+	m, err := c.client().Message(context.Background(), id)
 	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var m message
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&m) != nil {
-		c.t.Fatalf("GET %s: %s", id, resp.Status)
+		c.t.Fatalf("GET %s: %v", id, err)
 	}
 	return m
 }
 
-func (c *child) status() sidecar.Status {
+func (c *child) status() apiclient.Status {
 	c.t.Helper()
-	resp, err := httpClient.Get("http://" + c.api + "/v1/status")
+	s, err := c.client().Status(context.Background())
 	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var s sidecar.Status
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		c.t.Fatal(err)
 	}
 	return s

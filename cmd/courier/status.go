@@ -3,15 +3,16 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"courier/localapi/apiclient"
 	"courier/sidecar"
 )
 
@@ -36,38 +37,28 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status", nil)
+	c, err := apiclient.New(addr, apiclient.Options{Token: token})
 	if err != nil {
 		return err
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	st, err := c.Status(ctx)
 	if err != nil {
+		var e *apiclient.Error
+		if errors.As(err, &e) {
+			return fmt.Errorf("status: %w", err)
+		}
 		return fmt.Errorf("is courier running? %w", err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return fmt.Errorf("read status: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status: %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
 	if *asJSON {
-		_, err := stdout.Write(body)
-		return err
-	}
-	var st sidecar.Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("decode status: %w", err)
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
 	}
 	printStatus(stdout, st)
 	return nil
 }
 
-func printStatus(w io.Writer, st sidecar.Status) {
+func printStatus(w io.Writer, st apiclient.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "relay\t%s since %s\n", st.Relay.State, st.Relay.Since.Format(time.RFC3339))
 	if st.Relay.PeerID != "" {

@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"courier/localapi/apiclient"
 )
 
 // Relay is a running courier-relay.
@@ -197,33 +199,26 @@ func (s *Sidecar) SetRelayURL(url string) error {
 // URL is the sidecar's local API base URL.
 func (s *Sidecar) URL() string { return "http://" + s.Addr() }
 
-// Message is a message's state as GET /v1/messages/{id} reports it.
-type Message struct {
-	ID        string    `json:"id"`
-	Recipient string    `json:"recipient"`
-	State     string    `json:"state"`
-	Path      string    `json:"path"`
-	Attempts  int       `json:"attempts"`
-	LastError string    `json:"last_error"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+// API is a client for the sidecar's local API, at its current address.
+func (s *Sidecar) API() *apiclient.Client {
+	c, err := apiclient.New(s.URL(), apiclient.Options{HTTPClient: httpClient})
+	if err != nil {
+		panic(err) // s.URL() is http://host:port by construction
+	}
+	return c
 }
+
+// Message is a message's state as GET /v1/messages/{id} reports it.
+type Message = apiclient.Message
 
 // Message asks the sidecar for a message's state.
 func (s *Sidecar) Message(ctx context.Context, id string) (Message, error) {
-	var m Message
-	err := getJSON(ctx, s.URL()+"/v1/messages/"+id, &m)
-	return m, err
+	return s.API().Message(ctx, id)
 }
 
 // RelayState returns the sidecar's relay connection state.
 func (s *Sidecar) RelayState(ctx context.Context) (string, error) {
-	var st struct {
-		Relay struct {
-			State string `json:"state"`
-		} `json:"relay"`
-	}
-	err := getJSON(ctx, s.URL()+"/v1/status", &st)
+	st, err := s.API().Status(ctx)
 	return st.Relay.State, err
 }
 
