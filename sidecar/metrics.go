@@ -24,11 +24,13 @@ type metrics struct {
 	refused        prometheus.Counter
 	latency        *prometheus.HistogramVec
 	relay          *prometheus.GaugeVec
+	lastHour       *deliveryStats // the status page's last hour
 }
 
 func newMetrics(e *Engine) *metrics {
 	m := &metrics{
-		reg: prometheus.NewRegistry(),
+		lastHour: newDeliveryStats(time.Now),
+		reg:      prometheus.NewRegistry(),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_messages_accepted_total", Help: "Outbound messages accepted from the node.",
 		}),
@@ -82,6 +84,7 @@ func (m *metrics) relayState(state string) {
 func (m *metrics) delivered(o queue.Outbound) {
 	m.deliveries.WithLabelValues(string(o.Path)).Inc()
 	m.latency.WithLabelValues(string(o.Path)).Observe(o.UpdatedAt.Sub(o.CreatedAt).Seconds())
+	m.lastHour.record(o.Path, o.CreatedAt, o.UpdatedAt)
 }
 
 var (

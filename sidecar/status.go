@@ -46,7 +46,10 @@ type Status struct {
 	Inbox  InboxStatus               `json:"inbox"`
 	Paths  map[queue.Path]int        `json:"paths"` // delivered INDIRECT, handed off OFFLINE
 	Node   map[string]EndpointHealth `json:"node"`
-	Recent []queue.Outbound          `json:"recent,omitempty"`
+	// LastHour is, per path, the deliveries of the last hour: how many,
+	// per minute, and their latency from acceptance.
+	LastHour map[queue.Path]PathHour `json:"last_hour"`
+	Recent   []queue.Outbound        `json:"recent,omitempty"`
 }
 
 // InboxStatus counts inbound messages.
@@ -69,7 +72,8 @@ func (e *Engine) Status(ctx context.Context, recent int) (Status, error) {
 			queue.PathIndirect: c.Count(queue.Delivered, queue.PathIndirect),
 			queue.PathOffline:  c.Count(queue.HandedOff, queue.PathOffline),
 		},
-		Node: make(map[string]EndpointHealth),
+		Node:     make(map[string]EndpointHealth),
+		LastHour: e.m.lastHour.lastHour(),
 	}
 	for _, s := range queue.States {
 		st.Outbox[s] = c.State(s)
