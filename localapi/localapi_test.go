@@ -157,7 +157,7 @@ func TestBadInput(t *testing.T) {
 	peer := st.NewNode(t, "recipient").Peer.String()
 	ok := b64([]byte("fine"))
 	unknownID := strings.Repeat("ab", 32)
-	huge := strings.Repeat("A", 6<<20)
+	huge := strings.Repeat("A", base64.StdEncoding.EncodedLen(sidecar.MaxMessageBytes)+8<<10)
 	tooLarge := b64(make([]byte, sidecar.MaxMessageBytes+1))
 	cases := []struct {
 		name, method, path, body string
@@ -180,7 +180,7 @@ func TestBadInput(t *testing.T) {
 		{"bad base64", "POST", "/v1/messages", postBody(peer, "not base64!"), nil, 400, "ciphertext: not standard padded base64"},
 		{"unpadded base64", "POST", "/v1/messages", postBody(peer, "Zm9vYg"), nil, 400, "ciphertext: not standard padded base64"},
 		{"bad peer ID", "POST", "/v1/messages", postBody("QmNotAPeerID", ok), nil, 400, "recipient:"},
-		{"ciphertext over the limit", "POST", "/v1/messages", postBody(peer, tooLarge), nil, 413, "ciphertext is 4194305 bytes"},
+		{"ciphertext over the limit", "POST", "/v1/messages", postBody(peer, tooLarge), nil, 413, fmt.Sprintf("ciphertext is %d bytes", sidecar.MaxMessageBytes+1)},
 		{"body over the limit", "POST", "/v1/messages", postBody(peer, huge), nil, 413, "body is over"},
 		{"bad id", "GET", "/v1/messages/xyz", "", nil, 400, "id: not a message ID"},
 		{"upper-case id", "GET", "/v1/messages/" + strings.ToUpper(unknownID), "", nil, 400, "id: not a message ID"},

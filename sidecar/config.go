@@ -24,6 +24,13 @@ type Config struct {
 	// URL. Empty (the key deleted) disables INDIRECT: everything goes OFFLINE.
 	// Default: empty.
 	RelayURL string `toml:"relay_url"`
+	// RelayHost is the host name the relay's challenges may name (its
+	// public_host) besides relay_url's own host, for a relay reached under
+	// another name (an IP address, a tunnel, a proxy). The sidecar signs a
+	// challenge only for relay_url's host or this one: otherwise a relay
+	// could pass on another relay's challenge and log in there as this
+	// node. Default: empty (relay_url's host only).
+	RelayHost string `toml:"relay_host"`
 
 	API      APIConfig      `toml:"api"`
 	Node     NodeConfig     `toml:"node"`
@@ -41,6 +48,11 @@ type APIConfig struct {
 	// ("Authorization: Bearer <token>"), at least 16 characters. Required
 	// when Listen is not a loopback address. Default: empty (no token).
 	Token string `toml:"token"`
+	// MaxMessageBytes is the largest ciphertext (decoded bytes) the
+	// sidecar accepts from the node; larger is refused (413). A message
+	// larger than the relay accepts but within this goes OFFLINE at once.
+	// Default and ceiling [MaxMessageBytes] (16 MiB).
+	MaxMessageBytes int `toml:"max_message_bytes"`
 }
 
 // NodeConfig names the node's endpoints the sidecar calls.
@@ -56,6 +68,18 @@ type NodeConfig struct {
 	// /ob/signmessage), used to authenticate to the relay. Required when
 	// RelayURL is set.
 	SignURL string `toml:"sign_url"`
+	// Username and PasswordFile are the node API's HTTP basic auth
+	// credentials (openbazaar-go's JSON-API Username, and a file holding
+	// the plain password), sent with every call to the node. Set both or
+	// neither. Default: empty (no basic auth).
+	Username     string `toml:"username"`
+	PasswordFile string `toml:"password_file"`
+	// CookieFile is openbazaar-go's authentication cookie file (".cookie"
+	// in its data directory, holding "OpenBazaar_Auth_Cookie=<value>"),
+	// sent as that cookie with every call to the node. It is read again
+	// every few seconds and after a 401 or 403, since the node writes a
+	// new one at every start. Default: empty (no cookie).
+	CookieFile string `toml:"cookie_file"`
 }
 
 // StoreConfig is the sidecar's SQLite queue.
@@ -67,6 +91,12 @@ type StoreConfig struct {
 	// acknowledged to the node survives a power loss) or "normal" (faster;
 	// survives a crash of the sidecar but not of the machine).
 	Synchronous string `toml:"synchronous"`
+	// Retention is how long finished messages stay in the store: outbound
+	// ones delivered, handed off or failed, inbound ones the node has or
+	// refused. Older ones are deleted, ciphertext and all, every few
+	// minutes, and the WAL is checkpointed and kept small. Messages still
+	// on their way are never deleted. Default 72h.
+	Retention time.Duration `toml:"retention"`
 }
 
 // DeliveryConfig tunes delivery, fallback and retries. Durations are TOML
@@ -126,7 +156,14 @@ const (
 	DefaultRetryWaitMin       = time.Second
 	DefaultRetryWaitMax       = 5 * time.Minute
 	DefaultLogLevel           = "info"
+	DefaultRetention          = 72 * time.Hour
 )
+
+// MaxMessageBytes is the default, and the ceiling, of api.max_message_bytes:
+// the largest ciphertext the sidecar accepts from its node, 16 MiB, above
+// the relay's default limit (4 MiB): what the relay does not take goes
+// OFFLINE.
+const MaxMessageBytes = 16 << 20
 
 // minTokenLen is the shortest api.token accepted.
 const minTokenLen = 16
@@ -135,8 +172,8 @@ const minTokenLen = 16
 // does not validate: node.offline_publish_url has no default.
 func DefaultConfig() Config {
 	return Config{
-		API:   APIConfig{Listen: DefaultListen},
-		Store: StoreConfig{Path: DefaultStorePath, Synchronous: DefaultSynchronous},
+		API:   APIConfig{Listen: DefaultListen, MaxMessageBytes: MaxMessageBytes},
+		Store: StoreConfig{Path: DefaultStorePath, Synchronous: DefaultSynchronous, Retention: DefaultRetention},
 		Delivery: DeliveryConfig{
 			RelayGrace:         DefaultRelayGrace,
 			PublishTimeout:     DefaultPublishTimeout,
@@ -157,6 +194,7 @@ var durationKeys = [][]string{
 	{"delivery", "offline_max_age"},
 	{"delivery", "retry_wait_min"},
 	{"delivery", "retry_wait_max"},
+	{"store", "retention"},
 }
 
 // ParseConfig decodes TOML from r over [DefaultConfig]. It is strict: an
@@ -206,8 +244,8 @@ func hasPrefixKey(keys []string, name string) bool {
 }
 
 // LoadConfig reads and parses the config file at path (see [ParseConfig])
-// and resolves a relative store.path against the file's directory. It does
-// not call Validate.
+// and resolves a relative store.path, node.password_file and
+// node.cookie_file against the file's directory. It does not call Validate.
 func LoadConfig(path string) (Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -218,8 +256,10 @@ func LoadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
-	if cfg.Store.Path != "" && !filepath.IsAbs(cfg.Store.Path) {
-		cfg.Store.Path = filepath.Join(filepath.Dir(path), cfg.Store.Path)
+	for _, p := range []*string{&cfg.Store.Path, &cfg.Node.PasswordFile, &cfg.Node.CookieFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
+		}
 	}
 	return cfg, nil
 }
@@ -236,6 +276,17 @@ func (c Config) Validate() error {
 		if err := checkURL(c.RelayURL, "ws", "wss"); err != nil {
 			add("relay_url", "%w; delete the line to opt out of INDIRECT", err)
 		}
+	}
+
+	if c.RelayHost != "" {
+		// Without relay_url it is unused: deleting relay_url alone opts out.
+		if strings.ContainsAny(c.RelayHost, "/ @?#") || strings.Contains(c.RelayHost, "://") {
+			add("relay_host", "%q is not a host name: write the relay's public_host alone, e.g. %q", c.RelayHost, "relay.example.org")
+		}
+	}
+
+	if c.API.MaxMessageBytes < 1 || c.API.MaxMessageBytes > MaxMessageBytes {
+		add("api.max_message_bytes", "is %d: use 1 to %d (16 MiB); larger than the relay takes goes OFFLINE", c.API.MaxMessageBytes, MaxMessageBytes)
 	}
 
 	if c.API.Listen == "" {
@@ -267,6 +318,10 @@ func (c Config) Validate() error {
 		add("node.sign_url", "%w", err)
 	}
 
+	if (c.Node.Username == "") != (c.Node.PasswordFile == "") {
+		add("node.username", "and node.password_file go together (HTTP basic auth): set both, or delete both")
+	}
+
 	if c.Store.Path == "" {
 		add("store.path", "is empty: set the SQLite file, e.g. %q", DefaultStorePath)
 	}
@@ -286,6 +341,7 @@ func (c Config) Validate() error {
 		{"delivery.offline_max_age", d.OfflineMaxAge},
 		{"delivery.retry_wait_min", d.RetryWaitMin},
 		{"delivery.retry_wait_max", d.RetryWaitMax},
+		{"store.retention", c.Store.Retention},
 	}
 	for _, p := range positive {
 		if p.val <= 0 {

@@ -144,13 +144,13 @@ level = "debug"
 `)
 	want := Config{
 		RelayURL: "wss://relay.example.org/",
-		API:      APIConfig{Listen: "0.0.0.0:4100", Token: "0123456789abcdef0123"},
+		API:      APIConfig{Listen: "0.0.0.0:4100", Token: "0123456789abcdef0123", MaxMessageBytes: MaxMessageBytes},
 		Node: NodeConfig{
 			OfflinePublishURL: "https://node.local/courier/offline",
 			InboundURL:        "http://127.0.0.1:4002/courier/inbound",
 			SignURL:           "http://127.0.0.1:4002/ob/signmessage",
 		},
-		Store: StoreConfig{Path: "/var/lib/courier/courier.db", Synchronous: "normal"},
+		Store: StoreConfig{Path: "/var/lib/courier/courier.db", Synchronous: "normal", Retention: DefaultRetention},
 		Delivery: DeliveryConfig{
 			RelayGrace: 0, PublishTimeout: 5 * time.Second, OfflineMaxAttempts: 3,
 			OfflineMaxAge: 90 * time.Minute, RetryWaitMin: 250 * time.Millisecond, RetryWaitMax: time.Minute,

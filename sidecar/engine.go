@@ -16,10 +16,6 @@ import (
 	"courier/wire"
 )
 
-// MaxMessageBytes is the largest ciphertext the sidecar accepts: the
-// relay's default limit, so that whatever is accepted can travel INDIRECT.
-const MaxMessageBytes = 4 << 20
-
 // Input errors, for the local API to answer 400 or 413.
 var (
 	ErrInvalidInput = errors.New("invalid input")
@@ -51,6 +47,7 @@ type Engine struct {
 	mu          sync.Mutex
 	cfg         Config
 	relay       RelayStatus
+	relayGen    uint64           // bumped when relay_url changes; a client's reports count only for its own generation
 	relayDownAt time.Time        // when the configured relay was last seen not connected
 	relayBackAt time.Time        // when the relay connection came back after it had been lost; zero before
 	wasUp       bool             // the current relay client has been connected before
@@ -60,6 +57,14 @@ type Engine struct {
 	health      map[string]*EndpointHealth
 	inboxSignal chan struct{} // closed when inbound arrives, for long polls
 	closed      bool
+
+	hooks hooks // tests only (export_test.go)
+}
+
+// hooks let tests stop the engine at a chosen point; all nil in production.
+type hooks struct {
+	// beforeInboxCommit runs in takeInbound before the batch is stored.
+	beforeInboxCommit func([]upstream.Inbound)
 }
 
 // Options tune an Engine; zero values take the defaults.
@@ -68,6 +73,9 @@ type Options struct {
 	OfflineWorkers int           // concurrent OFFLINE hand-offs; default 8
 	NodeTimeout    time.Duration // one HTTP call to the node; default 10s
 	Poll           time.Duration // how often due retries are looked for; default 1s
+	// PruneEvery is how often finished messages older than
+	// store.retention are deleted and the WAL is checkpointed; default 5m.
+	PruneEvery time.Duration
 	// ReconnectWaitMax caps the wait between attempts to reconnect to the
 	// relay (capped exponential backoff with full jitter); default 30s.
 	ReconnectWaitMax time.Duration
@@ -93,6 +101,9 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
 	if opts.Poll <= 0 {
 		opts.Poll = time.Second
 	}
+	if opts.PruneEvery <= 0 {
+		opts.PruneEvery = 5 * time.Minute
+	}
 	q, err := queue.Open(cfg.Store.Path, queue.Options{Synchronous: cfg.Store.Synchronous, Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("open queue: %w", err)
@@ -100,7 +111,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
 	e := &Engine{
 		log:          logger,
 		q:            q,
-		node:         newNodeClient(logger, opts.NodeTimeout),
+		node:         newNodeClient(opts.NodeTimeout),
 		wakeDispatch: make(chan struct{}, 1),
 		wakeOffline:  make(chan struct{}, 1),
 		wakeInbound:  make(chan struct{}, 1),
@@ -137,12 +148,27 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		return err
 	}
 	e.mu.Lock()
-	if cfg.Store != e.cfg.Store {
+	if cfg.Store.Path != e.cfg.Store.Path || cfg.Store.Synchronous != e.cfg.Store.Synchronous {
 		e.mu.Unlock()
-		return errors.New("store: the store settings cannot change while courier runs; restart it to use a new store")
+		return errors.New("store: store.path and store.synchronous cannot change while courier runs; restart it to use a new store")
+	}
+	if cfg.RelayURL != e.cfg.RelayURL || cfg.RelayHost != e.cfg.RelayHost {
+		// The old client's reports no longer count, and the status says
+		// at once what is happening now, not what the old client saw.
+		e.relayGen++
+		now := time.Now()
+		if cfg.RelayURL == "" {
+			e.relay = RelayStatus{State: RelayDisabled, Since: now}
+		} else {
+			e.relay = RelayStatus{State: RelayConnecting, Since: now}
+			e.relayDownAt = now
+		}
+		e.relayBackAt, e.wasUp = time.Time{}, false
 	}
 	e.cfg = cfg
+	state := e.relay.State
 	e.mu.Unlock()
+	e.m.relayState(state)
 	signal(e.reconfigured)
 	signal(e.wakeDispatch)
 	signal(e.wakeInbound)
@@ -163,7 +189,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.manageRelay(gctx) })
 	g.Go(func() error { return e.loop(gctx, e.wakeDispatch, e.dispatchOnce) })
 	g.Go(func() error { return e.loop(gctx, e.wakeOffline, e.offlineOnce) })
-	g.Go(func() error { return e.loop(gctx, e.wakeInbound, e.pushInboundOnce) })
+	g.Go(func() error { return e.runInbound(gctx) })
+	g.Go(func() error { return e.janitor(gctx) })
 	err := g.Wait()
 	e.trackers.Wait()
 	if ctx.Err() != nil {
@@ -216,7 +243,7 @@ func (e *Engine) resumeAfterCrash(ctx context.Context) error {
 			return nil
 		}
 		for _, m := range msgs {
-			if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{State: queue.Queued, Path: queue.PathNone}); err != nil {
+			if _, err := e.q.Resume(ctx, m.ID); err != nil {
 				return fmt.Errorf("resume %s: %w", m.ID, err)
 			}
 		}
@@ -262,6 +289,9 @@ func signal(c chan struct{}) {
 
 // Submit accepts a message from the node. It returns once the message is
 // durably in the outbox; created is false when the ID was known already.
+// A known message that had failed is queued again (state queued, attempts
+// 0) and returned so. A ciphertext over MaxMessageBytes() is ErrTooLarge;
+// one larger than the relay accepts is taken and goes OFFLINE.
 func (e *Engine) Submit(ctx context.Context, recipient string, ciphertext []byte) (queue.Outbound, bool, error) {
 	if _, err := wire.ParsePeerID(recipient); err != nil {
 		return queue.Outbound{}, false, fmt.Errorf("%w: recipient: %v; use the recipient's Qm… or 12D3Koo… peer ID", ErrInvalidInput, err)
@@ -269,8 +299,8 @@ func (e *Engine) Submit(ctx context.Context, recipient string, ciphertext []byte
 	if len(ciphertext) == 0 {
 		return queue.Outbound{}, false, fmt.Errorf("%w: ciphertext is empty", ErrInvalidInput)
 	}
-	if len(ciphertext) > MaxMessageBytes {
-		return queue.Outbound{}, false, fmt.Errorf("%w: ciphertext is %d bytes, the limit is %d", ErrTooLarge, len(ciphertext), MaxMessageBytes)
+	if limit := e.MaxMessageBytes(); len(ciphertext) > limit {
+		return queue.Outbound{}, false, fmt.Errorf("%w: ciphertext is %d bytes, the limit is %d (api.max_message_bytes)", ErrTooLarge, len(ciphertext), limit)
 	}
 	m, created, err := e.q.Enqueue(ctx, recipient, ciphertext)
 	if err != nil {
@@ -279,8 +309,35 @@ func (e *Engine) Submit(ctx context.Context, recipient string, ciphertext []byte
 	if created {
 		e.m.accepted.Inc()
 		signal(e.wakeDispatch)
+		return m, true, nil
 	}
-	return m, created, nil
+	if m.State == queue.Failed {
+		// The node asks again for a message the sidecar gave up on: queue
+		// it again, as new, rather than answer failed forever.
+		revived, err := e.q.Revive(ctx, m.ID, "queued again by a new POST; it had failed: "+m.LastError)
+		switch {
+		case err == nil:
+			e.m.revived.Inc()
+			e.log.Info("failed message queued again by a new POST", "id", m.ID)
+			signal(e.wakeDispatch)
+			return revived, false, nil
+		case errors.Is(err, queue.ErrConflict):
+			return revived, false, nil // revived meanwhile by another POST: as it is now
+		default:
+			return queue.Outbound{}, false, fmt.Errorf("queue failed message again: %w", err)
+		}
+	}
+	return m, false, nil
+}
+
+// MaxMessageBytes is the largest ciphertext Submit accepts now
+// (api.max_message_bytes, at most the package's MaxMessageBytes). A
+// message larger than the relay takes goes OFFLINE at once.
+func (e *Engine) MaxMessageBytes() int {
+	if n := e.Config().API.MaxMessageBytes; n > 0 {
+		return n
+	}
+	return MaxMessageBytes
 }
 
 // Message returns an outbound message by ID.

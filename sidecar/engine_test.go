@@ -21,9 +21,10 @@ import (
 )
 
 // triesPerCall is how many HTTP requests one engine attempt at a node
-// endpoint makes when the node answers 5xx: the node client retries twice
-// within the attempt before the engine's own, durable schedule takes over.
-const triesPerCall = 3
+// endpoint makes when the node answers 5xx: one. The engine's durable
+// schedule is the only retry policy (it was 3 while the node client also
+// retried inside each attempt, so the node saw 3x offline_max_attempts).
+const triesPerCall = 1
 
 // pair is two sidecars, A and B, on one relay.
 type pair struct {
@@ -492,9 +493,9 @@ func TestOfflineEndpointFailing(t *testing.T) {
 		a.Offline.FailNext(failures, http.StatusServiceUnavailable)
 		id := s.Submit(b, st.Ciphertext("retry", 1, 100))
 		m := s.WaitMessage(id, queue.HandedOff)
-		// 4 failed requests: the first attempt's 3, and 1 of the second.
-		if m.Path != queue.PathOffline || m.Attempts != 2 {
-			t.Errorf("handed off with path %q after %d attempts, want OFFLINE after 2", m.Path, m.Attempts)
+		// One request per attempt: 4 failed, the 5th taken.
+		if m.Path != queue.PathOffline || m.Attempts != failures+1 {
+			t.Errorf("handed off with path %q after %d attempts, want OFFLINE after %d", m.Path, m.Attempts, failures+1)
 		}
 		if reqs := a.Offline.Requests(); len(reqs) != failures+1 {
 			t.Errorf("OFFLINE endpoint got %d requests, want %d", len(reqs), failures+1)

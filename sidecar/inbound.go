@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"courier/sidecar/queue"
@@ -14,6 +13,9 @@ import (
 // relay durably (deduplicated by ID) and only then returns, so that upstream
 // acks them. One commit for the whole batch keeps the relay's order.
 func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) error {
+	if hook := e.hooks.beforeInboxCommit; hook != nil {
+		hook(batch)
+	}
 	in := make([]queue.NewInbound, len(batch))
 	now := time.Now()
 	for i, m := range batch {
@@ -40,94 +42,185 @@ func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) erro
 	return nil
 }
 
-// pushInboundOnce pushes pending inbound messages to the node's inbound
-// endpoint, oldest first. It stops at the first failure, so that the node
-// sees each sender's messages in order, and tries again after a backoff.
-func (e *Engine) pushInboundOnce(ctx context.Context) error {
+// pusher is the inbound pusher's own state: whether the node's inbound
+// endpoint is down, and when to try it again. Only runInbound's goroutine
+// touches it.
+//
+// The pusher offers pending messages to the node in inbox order. What the
+// node answers decides, message by message:
+//   - 2xx: delivered.
+//   - 400 or 422: refused for good: kept as refused, not offered again.
+//   - anything else (5xx, 401, 403, 404, 405, 408, 429, a timeout): a
+//     failure. One failure alone cannot tell a message the node chokes on
+//     from an endpoint that is down, so the pusher tries the next message:
+//     if the node takes that one (or took one earlier in the pass), the
+//     failed message alone waits for its own retry (backoff per message)
+//     and the others flow past it; if the next fails too, or there is no
+//     other to try, the endpoint is down: the pass stops and the pusher
+//     waits (backoff per endpoint), keeping the order for when it is back.
+//     A new message arriving meanwhile is tried at once.
+type pusher struct {
+	down    bool      // the endpoint failed and has not answered since
+	tries   int       // failed passes in a row while down
+	retryAt time.Time // while down: when the next pass may run
+	fresh   bool      // a new message arrived since the last pass
+}
+
+// runInbound pushes inbound messages to the node until ctx is done: at
+// start, when messages arrive, and every poll period.
+func (e *Engine) runInbound(ctx context.Context) error {
+	var p pusher
+	t := time.NewTicker(e.opts.Poll)
+	defer t.Stop()
+	for {
+		if err := e.pushInboundOnce(ctx, &p); err != nil && ctx.Err() == nil {
+			e.log.Error("inbound pass failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-e.wakeInbound:
+			p.fresh = true
+		case <-t.C:
+		}
+	}
+}
+
+// pushInboundOnce runs one pass of the pusher (see pusher).
+func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 	cfg := e.Config()
 	if cfg.Node.InboundURL == "" {
 		return nil // the node polls /v1/inbox
 	}
+	if p.down && !p.fresh && time.Now().Before(p.retryAt) {
+		return nil
+	}
+	p.fresh = false
+	// Once the node has a message, recording that must not be undone by a
+	// shutdown: with ctx cancelled the queue would skip the write and the
+	// next start would push the message again.
+	markCtx := context.WithoutCancel(ctx)
+	var (
+		after     int64
+		tookOne   bool           // the node took (or refused) a message in this pass
+		suspect   *queue.Inbound // the last message that failed, not yet judged
+		suspectEr error          // its failure
+		delivered []string       // taken, to be marked in one commit
+	)
+	flush := func() error {
+		err := e.q.MarkInboundDeliveredBatch(markCtx, delivered)
+		delivered = delivered[:0]
+		return err
+	}
+	defer func() { _ = flush() }() // what the node took is marked, whatever happens
 	for {
-		// All pending, not just the due ones: a message waiting for its
-		// retry holds back those behind it.
-		msgs, err := e.q.PendingInbound(ctx, farFuture, 0, 256)
+		msgs, err := e.q.PendingInbound(ctx, farFuture, after, 256)
 		if err != nil {
 			return fmt.Errorf("list inbound: %w", err)
 		}
 		if len(msgs) == 0 {
-			return nil
+			break
 		}
-		// Marking delivered runs alongside the next pushes, group-committed,
-		// so a slow disk does not set the pace; a crash in that short window
-		// may push a message twice, and the node drops it by ID.
-		var marks sync.WaitGroup
-		var markErr error
-		var markMu sync.Mutex
-		// Once the node has a message, recording that must not be undone
-		// by a shutdown: with ctx cancelled the queue would skip the write
-		// and the next start would push the message again. The marks are
-		// waited for below before this pass returns.
-		markCtx := context.WithoutCancel(ctx)
-		for _, m := range msgs {
-			if m.NextAttemptAt.After(time.Now()) || ctx.Err() != nil {
-				marks.Wait()
-				return markErr
+		for i := range msgs {
+			m := msgs[i]
+			after = m.Seq
+			if m.NextAttemptAt.After(time.Now()) {
+				continue // a message the node failed while taking others: waiting for its own retry
 			}
-			// A push under way when a shutdown begins is let finish, so
-			// that what the node takes is marked, not pushed again later.
-			callCtx, release := finishing(ctx)
-			err := e.node.post(callCtx, cfg.Node.InboundURL, inboundRequest{
-				ID: m.ID, Ciphertext: m.Ciphertext, Path: "INDIRECT", ReceivedAt: m.ReceivedAt,
-			}, nil)
-			release()
-			if refused(err) {
+			if ctx.Err() != nil {
+				return flush()
+			}
+			err := e.pushOne(ctx, cfg, m)
+			switch {
+			case err == nil || refused(err):
 				e.recordNode("inbound", nil) // it answered: the endpoint works
-			} else {
+				if err == nil {
+					delivered = append(delivered, m.ID)
+					e.m.pushed.Inc()
+				} else {
+					e.log.Error("node refused an inbound message; kept as refused, not offered again", "id", m.ID, "err", err)
+					e.m.refused.Inc()
+					if err := e.q.MarkInboundRefused(markCtx, m.ID, "refused by the node: "+err.Error()); err != nil {
+						return fmt.Errorf("record inbound refusal: %w", err)
+					}
+				}
+				tookOne, p.down, p.tries = true, false, 0
+				if suspect != nil {
+					if err := e.inboundPoison(markCtx, cfg, *suspect, suspectEr); err != nil {
+						return err
+					}
+					suspect = nil
+				}
+			default:
 				e.recordNode("inbound", err)
-			}
-			if err != nil && refused(err) {
-				// The node will never take this one (it cannot open it, say):
-				// record why, and stop offering it, so that it does not hold
-				// up the messages behind it.
-				e.log.Error("node refused an inbound message; not retrying", "id", m.ID, "err", err)
-				e.m.refused.Inc()
-				if err := e.q.InboundAttempt(markCtx, m.ID, "refused by the node: "+err.Error(), time.Now()); err != nil {
-					return fmt.Errorf("record inbound refusal: %w", err)
-				}
-				if err := e.q.MarkInboundDelivered(markCtx, m.ID); err != nil {
-					return fmt.Errorf("record inbound refusal: %w", err)
-				}
-				continue
-			}
-			if err != nil {
-				marks.Wait()
 				if ctx.Err() != nil {
-					return ctx.Err()
+					return flush() // cut short by the shutdown: not the node's failure
 				}
-				next := time.Now().Add(retryWait(cfg.Delivery.RetryWaitMin, cfg.Delivery.RetryWaitMax, m.Attempts+1))
-				e.log.Warn("inbound push failed; will retry", "id", m.ID, "attempts", m.Attempts+1, "retry_at", next, "err", err)
-				if err := e.q.InboundAttempt(ctx, m.ID, "inbound endpoint: "+err.Error(), next); err != nil {
-					return fmt.Errorf("record inbound attempt: %w", err)
+				if suspect == nil {
+					suspect, suspectEr = &m, err
+					continue // the next message tells the endpoint from the message
 				}
-				return nil
+				// Two in a row: the endpoint is failing.
+				if err := flush(); err != nil {
+					return fmt.Errorf("mark inbound delivered: %w", err)
+				}
+				return e.inboundDown(markCtx, cfg, p, err, *suspect, m)
 			}
-			marks.Add(1)
-			go func(id string) {
-				defer marks.Done()
-				if err := e.q.MarkInboundDelivered(markCtx, id); err != nil {
-					markMu.Lock()
-					markErr = err
-					markMu.Unlock()
+			if len(delivered) >= 256 {
+				if err := flush(); err != nil {
+					return fmt.Errorf("mark inbound delivered: %w", err)
 				}
-			}(m.ID)
-			e.m.pushed.Inc()
-		}
-		marks.Wait()
-		if markErr != nil {
-			return fmt.Errorf("mark inbound delivered: %w", markErr)
+			}
 		}
 	}
+	if err := flush(); err != nil {
+		return fmt.Errorf("mark inbound delivered: %w", err)
+	}
+	if suspect == nil {
+		return nil
+	}
+	if tookOne {
+		return e.inboundPoison(markCtx, cfg, *suspect, suspectEr)
+	}
+	return e.inboundDown(markCtx, cfg, p, suspectEr, *suspect)
+}
+
+// pushOne offers one message to the node's inbound endpoint. A push under
+// way when a shutdown begins is let finish, so that what the node takes is
+// marked, not pushed again later.
+func (e *Engine) pushOne(ctx context.Context, cfg Config, m queue.Inbound) error {
+	callCtx, release := finishing(ctx)
+	defer release()
+	return e.node.post(callCtx, cfg.Node, cfg.Node.InboundURL, inboundRequest{
+		ID: m.ID, Ciphertext: m.Ciphertext, Path: "INDIRECT", ReceivedAt: m.ReceivedAt,
+	}, nil)
+}
+
+// inboundPoison records a failed push of a message the node failed while
+// it took others: that message alone waits for its retry, with backoff.
+func (e *Engine) inboundPoison(ctx context.Context, cfg Config, m queue.Inbound, cause error) error {
+	next := time.Now().Add(retryWait(cfg.Delivery.RetryWaitMin, cfg.Delivery.RetryWaitMax, m.Attempts+1))
+	e.log.Warn("node failed an inbound message while taking others; will retry it", "id", m.ID, "attempts", m.Attempts+1, "retry_at", next, "err", cause)
+	if err := e.q.InboundAttempt(ctx, m.ID, "inbound endpoint: "+cause.Error(), next); err != nil {
+		return fmt.Errorf("record inbound attempt: %w", err)
+	}
+	return nil
+}
+
+// inboundDown records that the endpoint is failing: the failed messages
+// get an attempt each (not a wait of their own: the order stays for when
+// the endpoint is back), and the pusher waits with backoff.
+func (e *Engine) inboundDown(ctx context.Context, cfg Config, p *pusher, cause error, failed ...queue.Inbound) error {
+	p.down = true
+	p.tries++
+	p.retryAt = time.Now().Add(retryWait(cfg.Delivery.RetryWaitMin, cfg.Delivery.RetryWaitMax, p.tries))
+	e.log.Warn("node's inbound endpoint is failing; will retry", "tries", p.tries, "retry_at", p.retryAt, "err", cause)
+	for _, m := range failed {
+		if err := e.q.InboundAttempt(ctx, m.ID, "inbound endpoint: "+cause.Error(), time.Time{}); err != nil {
+			return fmt.Errorf("record inbound attempt: %w", err)
+		}
+	}
+	return nil
 }
 
 // Inbox returns up to limit inbound messages the node has not acked, oldest
@@ -151,6 +244,15 @@ func (e *Engine) Inbox(ctx context.Context, wait time.Duration, limit int) ([]qu
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// RefusedInbox returns up to limit inbound messages the node's inbound
+// endpoint refused for good (400 or 422), oldest first, with State
+// queue.InboxRefused and LastError saying what the node answered. They
+// are kept (until store.retention) and not offered again; AckInbox on one
+// records that the node has it after all.
+func (e *Engine) RefusedInbox(ctx context.Context, limit int) ([]queue.Inbound, error) {
+	return e.q.RefusedInbound(ctx, 0, limit)
 }
 
 // AckInbox records that the node has an inbound message.

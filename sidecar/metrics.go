@@ -22,6 +22,8 @@ type metrics struct {
 	inbound        prometheus.Counter
 	pushed         prometheus.Counter
 	refused        prometheus.Counter
+	revived        prometheus.Counter
+	pruned         *prometheus.CounterVec
 	latency        *prometheus.HistogramVec
 	relay          *prometheus.GaugeVec
 	lastHour       *deliveryStats // the status page's last hour
@@ -50,8 +52,14 @@ func newMetrics(e *Engine) *metrics {
 			Name: "courier_inbound_received_total", Help: "Inbound messages taken from the relay (new IDs only).",
 		}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "courier_inbound_refused_total", Help: "Inbound messages the node refused for good (a 4xx answer): given up on, not retried.",
+			Name: "courier_inbound_refused_total", Help: "Inbound messages the node refused for good (400 or 422): kept as refused, not retried.",
 		}),
+		revived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "courier_messages_revived_total", Help: "Failed outbound messages queued again by a new POST.",
+		}),
+		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "courier_pruned_total", Help: "Finished messages deleted after store.retention, by table (outbox, inbox).",
+		}, []string{"table"}),
 		pushed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_inbound_pushed_total", Help: "Inbound messages the node's inbound endpoint accepted.",
 		}),
@@ -65,7 +73,7 @@ func newMetrics(e *Engine) *metrics {
 		}, []string{"state"}),
 	}
 	m.reg.MustRegister(m.accepted, m.deliveries, m.publishResults, m.fallbacks, m.failed,
-		m.inbound, m.pushed, m.refused, m.latency, m.relay, queueCollector{e},
+		m.inbound, m.pushed, m.refused, m.revived, m.pruned, m.latency, m.relay, queueCollector{e},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.relayState(e.relay.State)
 	return m
@@ -90,6 +98,7 @@ func (m *metrics) delivered(o queue.Outbound) {
 var (
 	outboxDesc = prometheus.NewDesc("courier_outbox_messages", "Outbound messages by state and path.", []string{"state", "path"}, nil)
 	inboxDesc  = prometheus.NewDesc("courier_inbox_pending_messages", "Inbound messages the node does not have yet.", nil, nil)
+	inboxState = prometheus.NewDesc("courier_inbox_messages", "Inbound messages in the store by state (pending, delivered, refused).", []string{"state"}, nil)
 )
 
 // queueCollector reports queue depths, counted once per scrape.
@@ -98,6 +107,7 @@ type queueCollector struct{ e *Engine }
 func (c queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- outboxDesc
 	ch <- inboxDesc
+	ch <- inboxState
 }
 
 func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
@@ -114,6 +124,12 @@ func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(inboxDesc, prometheus.GaugeValue, float64(counts.InboxPending))
+	for _, s := range []struct {
+		state queue.InboxState
+		n     int
+	}{{queue.InboxPending, counts.InboxPending}, {queue.InboxDelivered, counts.InboxDelivered}, {queue.InboxRefused, counts.InboxRefused}} {
+		ch <- prometheus.MustNewConstMetric(inboxState, prometheus.GaugeValue, float64(s.n), string(s.state))
+	}
 }
 
 // Gatherer exposes the engine's metrics for a /metrics handler.

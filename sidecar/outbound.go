@@ -5,21 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"courier/sidecar/queue"
 	"courier/upstream"
-	"courier/wire"
 )
 
 const dispatchPage = 256
-
-// maxLostPublishes is how many INDIRECT attempts of one message may end with
-// the connection lost before it goes OFFLINE instead.
-const maxLostPublishes = 3
 
 // dispatchOnce moves queued messages on: published INDIRECT in outbox
 // order while the relay is connected (one connection, in order, so each
@@ -60,7 +54,7 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 						reason += ": " + last
 					}
 				}
-				if err := e.toOffline(ctx, m, []queue.State{queue.Queued}, reason); err != nil {
+				if err := e.toOffline(ctx, m, queue.Queued, reason); err != nil {
 					return err
 				}
 			default:
@@ -70,7 +64,7 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 					// The relay would refuse it (or drop the connection
 					// over its frame): OFFLINE at once.
 					e.m.fallbacks.WithLabelValues("too_large").Inc()
-					if err := e.toOffline(ctx, m, []queue.State{queue.Queued}, err.Error()); err != nil {
+					if err := e.toOffline(ctx, m, queue.Queued, err.Error()); err != nil {
 						return err
 					}
 				case err != nil:
@@ -116,7 +110,8 @@ func (e *Engine) publish(ctx context.Context, up *upstream.Client, m queue.Outbo
 }
 
 // track records a publish as sending, waits for its result, and moves the
-// message to delivered, back to queued, or on to OFFLINE.
+// message on as decide says: delivered, queued again for INDIRECT, or on
+// to OFFLINE.
 func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan upstream.Result) {
 	defer e.trackers.Done()
 	defer func() {
@@ -125,9 +120,7 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 		e.mu.Unlock()
 		<-e.inflightSem
 	}()
-	sent, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Queued}, queue.Change{
-		State: queue.Sending, Path: queue.PathIndirect, AttemptsDelta: 1,
-	})
+	sent, err := e.q.MarkSending(ctx, m.ID)
 	if err != nil {
 		if ctx.Err() == nil {
 			e.log.Error("mark sending", "id", m.ID, "err", err)
@@ -135,39 +128,30 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 		return
 	}
 	m = sent
-	timeout := time.NewTimer(e.Config().Delivery.PublishTimeout)
+	cfg := e.Config()
+	timeout := time.NewTimer(cfg.Delivery.PublishTimeout)
 	defer timeout.Stop()
-	var r upstream.Result
+	o := publishOutcome{Attempts: m.Attempts, Timeout: cfg.Delivery.PublishTimeout, Grace: cfg.Delivery.RelayGrace}
 	select {
-	case r = <-results:
+	case o.Result = <-results:
 	case <-timeout.C:
-		e.fallBack(ctx, m, "timeout", fmt.Sprintf("no publish result from the relay within %s", e.Config().Delivery.PublishTimeout))
-		return
+		o.TimedOut = true
 	case <-ctx.Done():
 		return // left sending: resumed at the next start
 	}
-	if r.Err == nil {
-		e.m.publishResults.WithLabelValues(r.Status).Inc()
+	if o.Result.Err == nil && !o.TimedOut {
+		e.m.publishResults.WithLabelValues(o.Result.Status).Inc()
 	}
-	switch {
-	case r.Err != nil && m.Attempts >= maxLostPublishes:
-		// Lost with the connection every time: a relay that closes the
-		// connection over this very message (a frame over its limit), or
-		// one that keeps going down. OFFLINE does not depend on it.
-		e.fallBack(ctx, m, "connection_lost", fmt.Sprintf("relay connection lost before the publish result, %d times: %v", m.Attempts, r.Err))
-	case r.Err != nil:
-		// Connection lost: the relay may or may not have it. Queue it again;
-		// the dispatcher sends it OFFLINE if the relay stays away.
-		if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{
-			State: queue.Queued, Path: queue.PathNone, LastError: r.Err.Error(),
-		}); err != nil && ctx.Err() == nil {
-			e.log.Error("requeue", "id", m.ID, "err", err)
-		}
-		signal(e.wakeDispatch)
-	case r.Status == wire.StatusDelivered:
-		done, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{
-			State: queue.Delivered, Path: queue.PathIndirect,
-		})
+	o.Now, o.BackAt, o.Jitter = time.Now(), e.relayComeback(), rand.Float64()
+	e.apply(ctx, m, decide(o))
+}
+
+// apply carries out decide's action for message m, which is sending
+// INDIRECT.
+func (e *Engine) apply(ctx context.Context, m queue.Outbound, a action) {
+	switch a.Kind {
+	case nextDelivered:
+		done, err := e.q.MarkDelivered(ctx, m.ID)
 		if err != nil {
 			if ctx.Err() == nil {
 				e.log.Error("mark delivered", "id", m.ID, "err", err)
@@ -175,70 +159,38 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 			return
 		}
 		e.m.delivered(done)
-	case r.Status == wire.StatusQueued && e.retryAfterComeback(ctx, m):
-		// Queued again for INDIRECT: the relay just came back, and the
-		// recipient is likely reconnecting.
-	case r.Status == wire.StatusRejected && strings.HasPrefix(r.Reason, wire.ReasonRateLimited) && m.Attempts < 5:
-		// The relay asks us to slow down: try INDIRECT again shortly.
-		wait := time.Duration(m.Attempts) * 200 * time.Millisecond
-		if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{
-			State: queue.Queued, Path: queue.PathNone, LastError: "relay: " + r.Reason, NextAttemptAt: time.Now().Add(wait),
-		}); err != nil && ctx.Err() == nil {
-			e.log.Error("requeue", "id", m.ID, "err", err)
+	case nextIndirect:
+		if _, err := e.q.Requeue(ctx, m.ID, a.Reason, a.At); err != nil {
+			if ctx.Err() == nil {
+				e.log.Error("requeue", "id", m.ID, "err", err)
+			}
+			return
 		}
-	default:
-		reason := "relay answered " + r.Status
-		if r.Reason != "" {
-			reason += ": " + r.Reason
+		e.log.Debug("will publish INDIRECT again", "id", m.ID, "at", a.At, "reason", a.Reason)
+		e.wakeAt(a.At)
+	case nextOffline:
+		e.m.fallbacks.WithLabelValues(a.Cause).Inc()
+		if err := e.toOffline(ctx, m, queue.Sending, a.Reason); err != nil && ctx.Err() == nil {
+			e.log.Error("fall back to OFFLINE", "id", m.ID, "err", err)
 		}
-		e.fallBack(ctx, m, r.Status, reason)
 	}
 }
 
-// retryAfterComeback queues a message answered queued again, for another
-// INDIRECT try shortly, when the relay came back from an outage less than
-// relay_grace ago (see relayJustBack); it reports whether it did. The relay
-// takes a republished ID as the same message: it pushes it to the
-// recipient if connected by then, and stores it once.
-func (e *Engine) retryAfterComeback(ctx context.Context, m queue.Outbound) bool {
-	until, ok := e.relayJustBack()
-	if !ok {
-		return false
+// wakeAt wakes the dispatcher at t (at once if t has passed), so that a
+// retry is not late by a poll period.
+func (e *Engine) wakeAt(t time.Time) {
+	d := time.Until(t)
+	if d <= 0 {
+		signal(e.wakeDispatch)
+		return
 	}
-	next := time.Now().Add(reconnectRetry)
-	if next.After(until) {
-		next = until
-	}
-	if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, queue.Change{
-		State: queue.Queued, Path: queue.PathNone, LastError: "relay answered queued just after it came back; trying INDIRECT again", NextAttemptAt: next,
-	}); err != nil {
-		if ctx.Err() == nil {
-			e.log.Error("requeue", "id", m.ID, "err", err)
-		}
-		return false // the caller sends it OFFLINE, if it can
-	}
-	e.log.Debug("queued just after the relay came back; will publish again", "id", m.ID, "at", next)
-	return true
+	time.AfterFunc(d, func() { signal(e.wakeDispatch) })
 }
 
-// fallBack sends a message that INDIRECT could not confirm OFFLINE.
-func (e *Engine) fallBack(ctx context.Context, m queue.Outbound, kind, reason string) {
-	e.m.fallbacks.WithLabelValues(kind).Inc()
-	if err := e.toOffline(ctx, m, []queue.State{queue.Sending}, reason); err != nil && ctx.Err() == nil {
-		e.log.Error("fall back to OFFLINE", "id", m.ID, "err", err)
-	}
-}
-
-// toOffline puts a message on the OFFLINE path: state sending, path
-// OFFLINE, due now, with reason as its last error. Its attempts start again
-// from 0: from here on they count OFFLINE attempts, which
-// delivery.offline_max_attempts bounds; the INDIRECT ones must not use up
-// that budget. m must be the message as stored (its Attempts current).
-func (e *Engine) toOffline(ctx context.Context, m queue.Outbound, from []queue.State, reason string) error {
-	if _, err := e.q.Transition(ctx, m.ID, from, queue.Change{
-		State: queue.Sending, Path: queue.PathOffline, LastError: reason, NextAttemptAt: time.Now(),
-		AttemptsDelta: -m.Attempts,
-	}); err != nil {
+// toOffline puts a message on the OFFLINE path (queue.RouteOffline) from
+// state from, with reason as its last error, and wakes the OFFLINE worker.
+func (e *Engine) toOffline(ctx context.Context, m queue.Outbound, from queue.State, reason string) error {
+	if _, err := e.q.RouteOffline(ctx, m.ID, reason, from); err != nil {
 		if errors.Is(err, queue.ErrConflict) {
 			return nil // someone else moved it on meanwhile
 		}
@@ -283,7 +235,7 @@ func (e *Engine) handOff(ctx context.Context, m queue.Outbound) error {
 	// A hand-off under way when a shutdown begins is let finish, so that
 	// what the node takes is recorded, not handed to it again later.
 	callCtx, release := finishing(ctx)
-	err := e.node.post(callCtx, cfg.Node.OfflinePublishURL, offlineRequest{Recipient: m.Recipient, Ciphertext: m.Ciphertext}, nil)
+	err := e.node.post(callCtx, cfg.Node, cfg.Node.OfflinePublishURL, offlineRequest{Recipient: m.Recipient, Ciphertext: m.Ciphertext}, nil)
 	release()
 	e.recordNode("offline", err)
 	if err == nil {
@@ -291,9 +243,7 @@ func (e *Engine) handOff(ctx context.Context, m queue.Outbound) error {
 		// (with ctx cancelled the queue would skip the write, and the next
 		// start would hand the message off again). The last error stays:
 		// it says why the message went OFFLINE.
-		done, err := e.q.Transition(context.WithoutCancel(ctx), m.ID, []queue.State{queue.Sending}, queue.Change{
-			State: queue.HandedOff, Path: queue.PathOffline, AttemptsDelta: 1, LastError: m.LastError,
-		})
+		done, err := e.q.MarkHandedOff(context.WithoutCancel(ctx), m.ID)
 		if err != nil {
 			return fmt.Errorf("mark handed_off %s: %w", m.ID, err)
 		}
@@ -304,19 +254,21 @@ func (e *Engine) handOff(ctx context.Context, m queue.Outbound) error {
 		return ctx.Err()
 	}
 	attempts := m.Attempts + 1
-	change := queue.Change{State: queue.Sending, Path: queue.PathOffline, AttemptsDelta: 1, LastError: "OFFLINE endpoint: " + err.Error()}
+	lastErr := "OFFLINE endpoint: " + err.Error()
 	if attempts >= cfg.Delivery.OfflineMaxAttempts || time.Since(m.CreatedAt) > cfg.Delivery.OfflineMaxAge {
-		change.State = queue.Failed
-		change.LastError = fmt.Sprintf("gave up after %d attempts over %s; last: %s", attempts, time.Since(m.CreatedAt).Round(time.Second), change.LastError)
+		reason := fmt.Sprintf("gave up after %d attempts over %s; last: %s", attempts, time.Since(m.CreatedAt).Round(time.Second), lastErr)
+		if _, err := e.q.Fail(ctx, m.ID, reason); err != nil {
+			return fmt.Errorf("record OFFLINE failure %s: %w", m.ID, err)
+		}
 		e.m.failed.Inc()
 		e.log.Error("message failed", "id", m.ID, "recipient", m.Recipient, "attempts", attempts, "err", err)
-	} else {
-		change.NextAttemptAt = time.Now().Add(retryWait(cfg.Delivery.RetryWaitMin, cfg.Delivery.RetryWaitMax, attempts))
-		e.log.Warn("OFFLINE hand-off failed; will retry", "id", m.ID, "attempts", attempts, "retry_at", change.NextAttemptAt, "err", err)
+		return nil
 	}
-	if _, err := e.q.Transition(ctx, m.ID, []queue.State{queue.Sending}, change); err != nil {
+	next := time.Now().Add(retryWait(cfg.Delivery.RetryWaitMin, cfg.Delivery.RetryWaitMax, attempts))
+	if _, err := e.q.RecordOfflineAttempt(ctx, m.ID, lastErr, next); err != nil {
 		return fmt.Errorf("record OFFLINE attempt %s: %w", m.ID, err)
 	}
+	e.log.Warn("OFFLINE hand-off failed; will retry", "id", m.ID, "attempts", attempts, "retry_at", next, "err", err)
 	return nil
 }
 

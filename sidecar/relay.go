@@ -25,10 +25,13 @@ type RelayStatus struct {
 }
 
 // manageRelay owns the upstream client: it starts one for the configured
-// relay_url, and stops and replaces it when a reload changes the URL.
+// relay_url, and stops and replaces it when a reload changes the URL (or
+// relay_host). Reconfigure bumps relayGen and sets the status at once; a
+// client reports only under the generation it was started for.
 func (e *Engine) manageRelay(ctx context.Context) error {
 	var (
-		current string
+		running bool
+		gen     uint64
 		stop    context.CancelFunc
 		done    chan struct{}
 	)
@@ -44,24 +47,26 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 		stop, done = nil, nil
 	}
 	apply := func() {
-		url := e.Config().RelayURL
-		if url == current && (url == "" || stop != nil) {
+		e.mu.Lock()
+		cfg, g := e.cfg, e.relayGen
+		e.mu.Unlock()
+		if running && g == gen {
 			return
 		}
 		halt()
-		current = url
-		if url == "" {
-			e.setRelay(RelayStatus{State: RelayDisabled, Since: time.Now()})
+		running, gen = true, g
+		if cfg.RelayURL == "" {
 			e.log.Info("relay disabled: every message goes OFFLINE")
 			signal(e.wakeDispatch)
 			return
 		}
 		client, err := upstream.New(upstream.Config{
-			URL:           url,
+			URL:           cfg.RelayURL,
+			ExpectedHost:  cfg.RelayHost,
 			Sign:          e.sign,
 			Handle:        e.takeInbound,
 			Logger:        e.log.With("component", "upstream"),
-			OnStateChange: e.onRelayState,
+			OnStateChange: func(s upstream.Status) { e.onRelayState(g, s) },
 			BackoffMax:    e.opts.ReconnectWaitMax, // 0: upstream's default
 		})
 		if err != nil { // Validate checked the URL; this is a bug, not an input error.
@@ -70,8 +75,6 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 		}
 		e.mu.Lock()
 		e.up = client
-		e.relayDownAt = time.Now()
-		e.relayBackAt, e.wasUp = time.Time{}, false // a new relay: its first connection is no comeback
 		e.mu.Unlock()
 		var cctx context.Context
 		cctx, stop = context.WithCancel(ctx)
@@ -95,14 +98,16 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 }
 
 func (e *Engine) sign(ctx context.Context, content string) (upstream.Signature, error) {
-	sig, err := e.node.sign(ctx, e.Config().Node.SignURL, content)
+	cfg := e.Config().Node
+	sig, err := e.node.sign(ctx, cfg, content)
 	e.recordNode("sign", err)
 	return sig, err
 }
 
-func (e *Engine) onRelayState(s upstream.Status) {
+// onRelayState takes a status report of the client of generation gen.
+func (e *Engine) onRelayState(gen uint64, s upstream.Status) {
 	e.mu.Lock()
-	if e.up == nil { // a stopped client's last words
+	if gen != e.relayGen || e.up == nil { // a replaced or stopped client's last words
 		e.mu.Unlock()
 		return
 	}
@@ -112,6 +117,9 @@ func (e *Engine) onRelayState(s upstream.Status) {
 		e.relayDownAt = time.Now()
 	}
 	if !wasUp && s.State == upstream.StateConnected {
+		// A first connection is not a comeback: only a connection that
+		// comes back after this client had one opens the window in which
+		// a queued answer is retried INDIRECT.
 		if e.wasUp {
 			e.relayBackAt = time.Now()
 		}
@@ -165,25 +173,14 @@ func (e *Engine) route() (route, *upstream.Client) {
 	}
 }
 
-// reconnectRetry is how soon a message answered queued just after the relay
-// came back is published again (see relayJustBack): about the relay's
-// restart jitter, within which the other sidecars reconnect.
-const reconnectRetry = 500 * time.Millisecond
-
-// relayJustBack reports whether the relay connection came back from an
-// outage less than relay_grace ago, and until when that holds. Meanwhile a
-// queued answer may only mean that the recipient's sidecar has not
-// reconnected yet: the relay restarted under both, and this side was
-// quicker. Within that window the grace the operator gave the relay covers
-// the recipient's return too.
-func (e *Engine) relayJustBack() (until time.Time, ok bool) {
+// relayComeback returns when the relay connection came back from an outage
+// (zero if it has not: a first connection is not a comeback). Within
+// relay_grace of that, a queued answer may only mean that the recipient's
+// sidecar has not reconnected yet (see decide).
+func (e *Engine) relayComeback() time.Time {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.relayBackAt.IsZero() {
-		return time.Time{}, false
-	}
-	until = e.relayBackAt.Add(e.cfg.Delivery.RelayGrace)
-	return until, time.Now().Before(until)
+	return e.relayBackAt
 }
 
 // RelayStatus returns the relay connection's status.

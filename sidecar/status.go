@@ -39,6 +39,19 @@ func (e *Engine) recordNode(endpoint string, err error) {
 	h.ConsecutiveFailures++
 }
 
+// NodeHealth returns how each of the node's endpoints ("sign", "offline",
+// "inbound") has been answering; an endpoint not called yet is missing.
+// Ready reports an endpoint failing unhealthyAfter times in a row.
+func (e *Engine) NodeHealth() map[string]EndpointHealth {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]EndpointHealth, len(e.health))
+	for k, h := range e.health {
+		out[k] = *h
+	}
+	return out
+}
+
 // Status is what /v1/status reports.
 type Status struct {
 	Relay  RelayStatus               `json:"relay"`
@@ -52,9 +65,13 @@ type Status struct {
 	Recent   []queue.Outbound        `json:"recent,omitempty"`
 }
 
-// InboxStatus counts inbound messages.
+// InboxStatus counts inbound messages: pending (the node does not have
+// them yet), delivered (it has them) and refused (its inbound endpoint
+// answered 400 or 422; kept, not retried).
 type InboxStatus struct {
-	Pending int `json:"pending"`
+	Pending   int `json:"pending"`
+	Delivered int `json:"delivered"`
+	Refused   int `json:"refused"`
 }
 
 // Status reports the relay connection, queue depths, counts per path and
@@ -67,7 +84,7 @@ func (e *Engine) Status(ctx context.Context, recent int) (Status, error) {
 	st := Status{
 		Relay:  e.RelayStatus(),
 		Outbox: make(map[queue.State]int),
-		Inbox:  InboxStatus{Pending: c.InboxPending},
+		Inbox:  InboxStatus{Pending: c.InboxPending, Delivered: c.InboxDelivered, Refused: c.InboxRefused},
 		Paths: map[queue.Path]int{
 			queue.PathIndirect: c.Count(queue.Delivered, queue.PathIndirect),
 			queue.PathOffline:  c.Count(queue.HandedOff, queue.PathOffline),

@@ -91,6 +91,7 @@ func (n *node) client(t *testing.T, url string, mutate func(*upstream.Config)) (
 	states := make(chan upstream.Status, 1000)
 	cfg := upstream.Config{
 		URL:           url,
+		ExpectedHost:  "relay.test", // relaytest's public_host
 		Sign:          n.sign,
 		Handle:        n.handle,
 		Logger:        testLogger().With("side", "upstream", "peer", n.peer.String()[:8]),
@@ -99,7 +100,9 @@ func (n *node) client(t *testing.T, url string, mutate func(*upstream.Config)) (
 		BackoffMax:    200 * time.Millisecond,
 		RestartJitter: 50 * time.Millisecond,
 		PingInterval:  time.Second,
-		PingTimeout:   time.Second,
+		// A pong waits behind whatever the relay is reading or writing;
+		// on two loaded cores under -race that can take seconds.
+		PingTimeout: 5 * time.Second,
 	}
 	if mutate != nil {
 		mutate(&cfg)

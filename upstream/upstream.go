@@ -83,6 +83,9 @@ type Result struct {
 var (
 	ErrNotConnected   = errors.New("upstream: not connected to the relay")
 	ErrConnectionLost = errors.New("upstream: relay connection lost before the publish result")
+	// ErrWrongHost: the relay's challenge names a host the client did not
+	// mean to reach; it was not signed.
+	ErrWrongHost = errors.New("upstream: challenge for another host")
 	// ErrTooLarge: the message is larger than the relay accepts (its
 	// limits.max_message_bytes, read from its description at GET /). The
 	// relay would refuse it, or close the connection over its frame.
@@ -91,10 +94,16 @@ var (
 
 // Config configures a Client. URL, Sign and Handle are required.
 type Config struct {
-	URL    string
-	Sign   SignFunc
-	Handle Handler
-	Logger *slog.Logger
+	URL string
+	// ExpectedHost is a host name the relay's AuthChallenge may name (its
+	// public_host) besides URL's own host. The client signs a challenge
+	// only for one of the two; any other is refused without asking Sign,
+	// since a relay could pass on another relay's challenge to log in
+	// there as this peer. Default: empty (URL's host only).
+	ExpectedHost string
+	Sign         SignFunc
+	Handle       Handler
+	Logger       *slog.Logger
 	// OnStateChange, if set, is called after every state change. It runs on
 	// the client's goroutine and must not block.
 	OnStateChange func(Status)
@@ -137,8 +146,9 @@ func (c *Config) setDefaults() {
 // Client keeps the connection to one relay. Create it with New and run it
 // with Run; Publish may be called from any goroutine.
 type Client struct {
-	cfg  Config
-	host string // the relay's host, for logs
+	cfg      Config
+	host     string // the relay's host[:port], for logs
+	hostname string // the relay URL's host name, without port
 
 	mu      sync.Mutex
 	status  Status
@@ -156,9 +166,10 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.setDefaults()
 	return &Client{
-		cfg:    cfg,
-		host:   u.Host,
-		status: Status{State: StateDisconnected, Since: time.Now()},
+		cfg:      cfg,
+		host:     u.Host,
+		hostname: u.Hostname(),
+		status:   Status{State: StateDisconnected, Since: time.Now()},
 	}, nil
 }
 
@@ -343,6 +354,14 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn) (string, e
 	if f.Kind != wire.KindAuthChallenge {
 		return "", fmt.Errorf("relay answered AuthRequest with %s", describe(f))
 	}
+	if !c.hostExpected(f.AuthChallenge.Host) {
+		want := c.hostname
+		if c.cfg.ExpectedHost != "" {
+			want += " or " + c.cfg.ExpectedHost
+		}
+		return "", fmt.Errorf("%w: the relay's challenge is for host %q, not %s; not signed (if the relay's public_host is right, set relay_host = %q)",
+			ErrWrongHost, f.AuthChallenge.Host, want, f.AuthChallenge.Host)
+	}
 	sig, err := c.cfg.Sign(ctx, wire.AuthPayload(f.AuthChallenge.Host, f.AuthChallenge.Nonce))
 	if err != nil {
 		return "", fmt.Errorf("sign endpoint: %w", err)
@@ -368,6 +387,21 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn) (string, e
 		return "", fmt.Errorf("relay refused the subscription: %s", describe(f))
 	}
 	return peer.String(), nil
+}
+
+// hostExpected reports whether a challenge naming host may be signed: host
+// is the relay URL's host name (with or without its port) or ExpectedHost,
+// compared without regard to case.
+func (c *Client) hostExpected(host string) bool {
+	if host == "" {
+		return false
+	}
+	for _, ok := range []string{c.hostname, c.host, c.cfg.ExpectedHost} {
+		if ok != "" && strings.EqualFold(host, ok) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Client) write(ctx context.Context, conn *websocket.Conn, b []byte) error {

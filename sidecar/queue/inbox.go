@@ -10,13 +10,14 @@ import (
 	"courier/wire"
 )
 
-const inboxCols = "seq, id, ciphertext, received_at, delivered, delivered_at, attempts, next_attempt_at, last_error"
+const inboxCols = "seq, id, ciphertext, received_at, state, finished_at, attempts, next_attempt_at, last_error"
 
 func scanInbound(s scanner) (Inbound, error) {
 	var m Inbound
-	var received, deliveredAt, next int64
-	err := s.Scan(&m.Seq, &m.ID, &m.Ciphertext, &received, &m.Delivered, &deliveredAt, &m.Attempts, &next, &m.LastError)
-	m.ReceivedAt, m.DeliveredAt, m.NextAttemptAt = fromNanos(received), fromNanos(deliveredAt), fromNanos(next)
+	var received, finished, next int64
+	err := s.Scan(&m.Seq, &m.ID, &m.Ciphertext, &received, &m.State, &finished, &m.Attempts, &next, &m.LastError)
+	m.ReceivedAt, m.DeliveredAt, m.NextAttemptAt = fromNanos(received), fromNanos(finished), fromNanos(next)
+	m.Delivered = m.State == InboxDelivered
 	return m, err
 }
 
@@ -100,7 +101,7 @@ func (q *Queue) PendingInbound(ctx context.Context, now time.Time, after int64, 
 		return nil, err
 	}
 	rows, err := q.rdb.QueryContext(ctx, `SELECT `+inboxCols+` FROM inbox
-		WHERE delivered = 0 AND seq > ? AND next_attempt_at <= ?
+		WHERE state = 'pending' AND seq > ? AND next_attempt_at <= ?
 		ORDER BY seq LIMIT ?`, after, now.UnixNano(), limit)
 	if err != nil {
 		return nil, q.readErr("pending inbound", err)
@@ -108,25 +109,76 @@ func (q *Queue) PendingInbound(ctx context.Context, now time.Time, after int64, 
 	return collect(rows, scanInbound, q.readErr)
 }
 
-// MarkInboundDelivered records that the node has the message. Marking it
-// twice is not an error (the first DeliveredAt stays); an unknown ID gives
-// ErrNotFound.
+// RefusedInbound lists up to limit inbound messages the node refused
+// (state refused), oldest refusal first, with Seq greater than after.
+func (q *Queue) RefusedInbound(ctx context.Context, after int64, limit int) ([]Inbound, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("refused inbound: %w: limit %d", ErrInvalid, limit)
+	}
+	if err := q.readable(); err != nil {
+		return nil, err
+	}
+	rows, err := q.rdb.QueryContext(ctx, `SELECT `+inboxCols+` FROM inbox
+		WHERE state = 'refused' AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, q.readErr("refused inbound", err)
+	}
+	return collect(rows, scanInbound, q.readErr)
+}
+
+// The inbox transitions. Each names its from-states in its WHERE clause;
+// a message in another state is left as it is (no error), an unknown ID
+// gives ErrNotFound.
+
+// MarkInboundDelivered records that the node has the message: pending or
+// refused → delivered (a polling node may ack a refused message after
+// all). Marking it twice is not an error (the first DeliveredAt stays).
 func (q *Queue) MarkInboundDelivered(ctx context.Context, id string) error {
 	return q.updateInbox(ctx, "mark inbound "+id+" delivered", id,
-		`UPDATE inbox SET delivered = 1, delivered_at = ?, next_attempt_at = 0 WHERE id = ? AND delivered = 0`,
+		`UPDATE inbox SET state = 'delivered', finished_at = ?, next_attempt_at = 0 WHERE id = ? AND state IN ('pending', 'refused')`,
 		time.Now().UnixNano(), id)
 }
 
-// InboundAttempt records a failed push of the message to the node: one
-// more attempt, lastErr, and the next try at next. For a message already
-// delivered it changes nothing; an unknown ID gives ErrNotFound.
+// MarkInboundDeliveredBatch is MarkInboundDelivered for several messages,
+// in one transaction; unknown IDs are skipped.
+func (q *Queue) MarkInboundDeliveredBatch(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	err := q.write(ctx, func(tx *sql.Tx) error {
+		now := time.Now().UnixNano()
+		for _, id := range ids {
+			if _, err := tx.Exec(`UPDATE inbox SET state = 'delivered', finished_at = ?, next_attempt_at = 0 WHERE id = ? AND state IN ('pending', 'refused')`, now, id); err != nil {
+				return fmt.Errorf("update %s: %w", id, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mark inbound delivered: %w", err)
+	}
+	return nil
+}
+
+// MarkInboundRefused records the node's final refusal of a pending
+// message (its inbound endpoint answered 400 or 422): pending → refused,
+// with reason as its last error. It is not offered to the node again.
+func (q *Queue) MarkInboundRefused(ctx context.Context, id, reason string) error {
+	return q.updateInbox(ctx, "mark inbound "+id+" refused", id,
+		`UPDATE inbox SET state = 'refused', finished_at = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = 0 WHERE id = ? AND state = 'pending'`,
+		time.Now().UnixNano(), reason, id)
+}
+
+// InboundAttempt records a failed push of a pending message to the node:
+// one more attempt, lastErr, and the next try at next (zero: whenever the
+// pusher next tries). For a message not pending it changes nothing.
 func (q *Queue) InboundAttempt(ctx context.Context, id string, lastErr string, next time.Time) error {
 	return q.updateInbox(ctx, "record inbound attempt "+id, id,
-		`UPDATE inbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ? AND delivered = 0`,
+		`UPDATE inbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ? AND state = 'pending'`,
 		lastErr, nanos(next), id)
 }
 
-// updateInbox runs one update of an undelivered inbox row through the
+// updateInbox runs one update of an inbox row through the
 // writer, and reports an unknown ID as ErrNotFound.
 func (q *Queue) updateInbox(ctx context.Context, what, id, query string, args ...any) error {
 	var outcome error
@@ -147,8 +199,8 @@ func (q *Queue) updateInbox(ctx context.Context, what, id, query string, args ..
 	return nil
 }
 
-// inboxOutcome tells an update of an undelivered row apart from a
-// delivered row (nil: nothing to do) and an unknown ID (ErrNotFound).
+// inboxOutcome tells an update that matched apart from a row in another
+// state (nil: nothing to do) and an unknown ID (ErrNotFound).
 func inboxOutcome(tx *sql.Tx, res sql.Result, id string) (outcome, err error) {
 	n, err := res.RowsAffected()
 	if err != nil || n == 1 {

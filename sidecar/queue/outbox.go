@@ -98,12 +98,16 @@ func (q *Queue) Get(ctx context.Context, id string) (Outbound, error) {
 
 // Change is what [Queue.Transition] writes. Every field is written as
 // given (a zero LastError clears it, a zero NextAttemptAt makes the message
-// due at once), except AttemptsDelta, which is added to Attempts.
+// due at once), except AttemptsDelta, which is added to Attempts (after
+// ResetAttempts set them to 0, if set), and LastError when KeepLastError
+// is set.
 type Change struct {
 	State         State // required
 	Path          Path
 	LastError     string
+	KeepLastError bool
 	AttemptsDelta int
+	ResetAttempts bool
 	NextAttemptAt time.Time
 }
 
@@ -116,16 +120,19 @@ func (q *Queue) Transition(ctx context.Context, id string, from []State, c Chang
 	if err := checkChange(from, c); err != nil {
 		return Outbound{}, fmt.Errorf("transition %s: %w", id, err)
 	}
-	args := []any{c.State, c.Path, c.LastError, c.AttemptsDelta, nanos(c.NextAttemptAt), 0, id}
+	args := []any{c.State, c.Path, c.KeepLastError, c.LastError, c.ResetAttempts, c.AttemptsDelta, nanos(c.NextAttemptAt), 0, id}
 	for _, s := range from {
 		args = append(args, s)
 	}
-	query := `UPDATE outbox SET state = ?, path = ?, last_error = ?, attempts = attempts + ?, next_attempt_at = ?, updated_at = ?
+	query := `UPDATE outbox SET state = ?, path = ?,
+		last_error = CASE WHEN ? THEN last_error ELSE ? END,
+		attempts = (CASE WHEN ? THEN 0 ELSE attempts END) + ?,
+		next_attempt_at = ?, updated_at = ?
 		WHERE id = ? AND state IN (?` + strings.Repeat(", ?", len(from)-1) + `) RETURNING ` + outboxCols
 	var m Outbound
 	var outcome error
 	err := q.write(ctx, func(tx *sql.Tx) error {
-		args[5] = time.Now().UnixNano()
+		args[7] = time.Now().UnixNano()
 		var err error
 		m, err = scanOutbound(tx.QueryRow(query, args...))
 		if err == nil {
@@ -227,7 +234,8 @@ type OutboxCounts struct {
 	Outbox map[State]map[Path]int
 	// InboxPending counts inbound messages the node does not have yet;
 	// InboxDelivered those it has.
-	InboxPending, InboxDelivered int
+	// InboxRefused those the node refused (400 or 422).
+	InboxPending, InboxDelivered, InboxRefused int
 }
 
 // State returns how many outbound messages are in state s, on any path.
@@ -286,8 +294,9 @@ func (q *Queue) Counts(ctx context.Context) (OutboxCounts, error) {
 		return OutboxCounts{}, q.readErr("counts", err)
 	}
 	err = tx.QueryRowContext(ctx, `SELECT
-		(SELECT count(*) FROM inbox WHERE delivered = 0),
-		(SELECT count(*) FROM inbox WHERE delivered = 1)`).Scan(&c.InboxPending, &c.InboxDelivered)
+		(SELECT count(*) FROM inbox WHERE state = 'pending'),
+		(SELECT count(*) FROM inbox WHERE state = 'delivered'),
+		(SELECT count(*) FROM inbox WHERE state = 'refused')`).Scan(&c.InboxPending, &c.InboxDelivered, &c.InboxRefused)
 	if err != nil {
 		return OutboxCounts{}, q.readErr("counts", err)
 	}
@@ -326,7 +335,8 @@ const pruneBatch = 1000
 
 // Prune deletes what is finished and older than before: outbound messages
 // delivered, handed_off or failed and last updated before it, and inbound
-// messages the node has had since before it. It returns how many of each
+// messages the node has had, or refused, since before it. Pending inbound
+// and queued or sending outbound messages are never deleted. It returns how many of each
 // it deleted. A pruned ID is forgotten: enqueued again, it is sent again;
 // redelivered by the relay, it is handed to the node again.
 func (q *Queue) Prune(ctx context.Context, before time.Time) (outbound, inbound int, err error) {
@@ -337,7 +347,7 @@ func (q *Queue) Prune(ctx context.Context, before time.Time) (outbound, inbound 
 		{&outbound, `DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox
 			WHERE updated_at < ? AND state IN ('delivered', 'handed_off', 'failed') LIMIT ?)`},
 		{&inbound, `DELETE FROM inbox WHERE seq IN (SELECT seq FROM inbox
-			WHERE delivered = 1 AND delivered_at < ? LIMIT ?)`},
+			WHERE state IN ('delivered', 'refused') AND finished_at < ? LIMIT ?)`},
 	}
 	for _, s := range steps {
 		for {

@@ -88,16 +88,32 @@ type Outbound struct {
 	NextAttemptAt time.Time
 }
 
+// InboxState is where an inbound message stands.
+type InboxState string
+
+// Inbound message states. pending → delivered or refused; refused →
+// delivered (a polling node acked it after all). Nothing leaves delivered.
+const (
+	InboxPending   InboxState = "pending"   // the node does not have it yet: pushed (retried) or waiting for a poll
+	InboxDelivered InboxState = "delivered" // the node has it: its inbound endpoint answered 2xx, or it acked a poll
+	InboxRefused   InboxState = "refused"   // the inbound endpoint answered 400 or 422: kept, not retried; LastError says why
+)
+
+// InboxStates lists every InboxState.
+var InboxStates = []InboxState{InboxPending, InboxDelivered, InboxRefused}
+
 // Inbound is one message in the inbox. Times are UTC; DeliveredAt is zero
-// until Delivered, NextAttemptAt zero means due at once.
+// until it is delivered or refused (it is when that happened),
+// NextAttemptAt zero means due at once.
 type Inbound struct {
 	Seq           int64
 	ID            string // wire.MessageID(Ciphertext)
 	Ciphertext    []byte
 	ReceivedAt    time.Time
-	Delivered     bool // the node has it
-	DeliveredAt   time.Time
-	Attempts      int // failed pushes to the node's inbound endpoint
+	State         InboxState
+	Delivered     bool      // State == InboxDelivered: the node has it
+	DeliveredAt   time.Time // when it became delivered or refused
+	Attempts      int       // failed pushes to the node's inbound endpoint
 	NextAttemptAt time.Time
 	LastError     string
 }
@@ -128,6 +144,10 @@ type Options struct {
 	// Default slog.Default(). Ciphertext is never logged.
 	Logger *slog.Logger
 }
+
+// JournalSizeLimit is the size, in bytes, the WAL file is truncated to
+// after a checkpoint that empties it (SQLite's journal_size_limit).
+const JournalSizeLimit = 16 << 20
 
 const (
 	busyTimeout = 5 * time.Second
@@ -224,6 +244,12 @@ func (q *Queue) open(syncMode string) error {
 	}
 	if n > 0 {
 		q.log.Info("queue schema updated", "path", q.path, "migrations", n, "version", len(ms))
+	}
+	// The writer is the only connection that writes, so the only one that
+	// checkpoints: after a checkpoint that empties the WAL it truncates the
+	// file to this size, so one burst does not leave a large WAL behind.
+	if _, err := q.wdb.ExecContext(ctx, fmt.Sprintf("PRAGMA journal_size_limit = %d", JournalSizeLimit)); err != nil {
+		return fmt.Errorf("set journal_size_limit: %w", err)
 	}
 
 	q.rdb, err = sql.Open("sqlite3", dsn(q.path, "_query_only=1"))
@@ -439,6 +465,24 @@ func (q *Queue) runTx(ops []*op) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	q.commits.Add(1)
+	return nil
+}
+
+// Checkpoint copies the WAL back into the database file and, when no
+// reader holds an old snapshot, starts the WAL over and truncates it
+// (SQLite's wal_checkpoint(TRUNCATE)). It runs on the writer's connection,
+// between two batches; readers go on meanwhile. A checkpoint that cannot
+// finish because of readers is not an error: the next one goes further.
+func (q *Queue) Checkpoint(ctx context.Context) error {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.closed {
+		return ErrClosed
+	}
+	var busy, logPages, done int
+	if err := q.wdb.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logPages, &done); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", q.path, err)
+	}
 	return nil
 }
 

@@ -341,7 +341,7 @@ func TestQueryPlans(t *testing.T) {
 	q, _ := openTest(t)
 	plans := map[string]string{
 		`SELECT ` + outboxCols + ` FROM outbox WHERE state = ? AND seq > ? AND (? = '' OR path = ?) AND next_attempt_at <= ? ORDER BY seq LIMIT ?`: "outbox_due",
-		`SELECT ` + inboxCols + ` FROM inbox WHERE delivered = 0 AND seq > ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?`:                        "inbox_pending",
+		`SELECT ` + inboxCols + ` FROM inbox WHERE state = 'pending' AND seq > ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?`:                    "inbox_pending",
 		`SELECT ` + outboxColsNoCT + ` FROM outbox ORDER BY updated_at DESC, seq DESC LIMIT ?`:                                                     "outbox_updated",
 	}
 	for query, index := range plans {

@@ -64,14 +64,21 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 // Relay is the real relay on a real SQLite file (package relaytest).
 type Relay = relaytest.Relay
 
-// StartRelay starts a relay with relaytest's settings, changed by mutate,
-// logging to logger (nil: [Logger]). It stops when the test ends.
+// StartRelay starts a relay with relaytest's settings, but public_host
+// "127.0.0.1" (the host of its URL, so that a sidecar signs its
+// challenges), changed by mutate, logging to logger (nil: [Logger]). It
+// stops when the test ends.
 func StartRelay(t testing.TB, mutate func(*relay.Config), logger *slog.Logger) *Relay {
 	t.Helper()
 	if logger == nil {
 		logger = Logger().With("side", "relay")
 	}
-	return relaytest.Start(t, mutate, logger)
+	return relaytest.Start(t, func(c *relay.Config) {
+		c.PublicHost = "127.0.0.1"
+		if mutate != nil {
+			mutate(c)
+		}
+	}, logger)
 }
 
 // Request is one call a node endpoint received.
@@ -80,6 +87,7 @@ type Request struct {
 	Recipient  string // OFFLINE only
 	Ciphertext []byte
 	Path       string // inbound only
+	Content    string // sign only: what was to be signed
 	ReceivedAt time.Time
 	Status     int // what the endpoint answered
 }
@@ -91,8 +99,9 @@ type Endpoint struct {
 	failNext   int
 	failStatus int
 	failAlways bool
-	hold       chan struct{} // while set, calls wait for it to close
-	arrived    chan struct{} // a value for each call that starts waiting on hold
+	failIDs    map[string]int // message ID → status, answered for that message only
+	hold       chan struct{}  // while set, calls wait for it to close
+	arrived    chan struct{}  // a value for each call that starts waiting on hold
 	requests   []Request
 }
 
@@ -129,11 +138,22 @@ func (e *Endpoint) FailAlways(status int) {
 	e.failAlways, e.failStatus = true, status
 }
 
+// FailID makes every call for message id fail with status until Recover:
+// a message the node keeps failing while it takes the others.
+func (e *Endpoint) FailID(id string, status int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.failIDs == nil {
+		e.failIDs = make(map[string]int)
+	}
+	e.failIDs[id] = status
+}
+
 // Recover makes calls succeed again.
 func (e *Endpoint) Recover() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.failAlways, e.failNext = false, 0
+	e.failAlways, e.failNext, e.failIDs = false, 0, nil
 }
 
 // answer decides the status for one call and records it.
@@ -149,6 +169,8 @@ func (e *Endpoint) answer(r Request) int {
 	defer e.mu.Unlock()
 	r.Status = http.StatusOK
 	switch {
+	case e.failIDs[r.ID] != 0:
+		r.Status = e.failIDs[r.ID]
 	case e.failAlways:
 		r.Status = e.failStatus
 	case e.failNext > 0:
@@ -199,6 +221,55 @@ type Node struct {
 	Sign    *Endpoint
 	Offline *Endpoint
 	Inbound *Endpoint
+
+	authMu   sync.Mutex
+	user     string // basic auth required when set
+	password string
+	cookie   string // OpenBazaar_Auth_Cookie required when set
+	denied   int    // calls answered 401 for want of credentials
+}
+
+// RequireAuth makes every endpoint answer 401, before anything else, to a
+// call without these credentials: HTTP basic auth when user is set, and
+// the OpenBazaar_Auth_Cookie cookie when cookie is set.
+func (n *Node) RequireAuth(user, password, cookie string) {
+	n.authMu.Lock()
+	defer n.authMu.Unlock()
+	n.user, n.password, n.cookie = user, password, cookie
+}
+
+// Denied returns how many calls were answered 401 for want of credentials.
+func (n *Node) Denied() int {
+	n.authMu.Lock()
+	defer n.authMu.Unlock()
+	return n.denied
+}
+
+// authorized checks a call's credentials as RequireAuth asked, answering
+// 401 when they are missing or wrong.
+func (n *Node) authorized(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n.authMu.Lock()
+		user, password, cookie := n.user, n.password, n.cookie
+		ok := true
+		if user != "" {
+			u, p, has := r.BasicAuth()
+			ok = has && u == user && p == password
+		}
+		if cookie != "" {
+			c, err := r.Cookie("OpenBazaar_Auth_Cookie")
+			ok = ok && err == nil && c.Value == cookie
+		}
+		if !ok {
+			n.denied++
+		}
+		n.authMu.Unlock()
+		if !ok {
+			http.Error(w, "not authorized", http.StatusUnauthorized)
+			return
+		}
+		next(w, r)
+	}
 }
 
 // NewNode makes a node whose key derives from name. Its server stops when
@@ -213,9 +284,9 @@ func NewNode(t testing.TB, name string) *Node {
 		Sign: new(Endpoint), Offline: new(Endpoint), Inbound: new(Endpoint),
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /ob/signmessage", n.serveSign)
-	mux.HandleFunc("POST /courier/offline", n.serveOffline)
-	mux.HandleFunc("POST /courier/inbound", n.serveInbound)
+	mux.HandleFunc("POST /ob/signmessage", n.authorized(n.serveSign))
+	mux.HandleFunc("POST /courier/offline", n.authorized(n.serveOffline))
+	mux.HandleFunc("POST /courier/inbound", n.authorized(n.serveInbound))
 	n.Server = httptest.NewServer(mux)
 	t.Cleanup(n.Server.Close)
 	return n
@@ -238,7 +309,7 @@ func (n *Node) serveSign(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "want {\"content\": …}")
 		return
 	}
-	if st := n.Sign.answer(Request{}); st != http.StatusOK {
+	if st := n.Sign.answer(Request{Content: req.Content}); st != http.StatusOK {
 		http.Error(w, "sign endpoint told to fail", st)
 		return
 	}
@@ -311,7 +382,7 @@ func Config(n *Node, relayURL, dir string) sidecar.Config {
 	cfg.RelayURL = relayURL
 	cfg.API.Listen = "127.0.0.1:0"
 	cfg.Node = sidecar.NodeConfig{OfflinePublishURL: n.OfflineURL(), InboundURL: n.InboundURL(), SignURL: n.SignURL()}
-	cfg.Store = sidecar.StoreConfig{Path: filepath.Join(dir, "courier.db"), Synchronous: "normal"}
+	cfg.Store.Path, cfg.Store.Synchronous = filepath.Join(dir, "courier.db"), "normal"
 	cfg.Delivery.RelayGrace = 300 * time.Millisecond
 	cfg.Delivery.PublishTimeout = time.Second
 	cfg.Delivery.RetryWaitMin = 20 * time.Millisecond

@@ -1,0 +1,90 @@
+package queue
+
+import (
+	"context"
+	"time"
+)
+
+// The outbox state machine, in one place. Each named transition owns its
+// allowed from-states and its rule for Attempts; the engine moves messages
+// only through these. A message in a state a transition does not start
+// from is left as it is and the transition returns an error wrapping
+// ErrConflict (someone else moved it on meanwhile).
+//
+//	queued ──MarkSending──▶ sending INDIRECT ──MarkDelivered──▶ delivered
+//	   ▲                        │
+//	   └────────Requeue─────────┤ (connection lost, rate limited, queued
+//	                            │  just after the relay came back)
+//	queued/sending ──RouteOffline──▶ sending OFFLINE ──MarkHandedOff──▶ handed_off
+//	                                    │   ▲ RecordOfflineAttempt
+//	                                    └───┘
+//	                                    └──Fail──▶ failed ──Revive──▶ queued
+//
+// Attempts count the publishes of the current path: MarkSending adds one
+// (an INDIRECT publish), RouteOffline starts them again from 0 (so that the
+// INDIRECT ones do not use up delivery.offline_max_attempts), every OFFLINE
+// hand-off adds one (RecordOfflineAttempt, MarkHandedOff, Fail), and Revive
+// starts them again from 0.
+
+// MarkSending records that an INDIRECT publish is under way: queued →
+// sending, path INDIRECT, one more attempt.
+func (q *Queue) MarkSending(ctx context.Context, id string) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Queued}, Change{State: Sending, Path: PathIndirect, AttemptsDelta: 1})
+}
+
+// MarkDelivered records the relay's delivered answer: sending → delivered,
+// path INDIRECT.
+func (q *Queue) MarkDelivered(ctx context.Context, id string) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Sending}, Change{State: Delivered, Path: PathIndirect})
+}
+
+// Requeue puts a message whose INDIRECT publish did not confirm it back in
+// the queue, due at next, with reason as its last error: sending → queued,
+// no path. Its attempts stay (they count the INDIRECT publishes so far).
+func (q *Queue) Requeue(ctx context.Context, id, reason string, next time.Time) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Sending}, Change{State: Queued, Path: PathNone, LastError: reason, NextAttemptAt: next})
+}
+
+// Resume puts a message left sending INDIRECT by a stop back in the queue,
+// due at once, keeping its last error: sending → queued. The relay takes a
+// republished ID as the same message.
+func (q *Queue) Resume(ctx context.Context, id string) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Sending}, Change{State: Queued, Path: PathNone, KeepLastError: true})
+}
+
+// RouteOffline puts a message on the OFFLINE path, due at once, with
+// reason as its last error: queued or sending INDIRECT → sending OFFLINE.
+// Its attempts start again from 0: from here on they count OFFLINE
+// hand-offs.
+func (q *Queue) RouteOffline(ctx context.Context, id, reason string, from ...State) (Outbound, error) {
+	if len(from) == 0 {
+		from = []State{Queued, Sending}
+	}
+	return q.Transition(ctx, id, from, Change{State: Sending, Path: PathOffline, LastError: reason, ResetAttempts: true, NextAttemptAt: time.Now()})
+}
+
+// MarkHandedOff records that the node's OFFLINE endpoint took the message:
+// sending → handed_off, path OFFLINE, one more attempt; the last error
+// stays (it says why the message went OFFLINE).
+func (q *Queue) MarkHandedOff(ctx context.Context, id string) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Sending}, Change{State: HandedOff, Path: PathOffline, AttemptsDelta: 1, KeepLastError: true})
+}
+
+// RecordOfflineAttempt records a failed OFFLINE hand-off to be tried again
+// at next: sending → sending OFFLINE, one more attempt.
+func (q *Queue) RecordOfflineAttempt(ctx context.Context, id, lastErr string, next time.Time) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Sending}, Change{State: Sending, Path: PathOffline, AttemptsDelta: 1, LastError: lastErr, NextAttemptAt: next})
+}
+
+// Fail gives up on a message after a last failed OFFLINE hand-off:
+// sending → failed, path OFFLINE, one more attempt, reason as last error.
+func (q *Queue) Fail(ctx context.Context, id, reason string) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Sending}, Change{State: Failed, Path: PathOffline, AttemptsDelta: 1, LastError: reason})
+}
+
+// Revive queues a failed message again, as new: failed → queued, no path,
+// attempts 0, due at once, reason as last error. A new POST of a failed
+// message does this.
+func (q *Queue) Revive(ctx context.Context, id, reason string) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Failed}, Change{State: Queued, Path: PathNone, ResetAttempts: true, LastError: reason})
+}
