@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"courier/localapi"
 	"courier/sidecar"
+	"courier/sidecar/queue"
 	st "courier/sidecar/sidecartest"
 )
 
@@ -161,5 +163,59 @@ func TestSlowBody(t *testing.T) {
 	// The API still answers others.
 	if r := a.do("GET", "/healthz", "", nil); r.status != 200 {
 		t.Errorf("healthz after slow bodies = %d", r.status)
+	}
+}
+
+// Defect 11: a message larger than the relay accepts is not the node's
+// problem: it is accepted (202) and goes OFFLINE at once. Only a message
+// over the sidecar's own limit (api.max_message_bytes, 16 MiB by default)
+// is refused, with 413 naming that limit.
+func TestLargerThanTheRelayTakes(t *testing.T) {
+	r := st.StartRelay(t, nil, nil) // the relay's default limit, 4 MiB
+	a := startAPI(t, "", r.URL())
+	a.s.WaitRelay(sidecar.RelayConnected)
+	to := st.NewNode(t, "recipient")
+	big := st.Ciphertext("over the relay's limit", 1, r.Cfg.Limits.MaxMessageBytes+1)
+	resp := a.do("POST", "/v1/messages", postBody(to.Peer.String(), b64(big)), nil)
+	if resp.status != http.StatusAccepted {
+		t.Fatalf("POST of %d bytes (relay limit %d) = %d %.300s, want 202", len(big), r.Cfg.Limits.MaxMessageBytes, resp.status, resp.body)
+	}
+	id := resp.json(t)["id"].(string)
+	m := a.s.WaitMessage(id, queue.HandedOff)
+	if m.Path != queue.PathOffline || !strings.Contains(m.LastError, "too_large") {
+		t.Errorf("message = %s on %s, last error %q; want handed off OFFLINE because it is too large for the relay", m.State, m.Path, m.LastError)
+	}
+	if a.node.Offline.AcceptedIDs()[id] != 1 {
+		t.Error("the node's OFFLINE endpoint did not get it")
+	}
+
+	over := b64(make([]byte, sidecar.MaxMessageBytes+1))
+	resp = a.do("POST", "/v1/messages", postBody(to.Peer.String(), over), nil)
+	if msg, _ := resp.json(t)["error"].(string); resp.status != http.StatusRequestEntityTooLarge || !strings.Contains(msg, fmt.Sprint(sidecar.MaxMessageBytes)) {
+		t.Errorf("POST over the sidecar's own limit = %d %q, want 413 naming %d", resp.status, msg, sidecar.MaxMessageBytes)
+	}
+}
+
+// A lower api.max_message_bytes is the limit the API enforces and names.
+func TestConfiguredMessageLimit(t *testing.T) {
+	n := st.NewNode(t, "small")
+	cfg := st.Config(n, "", t.TempDir())
+	cfg.API.MaxMessageBytes = 1 << 20
+	s := st.StartSidecar(t, n, cfg, st.Options())
+	hs := httptest.NewServer(localapi.New(s.E, "", st.Logger()))
+	t.Cleanup(hs.Close)
+	a := &api{t: t, url: hs.URL, s: s, node: n}
+	peer := st.NewNode(t, "recipient").Peer.String()
+	if r := a.do("POST", "/v1/messages", postBody(peer, b64(make([]byte, 1<<20))), nil); r.status != http.StatusAccepted {
+		t.Errorf("POST at the configured limit = %d %.200s", r.status, r.body)
+	}
+	for name, body := range map[string]string{
+		"ciphertext just over": postBody(peer, b64(make([]byte, 1<<20+1))),
+		"body over":            postBody(peer, strings.Repeat("A", 2<<20)),
+	} {
+		r := a.do("POST", "/v1/messages", body, nil)
+		if msg, _ := r.json(t)["error"].(string); r.status != http.StatusRequestEntityTooLarge || !strings.Contains(msg, "1048576") {
+			t.Errorf("%s = %d %q, want 413 naming 1048576", name, r.status, msg)
+		}
 	}
 }

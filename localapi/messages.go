@@ -38,7 +38,7 @@ const DefaultBodyTimeout = 30 * time.Second
 // messageLimit is the largest ciphertext the sidecar accepts: its own
 // limit, larger than the relay's (a message the relay cannot take goes
 // OFFLINE).
-func (s *Server) messageLimit() int { return sidecar.MaxMessageBytes }
+func (s *Server) messageLimit() int { return s.e.MaxMessageBytes() }
 
 type postMessageRequest struct {
 	Recipient  *string `json:"recipient"`
