@@ -14,7 +14,7 @@ import (
 const (
 	chartW, chartH = 640, 150
 	plotL, plotR   = 44, 8  // margins for the y labels, and the right edge
-	plotT, plotB   = 10, 22 // top margin, bottom margin for the x labels
+	plotT, plotB   = 22, 22 // top margin for the caption, bottom margin for the x labels
 )
 
 // chartColors are the paths' colors on the page.
@@ -45,6 +45,7 @@ func deliveryChart(h map[queue.Path]sidecar.PathHour, now time.Time) template.HT
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg class="chart" role="img" viewBox="0 0 %d %d" width="%d" height="%d" xmlns="http://www.w3.org/2000/svg">`, chartW, chartH, chartW, chartH)
 	fmt.Fprintf(&b, `<title>Deliveries per minute, last hour: INDIRECT (blue) and OFFLINE (orange)</title>`)
+	fmt.Fprintf(&b, `<text x="%d" y="12" font-size="11" fill="#666">deliveries per minute</text>`, plotL)
 	// Grid: 0, half, top.
 	for _, v := range []int{0, top / 2, top} {
 		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>`, plotL, chartW-plotR, y(v), y(v))

@@ -378,10 +378,17 @@ func TestHealthReadyMetricsStatus(t *testing.T) {
 			State string    `json:"state"`
 			Since time.Time `json:"since"`
 		} `json:"relay"`
-		Outbox map[string]int            `json:"outbox"`
-		Inbox  map[string]int            `json:"inbox"`
-		Paths  map[string]int            `json:"paths"`
-		Node   map[string]map[string]any `json:"node"`
+		Outbox   map[string]int            `json:"outbox"`
+		Inbox    map[string]int            `json:"inbox"`
+		Paths    map[string]int            `json:"paths"`
+		Node     map[string]map[string]any `json:"node"`
+		LastHour map[string]struct {
+			Delivered int     `json:"delivered"`
+			P50Ms     float64 `json:"p50_ms"`
+			P99Ms     float64 `json:"p99_ms"`
+			PerMinute []int   `json:"per_minute"`
+		} `json:"last_hour"`
+		Attention []map[string]any `json:"attention"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(r.body))
 	dec.DisallowUnknownFields()
@@ -391,6 +398,10 @@ func TestHealthReadyMetricsStatus(t *testing.T) {
 	if stat.Relay.State != "disabled" || stat.Relay.Since.IsZero() || stat.Outbox["handed_off"] != 1 || stat.Outbox["queued"] != 0 ||
 		stat.Paths["OFFLINE"] != 1 || stat.Paths["INDIRECT"] != 0 || stat.Inbox["pending"] != 0 || stat.Node["offline"]["consecutive_failures"] != 0.0 {
 		t.Errorf("status = %s", r.body)
+	}
+	if off := stat.LastHour["OFFLINE"]; off.Delivered != 1 || off.P50Ms <= 0 || off.P99Ms < off.P50Ms || len(off.PerMinute) != 60 ||
+		stat.LastHour["INDIRECT"].Delivered != 0 || stat.Attention == nil || len(stat.Attention) != 0 {
+		t.Errorf("status last hour / attention = %s", r.body)
 	}
 	for _, s := range []string{"queued", "sending", "delivered", "handed_off", "failed"} {
 		if _, ok := stat.Outbox[s]; !ok {

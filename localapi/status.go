@@ -3,9 +3,13 @@ package localapi
 import (
 	"context"
 	_ "embed"
+	"fmt"
 	"html/template"
 	"net/http"
 	"time"
+
+	"courier/sidecar"
+	"courier/sidecar/queue"
 )
 
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
@@ -48,6 +52,25 @@ var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
 		}
 		return s
 	},
+	"ms": func(ms float64) string {
+		switch {
+		case ms == 0:
+			return "–"
+		case ms < 10:
+			return fmt.Sprintf("%.2f ms", ms)
+		case ms < 1000:
+			return fmt.Sprintf("%.0f ms", ms)
+		default:
+			return fmt.Sprintf("%.1f s", ms/1000)
+		}
+	},
+	"last": func(s []int) int {
+		if len(s) == 0 {
+			return 0
+		}
+		return s[len(s)-1]
+	},
+	"color": func(p queue.Path) template.CSS { return template.CSS(chartColors[p]) },
 }).Parse(statusHTML))
 
 func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
@@ -62,7 +85,12 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 		ready = "NOT READY: " + err.Error()
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := statusPage.Execute(w, map[string]any{"S": st, "Ready": ready, "Now": time.Now()}); err != nil {
+	now := time.Now()
+	if err := statusPage.Execute(w, map[string]any{
+		"S": st, "Ready": ready, "Now": now, "Wait": sidecar.AttentionWait,
+		"Paths": []queue.Path{queue.PathIndirect, queue.PathOffline},
+		"Chart": deliveryChart(st.LastHour, now),
+	}); err != nil {
 		s.log.Warn("render status page", "err", err)
 	}
 }

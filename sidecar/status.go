@@ -62,7 +62,73 @@ type Status struct {
 	// LastHour is, per path, the deliveries of the last hour: how many,
 	// per minute, and their latency from acceptance.
 	LastHour map[queue.Path]PathHour `json:"last_hour"`
-	Recent   []queue.Outbound        `json:"recent,omitempty"`
+	// Attention lists the messages an operator should look at: failed,
+	// refused by the node, waiting longer than AttentionWait; at most
+	// attentionLimit of each kind.
+	Attention []NeedsAttention `json:"attention"`
+	Recent    []queue.Outbound `json:"recent,omitempty"`
+}
+
+// AttentionWait is how long a message may wait (outbound: not delivered
+// or handed off yet; inbound: not at the node yet) before the status lists
+// it as needing attention.
+const AttentionWait = time.Minute
+
+// attentionLimit bounds each kind of message in Status.Attention.
+const attentionLimit = 20
+
+// NeedsAttention is a message an operator should look at, and why.
+type NeedsAttention struct {
+	Direction string    `json:"direction"`           // "outbound" or "inbound"
+	ID        string    `json:"id"`                  // message ID
+	Recipient string    `json:"recipient,omitempty"` // outbound only
+	State     string    `json:"state"`               // outbound: failed, queued, sending; inbound: refused, pending
+	Path      string    `json:"path,omitempty"`      // outbound: INDIRECT, OFFLINE or none yet
+	Attempts  int       `json:"attempts"`
+	Since     time.Time `json:"since"`      // accepted from the node (outbound), received from the relay (inbound)
+	UpdatedAt time.Time `json:"updated_at"` // last change
+	Reason    string    `json:"reason"`     // why it needs a look: the last error, how long it has waited
+}
+
+// attention lists what needs a look, failed and refused first.
+func (e *Engine) attention(ctx context.Context, now time.Time) ([]NeedsAttention, error) {
+	a, err := e.q.Attention(ctx, now.Add(-AttentionWait), attentionLimit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]NeedsAttention, 0, len(a.Failed)+len(a.Refused)+len(a.Waiting)+len(a.WaitingInbound))
+	outbound := func(m queue.Outbound, reason string) {
+		out = append(out, NeedsAttention{Direction: "outbound", ID: m.ID, Recipient: m.Recipient, State: string(m.State),
+			Path: string(m.Path), Attempts: m.Attempts, Since: m.CreatedAt, UpdatedAt: m.UpdatedAt, Reason: reason})
+	}
+	inbound := func(m queue.Inbound, reason string) {
+		updated := m.DeliveredAt // when it was refused
+		if updated.IsZero() {
+			updated = m.ReceivedAt
+		}
+		out = append(out, NeedsAttention{Direction: "inbound", ID: m.ID, State: string(m.State),
+			Attempts: m.Attempts, Since: m.ReceivedAt, UpdatedAt: updated, Reason: reason})
+	}
+	waited := func(since time.Time, lastErr string) string {
+		r := "waiting for " + now.Sub(since).Round(time.Second).String()
+		if lastErr != "" {
+			r += "; last error: " + lastErr
+		}
+		return r
+	}
+	for _, m := range a.Failed {
+		outbound(m, "gave up: "+m.LastError+" (POST it again to retry)")
+	}
+	for _, m := range a.Refused {
+		inbound(m, "the node refused it: "+m.LastError)
+	}
+	for _, m := range a.Waiting {
+		outbound(m, waited(m.CreatedAt, m.LastError))
+	}
+	for _, m := range a.WaitingInbound {
+		inbound(m, waited(m.ReceivedAt, m.LastError)+" (the node has not taken it)")
+	}
+	return out, nil
 }
 
 // InboxStatus counts inbound messages: pending (the node does not have
@@ -100,6 +166,9 @@ func (e *Engine) Status(ctx context.Context, recent int) (Status, error) {
 		st.Node[k] = *h
 	}
 	e.mu.Unlock()
+	if st.Attention, err = e.attention(ctx, time.Now()); err != nil {
+		return Status{}, fmt.Errorf("messages needing attention: %w", err)
+	}
 	if recent > 0 {
 		if st.Recent, err = e.q.Recent(ctx, recent); err != nil {
 			return Status{}, fmt.Errorf("recent messages: %w", err)

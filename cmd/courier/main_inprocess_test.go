@@ -67,6 +67,17 @@ func TestMainInProcess(t *testing.T) {
 	st.Eventually(t, "the message to be delivered", func() bool { return c.get(id).State == "delivered" })
 	st.Eventually(t, "B's node to get it", func() bool { return b.Inbound.AcceptedIDs()[id] == 1 })
 
+	// `courier status` prints the last hour and what needs attention.
+	var out, errb bytes.Buffer
+	if err := run(ctx, []string{"status", "-api", addr.String()}, &out, &errb); err != nil {
+		t.Fatalf("courier status: %v: %s", err, errb.String())
+	}
+	for _, want := range []string{"last hour", "INDIRECT  1, p50 ", "p99 ", "OFFLINE   none", "attention", "nothing needs attention", "0 refused"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("courier status lacks %q:\n%s", want, out.String())
+		}
+	}
+
 	if err := m.Run(ctx); err == nil {
 		t.Error("a second Run while the first runs: no error")
 	}

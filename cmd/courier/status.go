@@ -68,8 +68,32 @@ func printStatus(w io.Writer, st apiclient.Status) {
 		fmt.Fprintf(tw, "relay error\t%s\n", st.Relay.LastError)
 	}
 	fmt.Fprintf(tw, "outbox\t%s\n", joinCounts(st.Outbox))
-	fmt.Fprintf(tw, "inbox\t%d pending for the node\n", st.Inbox.Pending)
+	fmt.Fprintf(tw, "inbox\t%d pending for the node, %d refused by it\n", st.Inbox.Pending, st.Inbox.Refused)
 	fmt.Fprintf(tw, "delivered\t%s\n", joinCounts(st.Paths))
+	for i, path := range []string{"INDIRECT", "OFFLINE"} {
+		label := ""
+		if i == 0 {
+			label = "last hour"
+		}
+		h := st.LastHour[path]
+		if h.Delivered == 0 {
+			fmt.Fprintf(tw, "%s\t%-8s  none\n", label, path)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%-8s  %d, p50 %s, p99 %s  %s\n", label, path, h.Delivered, fmtMs(h.P50Ms), fmtMs(h.P99Ms), sparkline(h.PerMinute))
+	}
+	if len(st.Attention) == 0 {
+		fmt.Fprintf(tw, "attention\tnothing needs attention\n")
+	} else {
+		fmt.Fprintf(tw, "attention\t%d messages:\n", len(st.Attention))
+		for _, a := range st.Attention {
+			path := a.Path
+			if path == "" {
+				path = "-"
+			}
+			fmt.Fprintf(tw, "  %s %.12s…\t%s %s, %d attempts: %s\n", a.Direction, a.ID, a.State, path, a.Attempts, a.Reason)
+		}
+	}
 	names := make([]string, 0, len(st.Node))
 	for n := range st.Node {
 		names = append(names, n)
@@ -100,4 +124,37 @@ func joinCounts[K ~string](m map[K]int) string {
 		return "empty"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// fmtMs prints a latency in milliseconds for a person.
+func fmtMs(ms float64) string {
+	switch {
+	case ms < 10:
+		return fmt.Sprintf("%.2f ms", ms)
+	case ms < 1000:
+		return fmt.Sprintf("%.0f ms", ms)
+	default:
+		return fmt.Sprintf("%.1f s", ms/1000)
+	}
+}
+
+// sparkline draws counts per minute as a line of block characters, the
+// oldest first.
+func sparkline(counts []int) string {
+	const bars = "▁▂▃▄▅▆▇█"
+	top := 0
+	for _, n := range counts {
+		top = max(top, n)
+	}
+	var b strings.Builder
+	for _, n := range counts {
+		switch {
+		case n == 0:
+			b.WriteRune(' ')
+		default:
+			r := []rune(bars)
+			b.WriteRune(r[min(len(r)-1, (n*len(r)-1)/top)])
+		}
+	}
+	return "[" + b.String() + "]"
 }
