@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -282,4 +283,35 @@ func TestBackoff(t *testing.T) {
 			t.Errorf("attempt %d: largest of 2000 draws %s, want near %s", tt.attempt, biggest, tt.bound)
 		}
 	}
+}
+
+// A challenge is signed only for the relay URL's host or ExpectedHost:
+// relaytest's public_host is "relay.test", its URL's host 127.0.0.1.
+func TestChallengeHost(t *testing.T) {
+	r := startRelay(t, nil)
+	a := newNode(1)
+	var challenges []string
+	var mu sync.Mutex
+	sign := func(ctx context.Context, content string) (upstream.Signature, error) {
+		mu.Lock()
+		if strings.HasPrefix(content, "courier-auth:") {
+			challenges = append(challenges, content)
+		}
+		mu.Unlock()
+		return a.sign(ctx, content)
+	}
+	_, states := a.client(t, r.URL(), func(c *upstream.Config) { c.ExpectedHost, c.Sign = "", sign })
+	s := waitState(t, states, upstream.StateDisconnected)
+	if !strings.Contains(s.LastError, `challenge is for host "relay.test"`) || !strings.Contains(s.LastError, "not signed") {
+		t.Errorf("last error = %q, want the refused host", s.LastError)
+	}
+	mu.Lock()
+	if len(challenges) != 0 {
+		t.Errorf("signed %q", challenges)
+	}
+	mu.Unlock()
+
+	// The same relay, expected under its public_host: signed, connected.
+	_, states = a.client(t, r.URL(), func(c *upstream.Config) { c.ExpectedHost = "RELAY.test" })
+	waitState(t, states, upstream.StateConnected)
 }
