@@ -63,10 +63,10 @@ func TestStatusAttentionAndLastHour(t *testing.T) {
 		byID[a.ID] = a
 	}
 	if a := byID[failed]; a.Direction != "outbound" || a.State != "failed" || a.Path != "OFFLINE" || a.Attempts != 2 ||
-		!strings.Contains(a.Reason, "gave up") || !strings.Contains(a.Reason, "500") || !strings.Contains(a.Reason, "POST it again") {
+		!strings.Contains(a.Reason, "500") || !strings.Contains(a.Reason, "offline") || !strings.Contains(a.Reason, "POST it again") {
 		t.Errorf("failed message in attention = %+v", a)
 	}
-	if a := byID[refused]; a.Direction != "inbound" || a.State != "refused" || !strings.Contains(a.Reason, "the node refused it") || !strings.Contains(a.Reason, "422") {
+	if a := byID[refused]; a.Direction != "inbound" || a.State != "refused" || !strings.Contains(a.Reason, "refused") || !strings.Contains(a.Reason, "422") || !strings.Contains(a.Reason, "not retried") {
 		t.Errorf("refused message in attention = %+v", a)
 	}
 	if _, ok := byID[delivered]; ok || len(stat.Attention) != 2 {
@@ -80,7 +80,7 @@ func TestStatusAttentionAndLastHour(t *testing.T) {
 	defer resp.Body.Close()
 	page := st.ReadAll(resp.Body)
 	for _, want := range []string{
-		"<h2>Needs attention</h2>", failed[:12], refused[:12], "the node refused it", "gave up",
+		"<h2>Needs attention</h2>", failed[:12], refused[:12], "(not retried)", "(POST it again to retry)",
 		"<h2>Deliveries, last hour</h2>", "<svg", "1 INDIRECT, 0 OFFLINE", // the bar's hover title
 		">INDIRECT</td><td class=\"num\">1</td>",
 	} {

@@ -116,11 +116,17 @@ func (e *Engine) attention(ctx context.Context, now time.Time) ([]NeedsAttention
 		}
 		return r
 	}
+	orElse := func(s, otherwise string) string {
+		if s == "" {
+			return otherwise
+		}
+		return s
+	}
 	for _, m := range a.Failed {
-		outbound(m, "gave up: "+m.LastError+" (POST it again to retry)")
+		outbound(m, orElse(m.LastError, "failed")+" (POST it again to retry)")
 	}
 	for _, m := range a.Refused {
-		inbound(m, "the node refused it: "+m.LastError)
+		inbound(m, orElse(m.LastError, "refused by the node")+" (not retried)")
 	}
 	for _, m := range a.Waiting {
 		outbound(m, waited(m.CreatedAt, m.LastError))

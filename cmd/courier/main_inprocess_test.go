@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"courier/localapi/apiclient"
 	"courier/sidecar"
 	st "courier/sidecar/sidecartest"
 	"courier/wire"
@@ -150,4 +151,28 @@ func TestMainOpenErrors(t *testing.T) {
 			t.Errorf("-h = %v, %q", err, out.String())
 		}
 	})
+}
+
+// `courier status` prints the attention list one line each, after the
+// table, and the minutes as a sparkline.
+func TestPrintStatus(t *testing.T) {
+	per := make([]int, 60)
+	per[0], per[58], per[59] = 1, 4, 8
+	st := apiclient.Status{
+		Relay:    apiclient.RelayStatus{State: "connected", Since: time.Date(2026, 12, 1, 2, 0, 0, 0, time.UTC)},
+		LastHour: map[string]apiclient.PathHour{"INDIRECT": {Delivered: 13, P50Ms: 1.19, P99Ms: 2400, PerMinute: per}},
+		Attention: []apiclient.NeedsAttention{{Direction: "inbound", ID: strings.Repeat("ab", 32), State: "refused", Attempts: 1,
+			Since: time.Date(2026, 12, 1, 2, 5, 0, 0, time.UTC), Reason: "refused by the node: 422 (not retried)"}},
+	}
+	var out bytes.Buffer
+	printStatus(&out, st)
+	for _, want := range []string{
+		"last hour  INDIRECT  13, p50 1.19 ms, p99 2.4 s  [▁" + strings.Repeat(" ", 57) + "▄█]",
+		"OFFLINE   none",
+		"attention  1 messages:\n  inbound  abababababab…  refused -, 1 attempts, since 2026-12-01T02:05:00Z: refused by the node: 422 (not retried)\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
 }

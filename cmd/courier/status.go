@@ -82,18 +82,6 @@ func printStatus(w io.Writer, st apiclient.Status) {
 		}
 		fmt.Fprintf(tw, "%s\t%-8s  %d, p50 %s, p99 %s  %s\n", label, path, h.Delivered, fmtMs(h.P50Ms), fmtMs(h.P99Ms), sparkline(h.PerMinute))
 	}
-	if len(st.Attention) == 0 {
-		fmt.Fprintf(tw, "attention\tnothing needs attention\n")
-	} else {
-		fmt.Fprintf(tw, "attention\t%d messages:\n", len(st.Attention))
-		for _, a := range st.Attention {
-			path := a.Path
-			if path == "" {
-				path = "-"
-			}
-			fmt.Fprintf(tw, "  %s %.12s…\t%s %s, %d attempts: %s\n", a.Direction, a.ID, a.State, path, a.Attempts, a.Reason)
-		}
-	}
 	names := make([]string, 0, len(st.Node))
 	for n := range st.Node {
 		names = append(names, n)
@@ -107,7 +95,21 @@ func printStatus(w io.Writer, st apiclient.Status) {
 		}
 		fmt.Fprintf(tw, "node %s\t%s\n", n, line)
 	}
+	if len(st.Attention) == 0 {
+		fmt.Fprintf(tw, "attention\tnothing needs attention\n")
+	} else {
+		fmt.Fprintf(tw, "attention\t%d messages:\n", len(st.Attention))
+	}
 	tw.Flush()
+	// One line each, outside the table: reasons are long.
+	for _, a := range st.Attention {
+		path := a.Path
+		if path == "" {
+			path = "-"
+		}
+		fmt.Fprintf(w, "  %-8s %.12s…  %s %s, %d attempts, since %s: %s\n", a.Direction, a.ID, a.State, path, a.Attempts,
+			a.Since.Format(time.RFC3339), a.Reason)
+	}
 }
 
 func joinCounts[K ~string](m map[K]int) string {
