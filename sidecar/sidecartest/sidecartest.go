@@ -412,7 +412,13 @@ type Sidecar struct {
 // twice, since Close is idempotent.
 func StartSidecar(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Options) *Sidecar {
 	t.Helper()
-	e, err := sidecar.New(cfg, Logger().With("side", "sidecar-"+n.Name), opts)
+	return StartSidecarLogging(t, n, cfg, opts, Logger().With("side", "sidecar-"+n.Name))
+}
+
+// StartSidecarLogging is StartSidecar with the engine logging to logger.
+func StartSidecarLogging(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Options, logger *slog.Logger) *Sidecar {
+	t.Helper()
+	e, err := sidecar.New(cfg, logger, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
