@@ -391,10 +391,11 @@ func Config(n *Node, relayURL, dir string) sidecar.Config {
 	return cfg
 }
 
-// Options are the engine options the tests use: a 50ms poll and a
-// reconnect wait of at most 200ms.
+// Options are the engine options the tests use: a 50ms poll, a reconnect
+// wait of at most 200ms, and a prune (of what is older than
+// store.retention) every 100ms.
 func Options() sidecar.Options {
-	return sidecar.Options{Poll: 50 * time.Millisecond, NodeTimeout: 5 * time.Second, ReconnectWaitMax: 200 * time.Millisecond}
+	return sidecar.Options{Poll: 50 * time.Millisecond, NodeTimeout: 5 * time.Second, ReconnectWaitMax: 200 * time.Millisecond, PruneEvery: 100 * time.Millisecond}
 }
 
 // Sidecar is an Engine running for a test.
