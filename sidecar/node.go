@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"strings"
 	"sync"
@@ -145,10 +146,12 @@ func (n *nodeClient) post(ctx context.Context, cfg NodeConfig, url string, body,
 }
 
 func (n *nodeClient) postOnce(ctx context.Context, creds credentials, url string, b []byte, out any) error {
+	target := url
+	url = redacted(url) // from here on, url is for messages only
 	if creds.err != nil {
 		return fmt.Errorf("POST %s: credentials: %w", url, creds.err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(b))
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
@@ -156,6 +159,10 @@ func (n *nodeClient) postOnce(ctx context.Context, creds credentials, url string
 	creds.apply(req)
 	resp, err := n.http.Do(req)
 	if err != nil {
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its message repeats the URL, unredacted
+		}
 		return fmt.Errorf("POST %s: %w", url, err)
 	}
 	defer resp.Body.Close()
@@ -172,6 +179,15 @@ func (n *nodeClient) postOnce(ctx context.Context, creds credentials, url string
 		return fmt.Errorf("POST %s: decode answer: %w", url, err)
 	}
 	return nil
+}
+
+// redacted is u with any password in it replaced by "xxxxx", for messages.
+func redacted(u string) string {
+	p, err := neturl.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return p.Redacted()
 }
 
 // offlineRequest is the body of the node's OFFLINE publish endpoint.

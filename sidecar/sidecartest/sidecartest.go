@@ -391,10 +391,11 @@ func Config(n *Node, relayURL, dir string) sidecar.Config {
 	return cfg
 }
 
-// Options are the engine options the tests use: a 50ms poll and a
-// reconnect wait of at most 200ms.
+// Options are the engine options the tests use: a 50ms poll, a reconnect
+// wait of at most 200ms, and a prune (of what is older than
+// store.retention) every 100ms.
 func Options() sidecar.Options {
-	return sidecar.Options{Poll: 50 * time.Millisecond, NodeTimeout: 5 * time.Second, ReconnectWaitMax: 200 * time.Millisecond}
+	return sidecar.Options{Poll: 50 * time.Millisecond, NodeTimeout: 5 * time.Second, ReconnectWaitMax: 200 * time.Millisecond, PruneEvery: 100 * time.Millisecond}
 }
 
 // Sidecar is an Engine running for a test.
@@ -412,7 +413,13 @@ type Sidecar struct {
 // twice, since Close is idempotent.
 func StartSidecar(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Options) *Sidecar {
 	t.Helper()
-	e, err := sidecar.New(cfg, Logger().With("side", "sidecar-"+n.Name), opts)
+	return StartSidecarLogging(t, n, cfg, opts, Logger().With("side", "sidecar-"+n.Name))
+}
+
+// StartSidecarLogging is StartSidecar with the engine logging to logger.
+func StartSidecarLogging(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Options, logger *slog.Logger) *Sidecar {
+	t.Helper()
+	e, err := sidecar.New(cfg, logger, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
