@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -36,6 +37,7 @@ type Server struct {
 	polls    context.Context // ends at EndLongPolls
 	endPolls context.CancelFunc
 	bodies   *semaphore.Weighted // bodyBudget
+	waiting  atomic.Int64        // long polls of the inbox in progress
 
 	// BodyTimeout bounds how long the body of a POST /v1/messages may take
 	// to arrive once its headers are in; zero means DefaultBodyTimeout.

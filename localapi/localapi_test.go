@@ -290,11 +290,12 @@ func TestInboxLongPollAndAck(t *testing.T) {
 	}
 	polled := make(chan response, 1)
 	go func() { polled <- b.do("GET", "/v1/inbox?wait=30s", "", nil) }()
-	// The poll is waiting, not answered early.
+	// The poll is waiting in the server, not answered early.
+	st.Eventually(t, "the long poll to wait in the server", func() bool { return b.srv.LongPolls() == 1 })
 	select {
 	case r := <-polled:
 		t.Fatalf("long poll answered before any message: %d %s", r.status, r.body)
-	case <-time.After(100 * time.Millisecond):
+	case <-time.After(200 * time.Millisecond): // more time only makes an early answer likelier to show
 	}
 	ct := st.Ciphertext("polled", 1, 500)
 	id := sa.Submit(b.node, ct)
@@ -332,10 +333,11 @@ func TestInboxLongPollAndAck(t *testing.T) {
 
 	// At shutdown a waiting long poll is answered at once.
 	go func() { polled <- b.do("GET", "/v1/inbox?wait=30s", "", nil) }()
+	st.Eventually(t, "the long poll to wait in the server", func() bool { return b.srv.LongPolls() == 1 })
 	select {
 	case r := <-polled:
 		t.Fatalf("long poll answered early: %d %s", r.status, r.body)
-	case <-time.After(100 * time.Millisecond):
+	default:
 	}
 	b.srv.EndLongPolls()
 	select {

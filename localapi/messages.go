@@ -237,6 +237,10 @@ func (s *Server) getInbox(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	defer context.AfterFunc(s.polls, cancel)()
+	if wait > 0 {
+		s.waiting.Add(1)
+		defer s.waiting.Add(-1)
+	}
 	msgs, err := s.e.Inbox(ctx, wait, limit)
 	if err != nil {
 		if r.Context().Err() != nil {
