@@ -391,7 +391,9 @@ func TestWatchFollowsSymlinks(t *testing.T) {
 	}
 	h := &watchHarness{t: t, dir: dir, path: path, changes: make(chan Config, 16), logs: make(chan string, 256), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { h.done <- Watch(ctx, path, initial, slog.New(recordHandler{h.logs}), func(c Config) { h.changes <- c }) }()
+	go func() {
+		h.done <- Watch(ctx, path, initial, slog.New(recordHandler{h.logs}), func(c Config) { h.changes <- c })
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
