@@ -57,14 +57,6 @@ type Engine struct {
 	health      map[string]*EndpointHealth
 	inboxSignal chan struct{} // closed when inbound arrives, for long polls
 	closed      bool
-
-	hooks hooks // tests only (export_test.go)
-}
-
-// hooks let tests stop the engine at a chosen point; all nil in production.
-type hooks struct {
-	// beforeInboxCommit runs in takeInbound before the batch is stored.
-	beforeInboxCommit func([]upstream.Inbound)
 }
 
 // Options tune an Engine; zero values take the defaults.
@@ -79,6 +71,10 @@ type Options struct {
 	// ReconnectWaitMax caps the wait between attempts to reconnect to the
 	// relay (capped exponential backoff with full jitter); default 30s.
 	ReconnectWaitMax time.Duration
+
+	// beforeInboxWrite, tests only (export_test.go): see
+	// queue.Options.BeforeInboxWrite.
+	beforeInboxWrite func()
 }
 
 // New opens the outbox and inbox at cfg.Store.Path. cfg must be valid.
@@ -104,7 +100,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
 	if opts.PruneEvery <= 0 {
 		opts.PruneEvery = 5 * time.Minute
 	}
-	q, err := queue.Open(cfg.Store.Path, queue.Options{Synchronous: cfg.Store.Synchronous, Logger: logger})
+	q, err := queue.Open(cfg.Store.Path, queue.Options{Synchronous: cfg.Store.Synchronous, Logger: logger, BeforeInboxWrite: opts.beforeInboxWrite})
 	if err != nil {
 		return nil, fmt.Errorf("open queue: %w", err)
 	}

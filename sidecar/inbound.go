@@ -13,9 +13,6 @@ import (
 // relay durably (deduplicated by ID) and only then returns, so that upstream
 // acks them. One commit for the whole batch keeps the relay's order.
 func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) error {
-	if hook := e.hooks.beforeInboxCommit; hook != nil {
-		hook(batch)
-	}
 	in := make([]queue.NewInbound, len(batch))
 	now := time.Now()
 	for i, m := range batch {

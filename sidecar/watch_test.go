@@ -308,9 +308,21 @@ func TestWatchStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An edit after LoadConfig: Watch reports it once its watch is in
+	// place, so the cancel below stops a running watch, not one that has
+	// not started yet.
+	if err := os.WriteFile(path, []byte(watchTOML("", "debug")), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Watch(ctx, path, cfg, slog.New(slog.DiscardHandler), func(Config) {}) }()
+	started := make(chan Config, 1)
+	go func() { done <- Watch(ctx, path, cfg, slog.New(slog.DiscardHandler), func(c Config) { started <- c }) }()
+	select {
+	case <-started:
+	case <-time.After(watchWait):
+		t.Fatal("Watch did not start")
+	}
 	cancel()
 	select {
 	case err := <-done:
@@ -333,5 +345,75 @@ func TestWatchStops(t *testing.T) {
 	// A directory that cannot be watched is an error at once.
 	if err := Watch(context.Background(), filepath.Join(dir, "missing", "courier.toml"), cfg, nil, func(Config) {}); err == nil {
 		t.Error("Watch of a missing directory succeeded")
+	}
+}
+
+// TestWatchFollowsSymlinks: a config file mounted from a Kubernetes
+// ConfigMap is a link to "..data/<name>", and "..data" a link to a
+// timestamped directory; an update writes a new directory and swaps the
+// "..data" link atomically (rename), then deletes the old directory. Watch
+// sees every swap.
+func TestWatchFollowsSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	gen := 0
+	swap := func(content string) {
+		t.Helper()
+		gen++
+		data := fmt.Sprintf("..2026_12_01_00_00_%02d.%d", gen, gen)
+		if err := os.Mkdir(filepath.Join(dir, data), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, data, "courier.toml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		old, _ := os.Readlink(filepath.Join(dir, "..data"))
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(data, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		if old != "" {
+			if err := os.RemoveAll(filepath.Join(dir, old)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	swap(watchTOML("ws://127.0.0.1:8080/", "info"))
+	path := filepath.Join(dir, "courier.toml")
+	if err := os.Symlink(filepath.Join("..data", "courier.toml"), path); err != nil {
+		t.Fatal(err)
+	}
+	initial, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &watchHarness{t: t, dir: dir, path: path, changes: make(chan Config, 16), logs: make(chan string, 256), done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		h.done <- Watch(ctx, path, initial, slog.New(recordHandler{h.logs}), func(c Config) { h.changes <- c })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-h.done:
+		case <-time.After(watchWait):
+			t.Error("Watch did not return after its context ended")
+		}
+	})
+	// Nothing changes until the first swap: wait for the watch to be in
+	// place by way of a swap that does change something.
+	swap(watchTOML("ws://127.0.0.1:8080/", "debug"))
+	if c := h.waitChange(); c.Log.Level != "debug" {
+		t.Fatalf("after the first swap: %+v", c)
+	}
+	swap(watchTOML("wss://relay.example.org/", "debug"))
+	if c := h.waitChange(); c.RelayURL != "wss://relay.example.org/" {
+		t.Fatalf("after the second swap: %+v", c)
+	}
+	swap(watchTOML("", "debug"))
+	if c := h.waitChange(); c.RelayURL != "" {
+		t.Fatalf("after the third swap (opt-out): %+v", c)
 	}
 }

@@ -54,6 +54,9 @@ func (q *Queue) AddInboundBatch(ctx context.Context, msgs []NewInbound) (created
 		return nil, nil
 	}
 	err = q.write(ctx, func(tx *sql.Tx) error {
+		if hook := q.opts.BeforeInboxWrite; hook != nil {
+			hook()
+		}
 		created = make([]bool, len(msgs))
 		for i, m := range msgs {
 			res, err := tx.Exec(`INSERT INTO inbox (id, ciphertext, received_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING`,

@@ -143,6 +143,11 @@ type Options struct {
 	// Logger receives the queue's own logs (migrations, failed commits).
 	// Default slog.Default(). Ciphertext is never logged.
 	Logger *slog.Logger
+	// BeforeInboxWrite, if set, is called by the writer just before it
+	// writes inbound messages (AddInboundBatch), inside the transaction
+	// that commits them: a test stops a process there, between receiving
+	// messages and committing them. Nil in production.
+	BeforeInboxWrite func()
 }
 
 // JournalSizeLimit is the size, in bytes, the WAL file is truncated to
@@ -161,6 +166,7 @@ const (
 type Queue struct {
 	path string
 	log  *slog.Logger
+	opts Options
 	wdb  *sql.DB // one connection, used only by the writer goroutine (and Open)
 	rdb  *sql.DB // readers
 	lock *os.File
@@ -204,6 +210,7 @@ func Open(path string, opts Options) (*Queue, error) {
 	q := &Queue{
 		path:    path,
 		log:     opts.Logger,
+		opts:    opts,
 		lock:    lock,
 		ops:     make(chan *op, maxBatch),
 		stopped: make(chan struct{}),
