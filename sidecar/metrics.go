@@ -28,7 +28,7 @@ type metrics struct {
 	relay          *prometheus.GaugeVec
 }
 
-func newMetrics(e *Engine) *metrics {
+func newMetrics(e *Engine, relayState string) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
@@ -73,7 +73,7 @@ func newMetrics(e *Engine) *metrics {
 	m.reg.MustRegister(m.accepted, m.deliveries, m.publishResults, m.fallbacks, m.failed,
 		m.inbound, m.pushed, m.refused, m.revived, m.pruned, m.latency, m.relay, queueCollector{e},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.relayState(e.relay.State)
+	m.relayState(relayState)
 	return m
 }
 
