@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"courier/sidecar/queue"
-	"courier/upstream"
 	"courier/wire"
 )
 
@@ -28,6 +27,20 @@ var (
 // endpoint on any NACK. Inbound: taken from the relay into the inbox, acked
 // only once durable, pushed to the node (or held for polling).
 //
+// It is made of parts that each own their state, run together by Run in
+// one errgroup:
+//   - the relay link (relay.go, relayLink and manageRelay): the upstream
+//     client, its status and the times the delivery rules read;
+//   - the dispatcher (outbound.go, dispatcher): the in-flight set and the
+//     cursor over the outbox; the decision after each publish is decide
+//     (decide.go), carried out through the queue's named transitions
+//     (sidecar/queue/transitions.go);
+//   - the OFFLINE worker (outbound.go, offlineOnce): hand-offs to the node;
+//   - the inbound pusher (inbound.go, pusher): pushes to the node, per
+//     message and per endpoint backoff;
+//   - node-endpoint health (health.go, nodeHealth);
+//   - the janitor (janitor.go): retention and WAL checkpoints.
+//
 // Create it with New, run it with Run, then Close it. It has no HTTP face:
 // the local API asks it.
 type Engine struct {
@@ -41,22 +54,15 @@ type Engine struct {
 	wakeOffline  chan struct{}
 	wakeInbound  chan struct{}
 	reconfigured chan struct{}
-	trackers     sync.WaitGroup // one per INDIRECT publish awaiting its result
-	inflightSem  chan struct{}
 
-	mu          sync.Mutex
-	cfg         Config
-	relay       RelayStatus
-	relayGen    uint64           // bumped when relay_url changes; a client's reports count only for its own generation
-	relayDownAt time.Time        // when the configured relay was last seen not connected
-	relayBackAt time.Time        // when the relay connection came back after it had been lost; zero before
-	wasUp       bool             // the current relay client has been connected before
-	up          *upstream.Client // nil unless a relay is configured
-	inflight    map[string]bool  // IDs published and awaiting a result
-	cursor      int64            // dispatcher's position in the outbox
-	health      map[string]*EndpointHealth
-	inboxSignal chan struct{} // closed when inbound arrives, for long polls
-	closed      bool
+	link     relayLink
+	disp     dispatcher
+	health   nodeHealth
+	arrivals arrivals
+
+	mu     sync.Mutex // guards cfg and closed
+	cfg    Config
+	closed bool
 }
 
 // Options tune an Engine; zero values take the defaults.
@@ -112,19 +118,13 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
 		wakeOffline:  make(chan struct{}, 1),
 		wakeInbound:  make(chan struct{}, 1),
 		reconfigured: make(chan struct{}, 1),
-		inflightSem:  make(chan struct{}, opts.MaxInflight),
+		disp:         dispatcher{sem: make(chan struct{}, opts.MaxInflight), inflight: make(map[string]bool)},
+		arrivals:     arrivals{ch: make(chan struct{})},
 		cfg:          cfg,
-		inflight:     make(map[string]bool),
-		health:       make(map[string]*EndpointHealth),
-		inboxSignal:  make(chan struct{}),
 	}
 	e.opts = opts
-	e.relay = RelayStatus{State: RelayDisabled, Since: time.Now()}
-	if cfg.RelayURL != "" {
-		e.relay = RelayStatus{State: RelayConnecting, Since: time.Now()}
-		e.relayDownAt = time.Now()
-	}
-	e.m = newMetrics(e)
+	initial := e.link.configure(cfg.RelayURL, time.Now())
+	e.m = newMetrics(e, initial.State)
 	return e, nil
 }
 
@@ -148,23 +148,14 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		e.mu.Unlock()
 		return errors.New("store: store.path and store.synchronous cannot change while courier runs; restart it to use a new store")
 	}
-	if cfg.RelayURL != e.cfg.RelayURL || cfg.RelayHost != e.cfg.RelayHost {
+	relayChanged := cfg.RelayURL != e.cfg.RelayURL || cfg.RelayHost != e.cfg.RelayHost
+	e.cfg = cfg
+	e.mu.Unlock()
+	if relayChanged {
 		// The old client's reports no longer count, and the status says
 		// at once what is happening now, not what the old client saw.
-		e.relayGen++
-		now := time.Now()
-		if cfg.RelayURL == "" {
-			e.relay = RelayStatus{State: RelayDisabled, Since: now}
-		} else {
-			e.relay = RelayStatus{State: RelayConnecting, Since: now}
-			e.relayDownAt = now
-		}
-		e.relayBackAt, e.wasUp = time.Time{}, false
+		e.m.relayState(e.link.configure(cfg.RelayURL, time.Now()).State)
 	}
-	e.cfg = cfg
-	state := e.relay.State
-	e.mu.Unlock()
-	e.m.relayState(state)
 	signal(e.reconfigured)
 	signal(e.wakeDispatch)
 	signal(e.wakeInbound)
@@ -188,7 +179,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.runInbound(gctx) })
 	g.Go(func() error { return e.janitor(gctx) })
 	err := g.Wait()
-	e.trackers.Wait()
+	e.disp.trackers.Wait()
 	if ctx.Err() != nil {
 		return nil // stopped as asked, by cancel or by deadline
 	}

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"courier/sidecar/queue"
@@ -30,13 +31,30 @@ func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) erro
 	}
 	e.m.inbound.Add(float64(n))
 	if n > 0 {
-		e.mu.Lock()
-		close(e.inboxSignal)
-		e.inboxSignal = make(chan struct{})
-		e.mu.Unlock()
+		e.arrivals.notify()
 		signal(e.wakeInbound)
 	}
 	return nil
+}
+
+// arrivals tells long polls (Inbox) that inbound messages arrived.
+type arrivals struct {
+	mu sync.Mutex
+	ch chan struct{} // closed at the next arrival
+}
+
+// next returns a channel closed at the next arrival.
+func (a *arrivals) next() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ch
+}
+
+func (a *arrivals) notify() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	close(a.ch)
+	a.ch = make(chan struct{})
 }
 
 // pusher is the inbound pusher's own state: whether the node's inbound
@@ -130,7 +148,7 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 			err := e.pushOne(ctx, cfg, m)
 			switch {
 			case err == nil || refused(err):
-				e.recordNode("inbound", nil) // it answered: the endpoint works
+				e.health.record("inbound", nil) // it answered: the endpoint works
 				if err == nil {
 					delivered = append(delivered, m.ID)
 					e.m.pushed.Inc()
@@ -149,7 +167,7 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 					suspect = nil
 				}
 			default:
-				e.recordNode("inbound", err)
+				e.health.record("inbound", err)
 				if ctx.Err() != nil {
 					return flush() // cut short by the shutdown: not the node's failure
 				}
@@ -226,9 +244,7 @@ func (e *Engine) Inbox(ctx context.Context, wait time.Duration, limit int) ([]qu
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
-		e.mu.Lock()
-		arrived := e.inboxSignal
-		e.mu.Unlock()
+		arrived := e.arrivals.next()
 		msgs, err := e.q.PendingInbound(ctx, farFuture, 0, limit)
 		if err != nil || len(msgs) > 0 || wait <= 0 {
 			return msgs, err

@@ -29,7 +29,7 @@ type metrics struct {
 	lastHour       *deliveryStats // the status page's last hour
 }
 
-func newMetrics(e *Engine) *metrics {
+func newMetrics(e *Engine, relayState string) *metrics {
 	m := &metrics{
 		lastHour: newDeliveryStats(time.Now),
 		reg:      prometheus.NewRegistry(),
@@ -75,7 +75,7 @@ func newMetrics(e *Engine) *metrics {
 	m.reg.MustRegister(m.accepted, m.deliveries, m.publishResults, m.fallbacks, m.failed,
 		m.inbound, m.pushed, m.refused, m.revived, m.pruned, m.latency, m.relay, queueCollector{e},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.relayState(e.relay.State)
+	m.relayState(relayState)
 	return m
 }
 

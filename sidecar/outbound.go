@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -15,42 +16,93 @@ import (
 
 const dispatchPage = 256
 
+// dispatcher is the engine's part that publishes queued messages INDIRECT
+// in outbox order: it owns the in-flight set (published, awaiting a
+// result: one tracker goroutine each, bounded by sem) and the cursor, its
+// position in the outbox. Its lock guards inflight and cursor.
+type dispatcher struct {
+	sem      chan struct{} // a slot per publish awaiting its result (Options.MaxInflight)
+	trackers sync.WaitGroup
+
+	mu       sync.Mutex
+	inflight map[string]bool
+	cursor   int64
+}
+
+func (d *dispatcher) position() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cursor
+}
+
+func (d *dispatcher) advance(seq int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cursor = seq
+}
+
+// restartFrom sends the cursor back to the start of the outbox: always
+// when after < 0, otherwise only if it is still at after (nothing moved it
+// meanwhile).
+func (d *dispatcher) restartFrom(after int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if after < 0 || d.cursor == after {
+		d.cursor = 0
+	}
+}
+
+func (d *dispatcher) busy(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.inflight[id]
+}
+
+// start records a publish awaiting its result; its slot in sem is taken.
+func (d *dispatcher) start(id string) {
+	d.mu.Lock()
+	d.inflight[id] = true
+	d.mu.Unlock()
+	d.trackers.Add(1)
+}
+
+// finish ends what start began, when the result has been dealt with.
+func (d *dispatcher) finish(id string) {
+	d.mu.Lock()
+	delete(d.inflight, id)
+	d.mu.Unlock()
+	<-d.sem
+	d.trackers.Done()
+}
+
 // dispatchOnce moves queued messages on: published INDIRECT in outbox
 // order while the relay is connected (one connection, in order, so each
 // recipient's messages reach the relay in submission order), handed to
 // OFFLINE when there is no relay to use, left queued within the grace.
 func (e *Engine) dispatchOnce(ctx context.Context) error {
+	d := &e.disp
 	for {
-		rt, up := e.route()
+		rt, up := e.link.route(e.Config(), time.Now())
 		if rt == routeWait {
 			return nil
 		}
-		e.mu.Lock()
-		after := e.cursor
-		e.mu.Unlock()
+		after := d.position()
 		msgs, err := e.q.Due(ctx, queue.Queued, queue.PathNone, time.Now(), after, dispatchPage)
 		if err != nil {
 			return fmt.Errorf("list queued: %w", err)
 		}
 		if len(msgs) == 0 {
-			e.mu.Lock()
-			if e.cursor == after {
-				e.cursor = 0 // next pass starts over: retries due later sit behind the cursor
-			}
-			e.mu.Unlock()
+			d.restartFrom(after) // next pass starts over: retries due later sit behind the cursor
 			return nil
 		}
 		for _, m := range msgs {
-			e.mu.Lock()
-			busy := e.inflight[m.ID]
-			e.mu.Unlock()
 			switch {
-			case busy:
+			case d.busy(m.ID):
 			case rt == routeOffline:
 				reason := "no relay configured"
 				if e.Config().RelayURL != "" {
 					reason = "relay unreachable past the grace"
-					if last := e.RelayStatus().LastError; last != "" {
+					if last := e.link.snapshot().LastError; last != "" {
 						reason += ": " + last
 					}
 				}
@@ -71,9 +123,7 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 					// The connection is gone or going. The cursor must not
 					// pass this message: the next pass starts over from the
 					// oldest queued one, so nothing is skipped or reordered.
-					e.mu.Lock()
-					e.cursor = 0
-					e.mu.Unlock()
+					d.restartFrom(-1)
 					if ctx.Err() != nil || errors.Is(err, upstream.ErrNotConnected) {
 						e.log.Debug("publish not sent; will retry", "id", m.ID, "err", err)
 						return nil // the next wake (connected again, or past the grace) retries
@@ -81,9 +131,7 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 					return err
 				}
 			}
-			e.mu.Lock()
-			e.cursor = m.Seq
-			e.mu.Unlock()
+			d.advance(m.Seq)
 		}
 	}
 }
@@ -91,20 +139,18 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 // publish sends one message INDIRECT and leaves a tracker waiting for its
 // result.
 func (e *Engine) publish(ctx context.Context, up *upstream.Client, m queue.Outbound) error {
+	d := &e.disp
 	select {
-	case e.inflightSem <- struct{}{}:
+	case d.sem <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	ch, err := up.Publish(ctx, m.Recipient, m.Ciphertext)
 	if err != nil {
-		<-e.inflightSem
+		<-d.sem
 		return err
 	}
-	e.mu.Lock()
-	e.inflight[m.ID] = true
-	e.mu.Unlock()
-	e.trackers.Add(1)
+	d.start(m.ID)
 	go e.track(ctx, m, ch)
 	return nil
 }
@@ -113,13 +159,7 @@ func (e *Engine) publish(ctx context.Context, up *upstream.Client, m queue.Outbo
 // message on as decide says: delivered, queued again for INDIRECT, or on
 // to OFFLINE.
 func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan upstream.Result) {
-	defer e.trackers.Done()
-	defer func() {
-		e.mu.Lock()
-		delete(e.inflight, m.ID)
-		e.mu.Unlock()
-		<-e.inflightSem
-	}()
+	defer e.disp.finish(m.ID)
 	sent, err := e.q.MarkSending(ctx, m.ID)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -142,7 +182,7 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 	if o.Result.Err == nil && !o.TimedOut {
 		e.m.publishResults.WithLabelValues(o.Result.Status).Inc()
 	}
-	o.Now, o.BackAt, o.Jitter = time.Now(), e.relayComeback(), rand.Float64()
+	o.Now, o.BackAt, o.Jitter = time.Now(), e.link.comeback(), rand.Float64()
 	e.apply(ctx, m, decide(o))
 }
 
@@ -237,7 +277,7 @@ func (e *Engine) handOff(ctx context.Context, m queue.Outbound) error {
 	callCtx, release := finishing(ctx)
 	err := e.node.post(callCtx, cfg.Node, cfg.Node.OfflinePublishURL, offlineRequest{Recipient: m.Recipient, Ciphertext: m.Ciphertext}, nil)
 	release()
-	e.recordNode("offline", err)
+	e.health.record("offline", err)
 	if err == nil {
 		// The node has it: record that even if a shutdown began meanwhile
 		// (with ctx cancelled the queue would skip the write, and the next

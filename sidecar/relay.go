@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"time"
 
 	"courier/upstream"
@@ -24,10 +26,141 @@ type RelayStatus struct {
 	PeerID    string    `json:"peer_id,omitempty"`
 }
 
+// relayLink is the engine's part that owns the relay connection: the
+// upstream client, its status and the times the delivery rules read (when
+// it went down, when it came back). It has its own lock; manageRelay is
+// the one goroutine that starts and stops clients.
+//
+// Each configured relay_url is a generation: Reconfigure starts a new one
+// (status connecting, or disabled, at once), and a client's reports count
+// only under the generation it was started for.
+type relayLink struct {
+	mu     sync.Mutex
+	gen    uint64
+	up     *upstream.Client // nil unless a client runs for the current generation
+	status RelayStatus
+	downAt time.Time // when the configured relay was last seen not connected
+	backAt time.Time // when the connection came back after it had been lost; zero before
+	wasUp  bool      // the current generation's client has been connected before
+}
+
+// configure starts a new generation for relayURL, as of now, and returns
+// the status it begins with.
+func (l *relayLink) configure(relayURL string, now time.Time) RelayStatus {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.gen++
+	if relayURL == "" {
+		l.status = RelayStatus{State: RelayDisabled, Since: now}
+	} else {
+		l.status = RelayStatus{State: RelayConnecting, Since: now}
+		l.downAt = now
+	}
+	l.backAt, l.wasUp = time.Time{}, false // a new relay: its first connection is no comeback
+	return l.status
+}
+
+func (l *relayLink) generation() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gen
+}
+
+// setClient records the client running for generation gen (nil: none).
+func (l *relayLink) setClient(gen uint64, c *upstream.Client) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c == nil || gen == l.gen {
+		l.up = c
+	}
+}
+
+// report takes a status report of generation gen's client. It returns
+// false for a replaced or stopped client's last words, and whether the
+// connection was up before the report.
+func (l *relayLink) report(gen uint64, s upstream.Status, now time.Time) (taken, wasConnected bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if gen != l.gen || l.up == nil {
+		return false, false
+	}
+	wasConnected = l.status.State == RelayConnected
+	l.status = RelayStatus{State: string(s.State), Since: s.Since, LastError: s.LastError, PeerID: s.PeerID}
+	if wasConnected && s.State != upstream.StateConnected {
+		l.downAt = now
+	}
+	if !wasConnected && s.State == upstream.StateConnected {
+		// A first connection is not a comeback: only a connection that
+		// comes back after this client had one opens the window in which
+		// a queued answer is retried INDIRECT.
+		if l.wasUp {
+			l.backAt = now
+		}
+		l.wasUp = true
+	}
+	return true, wasConnected
+}
+
+// snapshot returns the connection's status.
+func (l *relayLink) snapshot() RelayStatus {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.status
+}
+
+// comeback returns when the connection came back from an outage (zero if
+// it has not). Within relay_grace of that, a queued answer may only mean
+// that the recipient's sidecar has not reconnected yet (see decide).
+func (l *relayLink) comeback() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.backAt
+}
+
+// route says where queued messages go now, under cfg.
+func (l *relayLink) route(cfg Config, now time.Time) (route, *upstream.Client) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case cfg.RelayURL == "":
+		return routeOffline, nil
+	case l.up == nil: // just configured; the client is starting
+		return routeWait, nil
+	case l.status.State == RelayConnected:
+		return routeIndirect, l.up
+	case now.Sub(l.downAt) < cfg.Delivery.RelayGrace:
+		return routeWait, nil
+	default:
+		return routeOffline, nil
+	}
+}
+
+// downErr says why the relay keeps the sidecar from doing its job (down
+// past the grace), or nil.
+func (l *relayLink) downErr(cfg Config, now time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cfg.RelayURL == "" || l.status.State == RelayConnected {
+		return nil
+	}
+	if down := now.Sub(l.downAt); down >= cfg.Delivery.RelayGrace {
+		return fmt.Errorf("relay: %s for %s (last error: %s)", l.status.State, down.Round(time.Second), l.status.LastError)
+	}
+	return nil
+}
+
+// route says where queued messages go now.
+type route int
+
+const (
+	routeIndirect route = iota // relay connected
+	routeWait                  // relay down, within the grace: keep them queued
+	routeOffline               // no relay configured, or down past the grace
+)
+
 // manageRelay owns the upstream client: it starts one for the configured
 // relay_url, and stops and replaces it when a reload changes the URL (or
-// relay_host). Reconfigure bumps relayGen and sets the status at once; a
-// client reports only under the generation it was started for.
+// relay_host), that is when relayLink's generation changes.
 func (e *Engine) manageRelay(ctx context.Context) error {
 	var (
 		running bool
@@ -39,17 +172,13 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 		if stop == nil {
 			return
 		}
-		e.mu.Lock()
-		e.up = nil // no new publishes; those in flight fail with ErrConnectionLost
-		e.mu.Unlock()
+		e.link.setClient(gen, nil) // no new publishes; those in flight fail with ErrConnectionLost
 		stop()
 		<-done
 		stop, done = nil, nil
 	}
 	apply := func() {
-		e.mu.Lock()
-		cfg, g := e.cfg, e.relayGen
-		e.mu.Unlock()
+		cfg, g := e.Config(), e.link.generation()
 		if running && g == gen {
 			return
 		}
@@ -73,9 +202,7 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 			e.log.Error("cannot start relay client", "err", err)
 			return
 		}
-		e.mu.Lock()
-		e.up = client
-		e.mu.Unlock()
+		e.link.setClient(g, client)
 		var cctx context.Context
 		cctx, stop = context.WithCancel(ctx)
 		done = make(chan struct{})
@@ -100,45 +227,22 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 func (e *Engine) sign(ctx context.Context, content string) (upstream.Signature, error) {
 	cfg := e.Config().Node
 	sig, err := e.node.sign(ctx, cfg, content)
-	e.recordNode("sign", err)
+	e.health.record("sign", err)
 	return sig, err
 }
 
 // onRelayState takes a status report of the client of generation gen.
 func (e *Engine) onRelayState(gen uint64, s upstream.Status) {
-	e.mu.Lock()
-	if gen != e.relayGen || e.up == nil { // a replaced or stopped client's last words
-		e.mu.Unlock()
+	taken, wasConnected := e.link.report(gen, s, time.Now())
+	if !taken {
 		return
 	}
-	wasUp := e.relay.State == RelayConnected
-	e.relay = RelayStatus{State: string(s.State), Since: s.Since, LastError: s.LastError, PeerID: s.PeerID}
-	if wasUp && s.State != upstream.StateConnected {
-		e.relayDownAt = time.Now()
-	}
-	if !wasUp && s.State == upstream.StateConnected {
-		// A first connection is not a comeback: only a connection that
-		// comes back after this client had one opens the window in which
-		// a queued answer is retried INDIRECT.
-		if e.wasUp {
-			e.relayBackAt = time.Now()
-		}
-		e.wasUp = true
-	}
-	e.mu.Unlock()
 	e.m.relayState(string(s.State))
 	if s.State == upstream.StateConnected {
 		signal(e.wakeDispatch)
-	} else if wasUp {
+	} else if wasConnected {
 		e.armGraceTimer()
 	}
-}
-
-func (e *Engine) setRelay(s RelayStatus) {
-	e.mu.Lock()
-	e.relay = s
-	e.mu.Unlock()
-	e.m.relayState(s.State)
 }
 
 // armGraceTimer wakes the dispatcher when the grace for a relay outage runs
@@ -147,45 +251,5 @@ func (e *Engine) armGraceTimer() {
 	time.AfterFunc(e.Config().Delivery.RelayGrace+10*time.Millisecond, func() { signal(e.wakeDispatch) })
 }
 
-// route says where queued messages go now.
-type route int
-
-const (
-	routeIndirect route = iota // relay connected
-	routeWait                  // relay down, within the grace: keep them queued
-	routeOffline               // no relay configured, or down past the grace
-)
-
-func (e *Engine) route() (route, *upstream.Client) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	switch {
-	case e.cfg.RelayURL == "":
-		return routeOffline, nil
-	case e.up == nil: // just configured; the client is starting
-		return routeWait, nil
-	case e.relay.State == RelayConnected:
-		return routeIndirect, e.up
-	case time.Since(e.relayDownAt) < e.cfg.Delivery.RelayGrace:
-		return routeWait, nil
-	default:
-		return routeOffline, nil
-	}
-}
-
-// relayComeback returns when the relay connection came back from an outage
-// (zero if it has not: a first connection is not a comeback). Within
-// relay_grace of that, a queued answer may only mean that the recipient's
-// sidecar has not reconnected yet (see decide).
-func (e *Engine) relayComeback() time.Time {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.relayBackAt
-}
-
 // RelayStatus returns the relay connection's status.
-func (e *Engine) RelayStatus() RelayStatus {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.relay
-}
+func (e *Engine) RelayStatus() RelayStatus { return e.link.snapshot() }

@@ -2,55 +2,11 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"courier/sidecar/queue"
 )
-
-// EndpointHealth is how one of the node's endpoints has been answering.
-type EndpointHealth struct {
-	LastOK              time.Time `json:"last_ok,omitzero"`
-	LastError           string    `json:"last_error,omitempty"`
-	LastErrorAt         time.Time `json:"last_error_at,omitzero"`
-	ConsecutiveFailures int       `json:"consecutive_failures"`
-}
-
-// unhealthyAfter is how many failures in a row make an endpoint unhealthy.
-const unhealthyAfter = 3
-
-func (e *Engine) recordNode(endpoint string, err error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	h := e.health[endpoint]
-	if h == nil {
-		h = new(EndpointHealth)
-		e.health[endpoint] = h
-	}
-	if err == nil {
-		h.LastOK, h.ConsecutiveFailures = time.Now(), 0
-		return
-	}
-	if errors.Is(err, context.Canceled) {
-		return
-	}
-	h.LastError, h.LastErrorAt = err.Error(), time.Now()
-	h.ConsecutiveFailures++
-}
-
-// NodeHealth returns how each of the node's endpoints ("sign", "offline",
-// "inbound") has been answering; an endpoint not called yet is missing.
-// Ready reports an endpoint failing unhealthyAfter times in a row.
-func (e *Engine) NodeHealth() map[string]EndpointHealth {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := make(map[string]EndpointHealth, len(e.health))
-	for k, h := range e.health {
-		out[k] = *h
-	}
-	return out
-}
 
 // Status is what /v1/status reports.
 type Status struct {
@@ -161,17 +117,12 @@ func (e *Engine) Status(ctx context.Context, recent int) (Status, error) {
 			queue.PathIndirect: c.Count(queue.Delivered, queue.PathIndirect),
 			queue.PathOffline:  c.Count(queue.HandedOff, queue.PathOffline),
 		},
-		Node:     make(map[string]EndpointHealth),
+		Node:     e.health.snapshot(),
 		LastHour: e.m.lastHour.lastHour(),
 	}
 	for _, s := range queue.States {
 		st.Outbox[s] = c.State(s)
 	}
-	e.mu.Lock()
-	for k, h := range e.health {
-		st.Node[k] = *h
-	}
-	e.mu.Unlock()
 	if st.Attention, err = e.attention(ctx, time.Now()); err != nil {
 		return Status{}, fmt.Errorf("messages needing attention: %w", err)
 	}
@@ -190,17 +141,8 @@ func (e *Engine) Ready(ctx context.Context) error {
 	if _, err := e.q.Counts(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.cfg.RelayURL != "" && e.relay.State != RelayConnected {
-		if down := time.Since(e.relayDownAt); down >= e.cfg.Delivery.RelayGrace {
-			return fmt.Errorf("relay: %s for %s (last error: %s)", e.relay.State, down.Round(time.Second), e.relay.LastError)
-		}
+	if err := e.link.downErr(e.Config(), time.Now()); err != nil {
+		return err
 	}
-	for _, name := range []string{"sign", "offline", "inbound"} {
-		if h := e.health[name]; h != nil && h.ConsecutiveFailures >= unhealthyAfter {
-			return fmt.Errorf("node %s endpoint: %d failures in a row, last: %s", name, h.ConsecutiveFailures, h.LastError)
-		}
-	}
-	return nil
+	return e.health.failing()
 }
