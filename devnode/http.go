@@ -20,13 +20,16 @@ const MaxWait = 2 * time.Minute
 // Handler serves the node's endpoints and the control API:
 //
 //	POST /ob/signmessage     {"content"} → {"signature","pubkey","peerId"}
-//	POST /courier/offline    {"recipient","ciphertext"} → 200 {"id","count"}
+//	POST /courier/offline    {"recipient","ciphertext"} → 200 {"id","count"}; with an
+//	                         OFFLINE store, into the store first (503 if it cannot)
 //	POST /courier/inbound    {"id","ciphertext","path","received_at"} → 200 {"id","count"}
 //	GET  /devnode/id         → {"peer_id","identity_peer_id","pubkey"}
 //	POST /devnode/sidecar    {"url"} → points the node at its sidecar
 //	POST /devnode/send       {"to_peer","to_pubkey","text","subject","wait"} → the sidecar's state
 //	GET  /devnode/received   ?min=N&wait=5s → {"messages":[…]}
 //	GET  /devnode/offline    ?min=N&wait=5s → {"messages":[…]}
+//	GET  /devnode/offline-poll → what the OFFLINE polls did (OfflinePollStats)
+//	POST /devnode/offline-poll → poll the OFFLINE store now: {"taken":N,"stats":{…}}
 //	POST /devnode/fail       {"endpoint","count","status","retry_after"} → {"faults":{…}}
 //	GET  /devnode/fail       → {"faults":{…}}
 //	GET  /devnode/stats      → {"inbound":{…},"offline":{…},"sign":{…}}
@@ -43,6 +46,10 @@ func (n *Node) Handler() http.Handler {
 	mux.HandleFunc("POST /devnode/sidecar", n.serveSetSidecar)
 	mux.HandleFunc("GET /devnode/received", n.serveReceived)
 	mux.HandleFunc("GET /devnode/offline", n.serveOfflineList)
+	mux.HandleFunc("GET /devnode/offline-poll", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, n.PollStats())
+	})
+	mux.HandleFunc("POST /devnode/offline-poll", n.servePollOffline)
 	mux.HandleFunc("POST /devnode/fail", n.serveFail)
 	mux.HandleFunc("GET /devnode/fail", n.serveFaults)
 	mux.HandleFunc("GET /devnode/stats", func(w http.ResponseWriter, r *http.Request) {
@@ -158,6 +165,14 @@ func (n *Node) serveOffline(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		n.answer(w, EndpointOffline, http.StatusBadRequest, fmt.Errorf("ciphertext: %w", err))
 		return
+	}
+	if n.store != nil {
+		// Onto the (simulated) OFFLINE network before answering 2xx: that
+		// answer means the node has taken it onto its OFFLINE path.
+		if _, err := n.store.Publish(req.Recipient, ct); err != nil {
+			n.answer(w, EndpointOffline, http.StatusServiceUnavailable, fmt.Errorf("cannot publish OFFLINE: %w", err))
+			return
+		}
 	}
 	o := n.HandOff(req.Recipient, ct)
 	n.log.Info("handed off", "endpoint", EndpointOffline, "id", o.ID, "recipient", o.Recipient, "count", o.Count)
@@ -357,4 +372,17 @@ func (n *Node) serveFail(w http.ResponseWriter, r *http.Request) {
 
 func (n *Node) serveFaults(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"faults": n.Faults()})
+}
+
+func (n *Node) servePollOffline(w http.ResponseWriter, r *http.Request) {
+	taken, err := n.PollOffline()
+	switch {
+	case errors.Is(err, ErrNoOfflineStore):
+		writeError(w, http.StatusConflict, "devnode was started without an OFFLINE store (-offline-dir)")
+		return
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"taken": taken, "stats": n.PollStats()})
 }

@@ -55,6 +55,13 @@ type Options struct {
 	PollInterval time.Duration
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
+	// OfflineDir is the simulated OFFLINE network (see OfflineStore) this
+	// node publishes into from its OFFLINE endpoint and polls for messages
+	// to itself. Empty: the OFFLINE endpoint only records what it is given.
+	OfflineDir string
+	// OfflinePoll is how often RunOfflinePoll looks into the OFFLINE store.
+	// Default: one minute, as openbazaar-go polls its push nodes.
+	OfflinePoll time.Duration
 }
 
 // Received is a message that came in on the inbound endpoint and opened.
@@ -67,13 +74,20 @@ type Received struct {
 	Text          string      `json:"text"`
 	Subject       string      `json:"subject,omitempty"`
 	ChatMessageID string      `json:"chat_message_id,omitempty"`
-	Path          string      `json:"path"`        // as the first delivery said
+	Path          string      `json:"path"`        // as the first delivery said; OFFLINE when found by a poll
 	ReceivedAt    string      `json:"received_at"` // as the first delivery said
 	FirstSeen     time.Time   `json:"first_seen"`
 	LastSeen      time.Time   `json:"last_seen"`
-	// Count is how many times this message was handed in, duplicates
-	// included: "exactly once" means 1.
+	// Count is how many times this message was handed in on the inbound
+	// endpoint (by a sidecar), duplicates included: "exactly once" means 1.
 	Count int `json:"count"`
+	// OfflineCount is how many copies of it polls found in the OFFLINE
+	// store; the node keeps the first it has and drops the rest by ID.
+	OfflineCount int `json:"offline_count,omitempty"`
+	// PublishedAt is when the copy a poll took first was published OFFLINE
+	// (zero when it never came that way): FirstSeen minus PublishedAt is
+	// the OFFLINE path's delay.
+	PublishedAt time.Time `json:"published_at,omitzero"`
 }
 
 // Offline is a message handed to the OFFLINE publish endpoint.
@@ -126,6 +140,11 @@ type Node struct {
 	offOrder []string
 	faults   map[string]Fault
 	stats    map[string]*EndpointStats
+
+	store       *OfflineStore // nil: no simulated OFFLINE network
+	offlinePoll time.Duration
+	pollMu      sync.Mutex // one poll at a time
+	pollStats   OfflinePollStats
 }
 
 // New returns a Node with the identity and settings of opts.
@@ -152,6 +171,17 @@ func New(opts Options) (*Node, error) {
 	}
 	if n.now == nil {
 		n.now = time.Now
+	}
+	n.offlinePoll = opts.OfflinePoll
+	if n.offlinePoll <= 0 {
+		n.offlinePoll = time.Minute
+	}
+	if opts.OfflineDir != "" {
+		st, err := OpenOfflineStore(opts.OfflineDir)
+		if err != nil {
+			return nil, err
+		}
+		n.store = st
 	}
 	if opts.SidecarURL != "" {
 		if err := n.SetSidecarURL(opts.SidecarURL); err != nil {
@@ -219,6 +249,7 @@ func (n *Node) resetLocked() {
 	for _, e := range endpoints {
 		n.stats[e] = &EndpointStats{}
 	}
+	n.pollStats = OfflinePollStats{}
 }
 
 // notifyLocked wakes everyone waiting for a change.

@@ -1,7 +1,7 @@
 // Command devnode is a stand-in OpenBazaar node for demos and system tests
 // (package courier/devnode).
 //
-//	devnode [serve] [-listen ADDR] [-identity FILE] [-sidecar URL]
+//	devnode [serve] [-listen ADDR] [-identity FILE] [-sidecar URL] [-offline-dir DIR [-offline-poll D]]
 //	devnode send -node URL (-to PEER [-to-pubkey HEX] | -to-pubkey HEX) -text TEXT [-subject S] [-wait D]
 //	devnode id (-identity FILE | -node URL)
 //	devnode version
@@ -10,7 +10,11 @@
 //
 //	peer_id=Qm… pubkey=<hex marshalled key> listen=127.0.0.1:4002
 //
-// and logs to stderr. SIGINT or SIGTERM shut it down gracefully. send asks
+// and logs to stderr. With -offline-dir, the node joins a simulated OFFLINE
+// network (devnode.OfflineStore): its OFFLINE endpoint publishes into the
+// directory, and it polls the directory for messages to itself every
+// -offline-poll (default 1m, as openbazaar-go). Such a node needs no
+// sidecar: it is a node that does not use Courier. SIGINT or SIGTERM shut it down gracefully. send asks
 // a running devnode (its control API at -node) to seal a chat message and
 // post it to its sidecar, and prints "id=… state=… recipient=…". id prints
 // the peer ID and public key of an identity file (creating it if missing)
@@ -130,6 +134,8 @@ type Main struct {
 	ln         net.Listener
 	httpSrv    *http.Server
 	cancelReqs context.CancelFunc // ends long polls at shutdown
+	stopPoll   context.CancelFunc // ends the OFFLINE poll loop
+	pollDone   chan struct{}      // closed when the poll loop has returned
 	serveErr   chan error
 	closed     bool
 }
@@ -152,7 +158,15 @@ func (m *Main) ParseFlags(args []string, stdout io.Writer) error {
 	fs.StringVar(&m.Listen, "listen", m.Listen, "listen `address` for the node endpoints and the control API")
 	fs.StringVar(&m.Options.IdentityFile, "identity", "", "identity `file`, created if missing (default: a fresh identity, not saved)")
 	fs.StringVar(&m.Options.SidecarURL, "sidecar", "", "base `URL` of the sidecar's local API, e.g. http://127.0.0.1:4100 (needed to send)")
-	return parse(fs, args, stdout)
+	fs.StringVar(&m.Options.OfflineDir, "offline-dir", "", "`directory` of the simulated OFFLINE network shared by devnodes (default: none)")
+	fs.DurationVar(&m.Options.OfflinePoll, "offline-poll", time.Minute, "how often to poll the OFFLINE network for messages to this node")
+	if err := parse(fs, args, stdout); err != nil {
+		return err
+	}
+	if m.Options.OfflinePoll <= 0 {
+		return fmt.Errorf("-offline-poll %s: want a positive duration such as 1m or 200ms", m.Options.OfflinePoll)
+	}
+	return nil
 }
 
 // Open builds the node, binds the listener and starts serving; failures
@@ -186,8 +200,15 @@ func (m *Main) Open() error {
 			m.serveErr <- err
 		}
 	}()
+	pollCtx, stopPoll := context.WithCancel(context.Background())
+	m.stopPoll, m.pollDone = stopPoll, make(chan struct{})
+	go func() {
+		defer close(m.pollDone)
+		n.RunOfflinePoll(pollCtx)
+	}()
 	m.Logger.Info("devnode listening", "addr", ln.Addr().String(), "peer_id", n.PeerID(),
-		"sidecar", m.Options.SidecarURL, "version", version)
+		"sidecar", m.Options.SidecarURL, "offline_dir", m.Options.OfflineDir,
+		"offline_poll", n.OfflinePollInterval().String(), "version", version)
 	return nil
 }
 
@@ -202,6 +223,8 @@ func (m *Main) Close(ctx context.Context) error {
 	}
 	m.closed = true
 	m.cancelReqs()
+	m.stopPoll()
+	<-m.pollDone
 	return m.httpSrv.Shutdown(ctx)
 }
 

@@ -144,6 +144,8 @@ func TestServeFailsAtOnce(t *testing.T) {
 		{"-sidecar", "localhost:4100"},
 		{"-nope"},
 		{"extra"},
+		{"-offline-poll", "0s"},
+		{"-offline-poll", "soon"},
 	}
 	for _, args := range tests {
 		if err := run(context.Background(), append([]string{"serve"}, args...), io.Discard, io.Discard); err == nil {
@@ -247,5 +249,62 @@ func TestSendAndID(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"send", "-h"}, io.Discard, io.Discard); err != nil {
 		t.Errorf("-h: %v", err)
+	}
+}
+
+// Two devnodes on one OFFLINE network, neither with a sidecar: what A's
+// OFFLINE endpoint takes, B finds at one of its polls, opened and checked.
+func TestServeOfflineNetwork(t *testing.T) {
+	dir := t.TempDir()
+	a, _ := startServe(t, "-offline-dir", dir)
+	b, stopB := startServe(t, "-offline-dir", dir, "-offline-poll", "200ms")
+	bPub, err := hex.DecodeString(b["pubkey"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := wire.UnmarshalPublicKey(bPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender := ed25519.NewKeyFromSeed(make([]byte, 32))
+	ct, err := devnode.Seal(pub, sender, "over the DHT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(map[string]string{"recipient": b["peer_id"], "ciphertext": base64.StdEncoding.EncodeToString(ct)})
+	resp, err := http.Post("http://"+a["listen"]+"/courier/offline", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("OFFLINE publish at A: %d", resp.StatusCode)
+	}
+	resp, err = http.Get("http://" + b["listen"] + "/devnode/received?min=1&wait=20s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct{ Messages []devnode.Received }
+	err = json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Messages) != 1 || got.Messages[0].Text != "over the DHT" || got.Messages[0].Path != "OFFLINE" ||
+		got.Messages[0].Sender != devnode.PeerID(sender) || got.Messages[0].ID != wire.MessageID(ct) {
+		t.Fatalf("B received %+v", got.Messages)
+	}
+	resp, err = http.Get("http://" + b["listen"] + "/devnode/offline-poll")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st devnode.OfflinePollStats
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if st.Taken != 1 || st.Interval != "200ms" || st.Dir != dir {
+		t.Errorf("B's poll stats %+v", st)
+	}
+	if err := stopB(); err != nil {
+		t.Errorf("B stops: %v", err)
 	}
 }

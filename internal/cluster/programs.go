@@ -60,8 +60,33 @@ var devnodeAddrRE = regexp.MustCompile(`peer_id=\S+ pubkey=\S+ listen=(\S+)`)
 // StartDevNode starts a devnode with a new identity in the cluster's
 // directory.
 func (c *Cluster) StartDevNode(ctx context.Context, name string) (*DevNode, error) {
-	p, err := c.start(ctx, name, c.Bins.DevNode,
-		[]string{"serve", "-listen", "127.0.0.1:0", "-identity", filepath.Join(c.Dir, name+".key")}, devnodeAddrRE)
+	return c.StartDevNodeWith(ctx, name, DevNodeOptions{})
+}
+
+// DevNodeOptions tune StartDevNodeWith.
+type DevNodeOptions struct {
+	// Offline puts the devnode on the cluster's simulated OFFLINE network
+	// (OfflineDir): its OFFLINE endpoint publishes there, and it polls
+	// there for its own messages every OfflinePoll (default 1m).
+	Offline     bool
+	OfflinePoll time.Duration
+}
+
+// OfflineDir is the directory of the cluster's simulated OFFLINE network
+// (devnode.OfflineStore), shared by the devnodes started with Offline.
+func (c *Cluster) OfflineDir() string { return filepath.Join(c.Dir, "offline-network") }
+
+// StartDevNodeWith starts a devnode with a new identity in the cluster's
+// directory, with options.
+func (c *Cluster) StartDevNodeWith(ctx context.Context, name string, o DevNodeOptions) (*DevNode, error) {
+	args := []string{"serve", "-listen", "127.0.0.1:0", "-identity", filepath.Join(c.Dir, name+".key")}
+	if o.Offline {
+		args = append(args, "-offline-dir", c.OfflineDir())
+		if o.OfflinePoll > 0 {
+			args = append(args, "-offline-poll", o.OfflinePoll.String())
+		}
+	}
+	p, err := c.start(ctx, name, c.Bins.DevNode, args, devnodeAddrRE)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +129,10 @@ type Received struct {
 	ReceivedAt time.Time `json:"received_at"`
 	FirstSeen  time.Time `json:"first_seen"` // the node's clock: first and last POST
 	LastSeen   time.Time `json:"last_seen"`
+	// OfflineCount is how many copies the node's OFFLINE polls found;
+	// PublishedAt is when the first of them was published OFFLINE.
+	OfflineCount int       `json:"offline_count"`
+	PublishedAt  time.Time `json:"published_at"`
 }
 
 // Received lists what reached the node, in arrival order.
