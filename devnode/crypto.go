@@ -246,3 +246,11 @@ func Open(ciphertext []byte, recipientPriv ed25519.PrivateKey) (Message, error) 
 	}
 	return m, nil
 }
+
+// SignedEnvelope returns the plaintext SealMessage encrypts: m signed into
+// a pb.Envelope with senderPriv, serialized. Ed25519 signatures are
+// deterministic, so it is the same bytes for the same key and message: what
+// the browser client's byte-for-byte test compares against.
+func SignedEnvelope(senderPriv ed25519.PrivateKey, m Message) []byte {
+	return signEnvelope(senderPriv, encodeMessage(m)).marshal()
+}

@@ -1,67 +1,88 @@
-// The page of the Courier web client: wires the forms of index.html to a
-// RelayClient. window.courier exposes the client, the library and what
-// arrived, for tests and for the console.
+// The page of the Courier light client: an identity, a relay connection
+// (RelayClient) and a conversation list. window.courier exposes the state
+// and the libraries, for tests and for the browser console.
 
 import * as lib from './client.js';
+import * as ob from './ob.js';
 
 const $ = (id) => document.getElementById(id);
 
-const client = new lib.RelayClient();
-const received = []; // {id, size, text, receivedAt, acked}, in arrival order
-const published = []; // {id, recipient, size, publishedAt}
-const byID = new Map(); // message ID → {entry, row}
+// What the page keeps in localStorage, only with the person's consent.
+const STORE_IDENTITY = 'courier.identity';
+const STORE_SETTINGS = 'courier.settings';
+const STORE_MESSAGES = 'courier.messages';
+const MAX_STORED_MESSAGES = 500;
 
-window.courier = { client, lib, received, published, errors: [] };
+const state = {
+  identity: null,
+  remember: false,
+  client: null,
+  messages: [], // {dir: "in"|"out", id, peer, text, at, status, reason, error, typeName}
+  byID: new Map(), // message ID → {entry, li}
+  byRef: new Map(), // publish ref → entry
+};
 
-// Anything that goes wrong unseen lands in courier.errors too, for tests.
+window.courier = {
+  lib, ob, state, errors: [],
+  get identity() { return state.identity; },
+  get client() { return state.client; },
+  get messages() { return state.messages; },
+};
 window.addEventListener('error', (ev) => window.courier.errors.push(`uncaught: ${ev.message}`));
 window.addEventListener('unhandledrejection', (ev) => window.courier.errors.push(`unhandled rejection: ${ev.reason}`));
 
-const SETTINGS_KEY = 'courier.webclient';
+// ---- storage (consent only) --------------------------------------------------
 
-function defaultRelayURL() {
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  return `${scheme}//${location.host}/`;
-}
-
-function loadSettings() {
-  let saved = {};
+function store(key, value) {
+  if (!state.remember) return;
   try {
-    saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) || '{}');
-  } catch {
-    // Storage disabled or garbage: start from the defaults.
-  }
-  $('relay-url').value = saved.relayURL || (location.host ? defaultRelayURL() : '');
-  $('peer-id').value = saved.peerID || '';
-  $('user-id').value = saved.userID || '';
-}
-
-function saveSettings() {
-  try {
-    localStorage.setItem(SETTINGS_KEY, JSON.stringify({
-      relayURL: $('relay-url').value.trim(),
-      peerID: $('peer-id').value.trim(),
-      userID: $('user-id').value.trim(),
-    }));
-  } catch {
-    // Not fatal: the page just forgets the fields.
+    localStorage.setItem(key, JSON.stringify(value));
+  } catch (err) {
+    showError(`Cannot save in this browser's storage (${err.message}): the page will forget on reload.`);
   }
 }
+
+function load(key) {
+  try {
+    return JSON.parse(localStorage.getItem(key) || 'null');
+  } catch {
+    return null;
+  }
+}
+
+function wipeStorage() {
+  for (const k of [STORE_IDENTITY, STORE_SETTINGS, STORE_MESSAGES]) {
+    try {
+      localStorage.removeItem(k);
+    } catch {
+      // storage disabled: nothing was kept
+    }
+  }
+}
+
+function saveMessages() {
+  store(STORE_MESSAGES, state.messages.slice(-MAX_STORED_MESSAGES));
+}
+
+// ---- status and errors -----------------------------------------------------------
 
 const STATE_TEXT = {
-  disconnected: 'Disconnected',
-  connecting: 'Connecting to',
-  connected: 'Connected to',
-  subscribing: 'Subscribing with key',
-  subscribed: 'Subscribed',
+  stopped: 'Not connected',
+  connecting: 'Connecting to the relay',
+  authenticating: 'Signing in to the relay',
+  subscribing: 'Subscribing',
+  subscribed: 'Connected',
+  waiting: 'Connection lost',
+  replaced: 'Disconnected',
 };
 
-function showStatus(state, detail) {
-  $('status').dataset.state = state;
-  const text = STATE_TEXT[state] || state;
-  $('status-text').textContent = detail ? `${text}: ${detail}` : `${text}.`;
-  const connected = state !== 'disconnected' && state !== 'connecting';
-  $('disconnect').disabled = !connected;
+function showStatus(s, detail) {
+  $('status').dataset.state = s;
+  const text = STATE_TEXT[s] || s;
+  $('status-text').textContent = detail ? `${text}: ${detail}.` : `${text}.`;
+  $('disconnect').disabled = s === 'stopped' || s === 'replaced';
+  $('connect').textContent = s === 'stopped' || s === 'replaced' ? 'Connect' : 'Reconnect now';
+  if (s === 'subscribed') flushWaiting();
 }
 
 function showError(message) {
@@ -76,158 +97,314 @@ function clearError() {
   $('alert').textContent = '';
 }
 
-function formatSize(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
-}
+// ---- identity --------------------------------------------------------------------
 
-function cell(className, content) {
-  const td = document.createElement('td');
-  if (className) td.className = className;
-  if (content instanceof Node) td.append(content);
-  else td.textContent = content;
-  return td;
-}
-
-function ackMessage(id) {
-  const item = byID.get(id);
-  if (!item || item.entry.acked) return;
-  try {
-    client.ack(id);
-  } catch (err) {
-    showError(`Cannot ack ${id}: ${err.message}`);
-    return;
+function setIdentity(id, { persist }) {
+  state.identity = id;
+  if (persist) {
+    state.remember = true;
+    const f = ob.exportIdentity(id);
+    store(STORE_IDENTITY, { ...f, Mnemonic: id.mnemonic || undefined });
   }
-  item.entry.acked = true;
-  const ackCell = item.row.querySelector('td.acked');
-  ackCell.textContent = 'yes';
+  $('no-identity').hidden = true;
+  $('has-identity').hidden = false;
+  $('export-box').hidden = true;
+  $('my-peer-id').textContent = id.peerID;
+  $('my-pubkey').textContent = id.publicKeyHex;
+  $('stored-where').textContent = state.remember
+    ? 'In this browser\'s local storage, with your consent. "Forget identity" removes it.'
+    : 'Only in this page: it is gone when you close or reload it. Export it to keep it.';
 }
 
-function showMessage(msg) {
-  const known = byID.get(msg.id);
-  if (known) {
-    // Sent again (not acked yet, or a second subscription): one row is enough.
-    if (!known.entry.acked && $('auto-ack').checked) ackMessage(msg.id);
-    return;
-  }
-  const text = lib.utf8OrNull(msg.bytes);
-  const entry = {
-    id: msg.id,
-    size: msg.bytes.length,
-    text,
-    encryptedMessage: msg.encryptedMessage, // the bytes as the relay sent them (base64)
-    receivedAt: msg.receivedAt.toISOString(),
-    acked: false,
-  };
+function forgetIdentity() {
+  if (!confirm('Forget this identity in this browser? Without an export or the recovery phrase it cannot be recovered.')) return;
+  if (state.client) state.client.stop();
+  state.client = null;
+  state.identity = null;
+  state.remember = false;
+  wipeStorage();
+  state.messages.length = 0;
+  state.byID.clear();
+  state.byRef.clear();
+  $('messages').replaceChildren();
+  $('messages-empty').hidden = false;
+  $('has-identity').hidden = true;
+  $('no-identity').hidden = false;
+  $('remember').checked = false;
+  showStatus('stopped', '');
+}
 
-  const row = document.createElement('tr');
-  row.dataset.id = msg.id;
+function showExport() {
+  const id = state.identity;
+  const file = JSON.stringify(ob.exportIdentity(id), null, 2);
+  $('export-file').textContent = file;
+  $('export-mnemonic').textContent = id.mnemonic || '';
+  $('export-mnemonic-row').hidden = !id.mnemonic;
+  const a = $('export-download');
+  if (a.href.startsWith('blob:')) URL.revokeObjectURL(a.href);
+  a.href = URL.createObjectURL(new Blob([file + '\n'], { type: 'application/json' }));
+  $('export-box').hidden = !$('export-box').hidden;
+}
+
+// ---- messages ----------------------------------------------------------------------
+
+const STATUS_TEXT = {
+  sealing: 'Sealing…',
+  waiting: 'Waiting for the relay connection…',
+  sending: 'Sending…',
+  delivered: 'Delivered: their client has it.',
+  offline: 'Handed to the OFFLINE network: their node picks it up at its next poll (OpenBazaar polls every minute).',
+  queued: 'Queued at the relay: it reaches them when they connect.',
+  rejected: 'Rejected by the relay',
+  sent: 'Sent (this relay confirms nothing at protocol level 1).',
+};
+
+function shortPeer(p) {
+  return p.length > 16 ? `${p.slice(0, 8)}…${p.slice(-6)}` : p;
+}
+
+function renderEntry(e) {
+  const li = document.createElement('li');
+  li.className = `msg ${e.dir}`;
+  li.dataset.id = e.id || '';
+  const head = document.createElement('div');
+  head.className = 'head';
+  const who = document.createElement('span');
+  who.className = 'who';
+  who.textContent = e.dir === 'in' ? `From ${shortPeer(e.peer || 'unknown sender')}` : `To ${shortPeer(e.peer)}`;
+  who.title = e.peer || '';
   const time = document.createElement('time');
-  time.dateTime = entry.receivedAt;
-  time.textContent = msg.receivedAt.toLocaleTimeString();
-  const code = document.createElement('code');
-  code.textContent = msg.id;
-  let textContent;
-  if (text === null) {
-    textContent = document.createElement('span');
-    textContent.className = 'binary';
-    textContent.textContent = '(binary, not UTF-8)';
+  time.dateTime = e.at;
+  time.textContent = new Date(e.at).toLocaleString();
+  head.append(who, time);
+  const body = document.createElement('p');
+  body.className = 'text';
+  if (e.error) {
+    body.classList.add('unreadable');
+    body.textContent = `Could not open this message: ${e.error}`;
+  } else if (e.typeName && e.typeName !== 'CHAT') {
+    body.classList.add('other');
+    body.textContent = `An OpenBazaar ${e.typeName} message: open it in OpenBazaar; this client shows chat only.`;
   } else {
-    textContent = text;
+    body.textContent = e.text;
   }
-  const ackButton = document.createElement('button');
-  ackButton.type = 'button';
-  ackButton.className = 'small';
-  ackButton.textContent = 'Ack';
-  ackButton.setAttribute('aria-label', `Ack message ${msg.id.slice(0, 12)}`);
-  ackButton.addEventListener('click', () => ackMessage(msg.id));
-  row.append(
-    cell('time', time),
-    cell('id', code),
-    cell('size', formatSize(entry.size)),
-    cell('text', textContent),
-    cell('acked', ackButton),
-  );
-  $('message-rows').prepend(row);
-  $('messages').hidden = false;
+  li.append(head, body);
+  if (e.dir === 'out') {
+    const st = document.createElement('p');
+    st.className = 'state';
+    li.append(st);
+  }
+  updateEntry(e, li);
+  return li;
+}
+
+function updateEntry(e, li) {
+  li.dataset.status = e.status || '';
+  const st = li.querySelector('.state');
+  if (!st) return;
+  let t = STATUS_TEXT[e.status] || e.status;
+  if (e.reason) t += `: ${e.reason}`;
+  st.textContent = t;
+}
+
+function addEntry(e) {
+  state.messages.push(e);
+  const li = renderEntry(e);
+  $('messages').prepend(li);
   $('messages-empty').hidden = true;
-
-  byID.set(msg.id, { entry, row });
-  received.push(entry);
-  if ($('auto-ack').checked) ackMessage(msg.id); // shown: ack it
+  if (e.id) state.byID.set(e.id, { entry: e, li });
+  return li;
 }
 
-client.onStatus = showStatus;
-client.onMessage = showMessage;
-client.onError = (reason) => showError(`Relay: ${reason}`);
-
-function relayURL() {
-  const url = $('relay-url').value.trim();
-  if (!/^wss?:\/\//.test(url)) throw new Error('the relay URL must start with ws:// or wss://');
-  return url;
+function setStatus(e, status, reason = '') {
+  e.status = status;
+  e.reason = reason;
+  const item = state.byID.get(e.id);
+  if (item) updateEntry(e, item.li);
+  saveMessages();
 }
 
-function checkWebCrypto() {
-  if (!globalThis.crypto || !crypto.subtle) {
-    throw new Error('this page needs WebCrypto, which browsers only offer over https:// or on localhost');
+/** A delivery from the relay: open it, show it, keep it (with consent), then ack it. */
+async function received(msg) {
+  const c = state.client;
+  const id = msg.id;
+  if ((await lib.messageID(msg.bytes)) !== id) {
+    showError(`The relay delivered a message under the wrong ID (${id.slice(0, 12)}…): not shown, not acked.`);
+    return;
   }
-}
-
-$('subscribe-form').addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  clearError();
-  const button = $('subscribe');
-  button.disabled = true;
-  try {
-    checkWebCrypto();
-    const url = relayURL();
-    const peerID = $('peer-id').value.trim();
-    const userID = $('user-id').value.trim() || peerID;
-    const key = await lib.subscriptionKey(peerID);
-    $('sub-key').textContent = key;
-    saveSettings();
-    await client.connect(url);
-    await client.subscribe(userID, key);
-    showStatus('subscribed', userID === peerID ? `as ${peerID}` : `as ${peerID}, user ID ${userID}`);
-  } catch (err) {
-    showError(err.message);
-  } finally {
-    button.disabled = false;
+  const known = state.byID.get(id);
+  if (known) {
+    if (c) c.ack(id); // sent again: the earlier ack was lost
+    return;
   }
-});
-
-$('disconnect').addEventListener('click', () => client.close());
-
-$('publish-form').addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  clearError();
-  const button = $('publish');
-  button.disabled = true;
+  let e;
   try {
-    checkWebCrypto();
-    const recipient = $('recipient').value.trim();
-    await lib.peerDigest(recipient); // refuse a bad peer ID before sending
-    const bytes = new TextEncoder().encode($('text').value);
-    if (client.state === 'disconnected') {
-      // A send-only connection: the relay closes it after its subscribe deadline.
-      await client.connect(relayURL());
+    const m = ob.openMessage(state.identity, msg.bytes);
+    if (m.chat && m.chat.flag !== ob.FLAG_MESSAGE) {
+      // "typing…" and "read" notices: nothing to show or keep.
+      if (c) c.ack(id);
+      return;
     }
-    const id = await client.publish(recipient, bytes);
-    published.push({ id, recipient, size: bytes.length, publishedAt: new Date().toISOString() });
-    const li = document.createElement('li');
-    const code = document.createElement('code');
-    code.textContent = id;
-    li.append(`${formatSize(bytes.length)} to ${recipient}: `, code);
-    $('published').prepend(li);
-    $('text').value = '';
+    const at = m.chat ? new Date(m.chat.seconds * 1000 + Math.floor(m.chat.nanos / 1e6)) : new Date();
+    e = { dir: 'in', id, peer: m.sender, senderPubKey: m.senderPubKeyHex, text: m.text, typeName: m.typeName, at: at.toISOString(), receivedAt: new Date().toISOString() };
   } catch (err) {
-    showError(`Cannot publish: ${err.message}`);
-  } finally {
-    button.disabled = false;
+    e = { dir: 'in', id, peer: '', error: err.message, at: new Date().toISOString() };
   }
-});
+  addEntry(e);
+  saveMessages();
+  if (c) c.ack(id); // shown (and stored, where allowed): the relay may forget it
+  e.acked = true;
+}
 
-loadSettings();
-showStatus('disconnected', '');
-window.courier.ready = true;
+function flushWaiting() {
+  for (const e of state.messages) {
+    if (e.dir === 'out' && e.status === 'waiting') setStatus(e, 'sending');
+  }
+}
+
+async function send(ev) {
+  ev.preventDefault();
+  clearError();
+  if (!state.identity) {
+    showError('Create or import an identity first (step 1).');
+    return;
+  }
+  if (!state.client) {
+    showError('Connect to a relay first (step 2).');
+    return;
+  }
+  let to;
+  try {
+    to = ob.parseRecipient($('to-peer').value, $('to-pubkey').value);
+  } catch (err) {
+    showError(`Cannot send: ${err.message}`);
+    return;
+  }
+  const text = $('text').value;
+  if (text.trim() === '') {
+    showError('Cannot send an empty message.');
+    return;
+  }
+  const { ciphertext } = ob.sealChat(state.identity, to.publicKey, text);
+  const e = { dir: 'out', id: '', peer: to.peerID, text, at: new Date().toISOString(), status: 'sealing' };
+  const { id, ref } = await state.client.publish(to.peerID, ciphertext);
+  e.id = id;
+  e.ref = ref;
+  e.status = state.client.state === 'subscribed' ? 'sending' : 'waiting';
+  state.byRef.set(ref, e);
+  addEntry(e);
+  saveMessages();
+  $('text').value = '';
+}
+
+function result(ref, r) {
+  const e = state.byRef.get(ref);
+  if (!e) return;
+  state.byRef.delete(ref);
+  setStatus(e, r.status, r.reason);
+}
+
+// ---- relay ---------------------------------------------------------------------------
+
+function defaultRelayURL() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return location.host ? `${scheme}//${location.host}/` : '';
+}
+
+function connect(ev) {
+  if (ev) ev.preventDefault();
+  clearError();
+  if (!state.identity) {
+    showError('Create or import an identity first (step 1): the relay needs to know whose messages to give you.');
+    return;
+  }
+  const url = $('relay-url').value.trim();
+  if (state.client && state.client.url === new URL(url, location.href).toString() && state.client.state !== 'stopped' && state.client.state !== 'replaced') {
+    state.client.reconnectNow();
+    return;
+  }
+  if (state.client) state.client.stop();
+  let c;
+  try {
+    c = new lib.RelayClient({ identity: state.identity, url });
+  } catch (err) {
+    showError(`Relay URL: ${err.message}.`);
+    return;
+  }
+  c.onStatus = showStatus;
+  c.onMessage = received;
+  c.onResult = result;
+  c.onError = showError;
+  c.onDrained = () => {};
+  state.client = c;
+  store(STORE_SETTINGS, { relayURL: url });
+  c.start();
+}
+
+function disconnect() {
+  if (state.client) state.client.stop();
+}
+
+// ---- wiring ----------------------------------------------------------------------------
+
+function start() {
+  $('relay-url').value = defaultRelayURL();
+  const saved = load(STORE_IDENTITY);
+  if (saved) {
+    try {
+      const id = ob.importIdentity(JSON.stringify({ PeerID: saved.PeerID, PrivKey: saved.PrivKey }));
+      if (saved.Mnemonic) id.mnemonic = saved.Mnemonic;
+      state.remember = true;
+      $('remember').checked = true;
+      setIdentity(id, { persist: false });
+      const settings = load(STORE_SETTINGS);
+      if (settings && settings.relayURL) $('relay-url').value = settings.relayURL;
+      for (const e of load(STORE_MESSAGES) || []) {
+        if (e && e.id && !state.byID.has(e.id)) {
+          if (e.dir === 'out' && (e.status === 'sending' || e.status === 'waiting' || e.status === 'sealing')) {
+            e.status = 'unknown';
+            e.reason = 'the page was closed before the relay answered';
+          }
+          addEntry(e);
+        }
+      }
+    } catch (err) {
+      showError(`The identity saved in this browser cannot be used (${err.message}). Import it again, or create a new one.`);
+    }
+  }
+
+  $('create').addEventListener('click', () => {
+    clearError();
+    const id = ob.generateIdentity();
+    setIdentity(id, { persist: $('remember').checked });
+    if ($('relay-url').value) connect();
+  });
+  $('import-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    clearError();
+    try {
+      const id = ob.importIdentity($('import-text').value);
+      $('import-text').value = '';
+      setIdentity(id, { persist: $('remember').checked });
+      if ($('relay-url').value) connect();
+    } catch (err) {
+      showError(`Cannot import: ${err.message}.`);
+    }
+  });
+  $('export').addEventListener('click', showExport);
+  $('forget').addEventListener('click', forgetIdentity);
+  $('relay-form').addEventListener('submit', connect);
+  $('disconnect').addEventListener('click', disconnect);
+  $('compose-form').addEventListener('submit', (ev) => send(ev).catch((err) => showError(`Cannot send: ${err.message}`)));
+  for (const b of document.querySelectorAll('button.copy')) {
+    b.addEventListener('click', () => {
+      const text = $(b.dataset.copy).textContent;
+      navigator.clipboard?.writeText(text).then(() => { b.textContent = 'Copied'; }, () => showError('Copying needs https or localhost; select the text instead.'));
+    });
+  }
+  showStatus('stopped', '');
+  if (state.identity && $('relay-url').value) connect();
+  window.courier.ready = true;
+}
+
+start();

@@ -148,4 +148,6 @@ func TestProtocolFunctionsMatchGo(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("OpenBazaar interop", func(t *testing.T) { testOpenBazaarInterop(t, ctx) })
 }

@@ -1,12 +1,15 @@
 package webclient_test
 
 import (
-	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
-	"log/slog"
+	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,244 +19,281 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
+	"courier/devnode"
 	"courier/internal/browsertest"
 	"courier/relay"
-	"courier/relay/sqlitestore"
+	"courier/relay/relaytest"
 	"courier/relay/webclient"
 	"courier/wire"
 )
 
-// startRelay runs a real relay, SQLite in t.TempDir(), that serves the
-// client at /client/ as courier-relay does. It returns the relay's base URL.
-func startRelay(t *testing.T) string {
+// startRelay runs the real relay (SQLite in t.TempDir()) that serves the
+// client at /client/ as courier-relay does, with 127.0.0.1 as its public
+// host: the name the page signs for when it is opened there.
+func startRelay(t *testing.T) *relaytest.Relay {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	store, err := sqlitestore.Open(filepath.Join(t.TempDir(), "relay.db"), sqlitestore.Options{Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := store.Close(); err != nil {
-			t.Errorf("close store: %v", err)
-		}
-	})
-	cfg := relay.DefaultConfig()
-	cfg.Client = webclient.FS()
-	srv, err := relay.New(cfg, store, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shut down relay: %v", err)
-		}
-	})
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
-	return hs.URL
+	return relaytest.Start(t, func(c *relay.Config) {
+		c.Client = webclient.FS()
+		c.PublicHost = "127.0.0.1"
+	}, nil)
 }
 
-// goClient is a Go WebSocket client of the relay, speaking level 1.
-type goClient struct {
-	t  *testing.T
-	ws *websocket.Conn
+// peer is a Go level-2 client of the relay, signed in as a devnode's
+// identity: the other side of the page's conversation.
+type peer struct {
+	t    *testing.T
+	node *devnode.Node
+	ws   *websocket.Conn
 }
 
-func dial(t *testing.T, url string) *goClient {
+func connectPeer(t *testing.T, wsURL string, node *devnode.Node) *peer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, url, nil)
+	ws, _, err := websocket.Dial(ctx, wsURL, nil)
 	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
+		t.Fatalf("dial %s: %v", wsURL, err)
 	}
+	ws.SetReadLimit(1 << 24)
 	t.Cleanup(func() { ws.CloseNow() })
-	return &goClient{t: t, ws: ws}
-}
-
-func (c *goClient) write(b []byte) {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.ws.Write(ctx, websocket.MessageText, b); err != nil {
-		c.t.Fatalf("write: %v", err)
+	p := &peer{t: t, node: node, ws: ws}
+	p.write(wire.ClientFrameBytes(wire.TypeAuthRequest, wire.AuthRequest{PeerID: node.PeerID()}))
+	f := p.read()
+	if f.Kind != wire.KindAuthChallenge {
+		t.Fatalf("want a challenge, got %+v", f)
 	}
-}
-
-func (c *goClient) read() []byte {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, b, err := c.ws.Read(ctx)
-	if err != nil {
-		c.t.Fatalf("read: %v", err)
-	}
-	return b
-}
-
-func (c *goClient) subscribe(userID, key string) {
-	c.t.Helper()
-	c.write(wire.ClientFrameBytes(wire.TypeSubscribe, wire.Subscribe{UserID: userID, SubscriptionKey: key}))
-	if b := c.read(); !bytes.Equal(b, wire.SubscribeOK) {
-		c.t.Fatalf("subscribe %s: answer %s, want %s", userID, b, wire.SubscribeOK)
-	}
-}
-
-func (c *goClient) publish(recipient string, msg []byte) {
-	c.t.Helper()
-	c.write(wire.ClientFrameBytes(wire.TypePublish, wire.Publish{
-		EncryptedMessage: base64.StdEncoding.EncodeToString(msg),
-		Recipient:        recipient,
+	pid, _ := wire.ParsePeerID(node.PeerID())
+	p.write(wire.ClientFrameBytes(wire.TypeSubscribe, wire.Subscribe{
+		UserID: node.PeerID(), SubscriptionKey: pid.SubscriptionKey(wire.RelayPrefixBits), Protocol: 2,
+		PubKey:    node.PubKeyHex(),
+		Signature: hex.EncodeToString(node.Sign([]byte(wire.AuthPayload(f.AuthChallenge.Host, f.AuthChallenge.Nonce)))),
 	}))
+	if f := p.read(); f.Kind != wire.KindSubscribed {
+		t.Fatalf("subscribe: %+v", f)
+	}
+	if f := p.read(); f.Kind != wire.KindDrained {
+		t.Fatalf("want Drained, got %+v", f)
+	}
+	return p
 }
 
-// next reads the next delivery and returns its ID and decoded bytes.
-func (c *goClient) next() (string, []byte) {
-	c.t.Helper()
-	b := c.read()
-	f, err := wire.ParseServerFrame(b)
-	if err != nil || f.Kind != wire.KindDelivery {
-		c.t.Fatalf("got %s (%v), want a delivery frame", b, err)
+func (p *peer) write(b []byte) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.ws.Write(ctx, websocket.MessageText, b); err != nil {
+		p.t.Fatalf("write: %v", err)
 	}
-	msg, err := base64.StdEncoding.DecodeString(f.Delivery.EncryptedMessage)
+}
+
+func (p *peer) read() wire.ServerFrame {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, b, err := p.ws.Read(ctx)
 	if err != nil {
-		c.t.Fatalf("delivery %s: %v", f.Delivery.ID, err)
+		p.t.Fatalf("read: %v", err)
 	}
-	return f.Delivery.ID, msg
+	f, err := wire.ParseServerFrame(b)
+	if err != nil {
+		p.t.Fatalf("frame %s: %v", b, err)
+	}
+	return f
 }
 
-// TestEndToEnd drives the page in Chromium against a real relay, with Go
-// clients on the other side: receive and ack, publish, and no replay after
-// the ack.
+// send seals text to the browser's key and publishes it; it returns the
+// message ID and the relay's publish result.
+func (p *peer) send(to string, toPub ed25519.PublicKey, text string) (string, wire.PublishResult) {
+	p.t.Helper()
+	ct, err := p.node.Seal(toPub, text)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.write(wire.ClientFrameBytes(wire.TypePublish, wire.Publish{
+		EncryptedMessage: base64.StdEncoding.EncodeToString(ct), Recipient: to, Ref: "r1",
+	}))
+	f := p.read()
+	if f.Kind != wire.KindPublishResult {
+		p.t.Fatalf("want a publish result, got %+v", f)
+	}
+	return wire.MessageID(ct), *f.PublishResult
+}
+
+// browserIdentity reads the page's identity: peer ID and raw public key.
+func browserIdentity(t *testing.T, ctx context.Context) (string, ed25519.PublicKey) {
+	t.Helper()
+	type ident struct{ PeerID, PubKey string }
+	id := browsertest.Eval[ident](t, ctx, `({PeerID: courier.identity.peerID, PubKey: courier.identity.publicKeyHex})`)
+	b, _ := hex.DecodeString(id.PubKey)
+	pub, err := wire.UnmarshalPublicKey(b)
+	if err != nil {
+		t.Fatalf("page's public key %q: %v", id.PubKey, err)
+	}
+	if wire.PeerIDFromPublicKey(b).String() != id.PeerID {
+		t.Fatalf("page's peer ID %s is not its key's", id.PeerID)
+	}
+	return id.PeerID, pub
+}
+
+// TestEndToEnd drives the page in Chromium as a person would, against the
+// real relay, with a devnode identity on the other side: identity created
+// in the page, level 2 sign-in, a chat each way (opened and checked at each
+// end, acked once shown, "delivered" shown to the sender), a person's
+// mistake explained, a level-1 relay, and a reconnect after the relay
+// restarts.
 func TestEndToEnd(t *testing.T) {
-	ctx := browsertest.New(t, testTimeout)
-	base := startRelay(t)
-	wsURL := "ws" + strings.TrimPrefix(base, "http") + "/"
+	ctx := browsertest.New(t, 90*time.Second)
+	r := startRelay(t)
+	base := "http://" + r.Addr
+	wsURL := r.URL()
 
-	browserPeer, _ := newPeer(t) // the page uses the Qm… form
-	_, goPeer := newPeer(t)      // the Go subscriber the 12D3Koo… form
-	browserKey := browserPeer.SubscriptionKey(wire.RelayPrefixBits)
-
-	goSub := dial(t, wsURL)
-	goSub.subscribe("go-subscriber", goPeer.SubscriptionKey(wire.RelayPrefixBits))
-	publisher := dial(t, wsURL) // send-only
-
-	// The relay serves the page; its default relay URL is the same host.
 	browsertest.OpenClient(t, ctx, base)
 	if got, err := chromedp.Run(ctx, chromedp.Value(chromedp.ID("relay-url"))); err != nil || got != wsURL {
 		t.Errorf("default relay URL = %q (%v), want %q", got, err, wsURL)
 	}
 	err := chromedp.Do(ctx,
-		chromedp.SetValue(chromedp.ID("peer-id"), browserPeer.String()),
-		chromedp.Click(chromedp.ID("subscribe")),
-		browsertest.Poll(`courier.client.state === "subscribed"`),
+		chromedp.Click(chromedp.ID("create")), // "remember" left unticked
+		browsertest.Poll(`courier.client && courier.client.state === "subscribed" && courier.client.level === 2`),
 	)
 	if err != nil {
-		t.Fatalf("subscribe in the page: %v", err)
+		t.Fatalf("create an identity and connect: %v (errors %v)", err, browsertest.Eval[[]string](t, ctx, `courier.errors`))
 	}
-	if got, _ := chromedp.Run(ctx, chromedp.TextContent(chromedp.ID("sub-key"))); got != browserKey {
-		t.Errorf("page shows subscription key %q, want %q", got, browserKey)
+	browserPeer, browserPub := browserIdentity(t, ctx)
+	if shown, _ := chromedp.Run(ctx, chromedp.TextContent(chromedp.ID("my-peer-id"))); shown != browserPeer {
+		t.Errorf("page shows peer ID %q, identity is %s", shown, browserPeer)
 	}
-
-	t.Log("Go → browser: a text and a binary message arrive and are acked")
-	text := []byte("hello from Go ✓")
-	binary := []byte{0xff, 0xfe, 0x00, 0x80, 0x01}
-	publisher.publish(browserPeer.String(), text)
-	publisher.publish(browserPeer.String(), binary)
-	if err := chromedp.Do(ctx, browsertest.Poll(`courier.received.length >= 2 && courier.received.every((m) => m.acked)`)); err != nil {
-		t.Fatalf("waiting for 2 acked messages in the page: %v", err)
-	}
-	type shown struct {
-		ID    string
-		Size  int
-		Text  *string
-		Acked bool
-	}
-	got := browsertest.Eval[[]shown](t, ctx, `courier.received.map((m) => ({ID: m.id, Size: m.size, Text: m.text, Acked: m.acked}))`)
-	if len(got) != 2 {
-		t.Fatalf("page shows %d messages, want 2: %+v", len(got), got)
-	}
-	if got[0].ID != wire.MessageID(text) || got[0].Size != len(text) || got[0].Text == nil || *got[0].Text != string(text) {
-		t.Errorf("first message in the page = %+v, want ID %s, %d bytes, text %q", got[0], wire.MessageID(text), len(text), text)
-	}
-	if got[1].ID != wire.MessageID(binary) || got[1].Size != len(binary) || got[1].Text != nil {
-		t.Errorf("second message in the page = %+v, want ID %s, %d bytes, no text", got[1], wire.MessageID(binary), len(binary))
-	}
-	cell := fmt.Sprintf(`tr[data-id="%s"] td.text`, wire.MessageID(text))
-	if s, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(cell))); err != nil || s != string(text) {
-		t.Errorf("text cell = %q (%v), want %q", s, err, text)
+	if n := browsertest.Eval[int](t, ctx, `localStorage.length`); n != 0 {
+		t.Errorf("without consent the page stored %d items", n)
 	}
 
-	t.Log("browser → Go: the page publishes, the Go subscriber gets the exact bytes")
-	const fromBrowser = "hello from the browser ✓"
+	node, err := devnode.New(devnode.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := connectPeer(t, wsURL, node)
+
+	t.Log("devnode → browser: shown with its sender, acked once shown, so the sender hears delivered")
+	id, res := other.send(browserPeer, browserPub, "hello, light client ✓")
+	if res.Status != "delivered" {
+		t.Errorf("publish to the page: %+v, want delivered (the page acks what it shows)", res)
+	}
+	type shown struct{ Dir, ID, Peer, Text, Error string }
+	got := browsertest.Eval[[]shown](t, ctx, `courier.messages.map((m) => ({Dir: m.dir, ID: m.id, Peer: m.peer, Text: m.text || "", Error: m.error || ""}))`)
+	if len(got) != 1 || got[0].ID != id || got[0].Peer != node.PeerID() || got[0].Text != "hello, light client ✓" || got[0].Dir != "in" {
+		t.Fatalf("page shows %+v", got)
+	}
+	text, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(fmt.Sprintf(`li[data-id="%s"] .text`, id))))
+	if err != nil || text != "hello, light client ✓" {
+		t.Errorf("message text on the page = %q (%v)", text, err)
+	}
+
+	t.Log("browser → devnode: typed in the form, sealed and signed in the page, opened by devnode")
 	err = chromedp.Do(ctx,
-		chromedp.SetValue(chromedp.ID("recipient"), goPeer.String()),
-		chromedp.SetValue(chromedp.ID("text"), fromBrowser),
-		chromedp.Click(chromedp.ID("publish")),
+		chromedp.SetValue(chromedp.ID("to-peer"), node.PeerID()),
+		chromedp.SetValue(chromedp.ID("to-pubkey"), node.PubKeyHex()),
+		chromedp.SetValue(chromedp.ID("text"), "hello from the browser ✓"),
+		chromedp.Click(chromedp.ID("send")),
 	)
 	if err != nil {
-		t.Fatalf("publish in the page: %v", err)
+		t.Fatal(err)
 	}
-	id, msg := goSub.next()
-	if string(msg) != fromBrowser || id != wire.MessageID(msg) {
-		t.Errorf("Go subscriber got %s %q, want %s %q", id, msg, wire.MessageID([]byte(fromBrowser)), fromBrowser)
+	f := other.read()
+	if f.Kind != wire.KindDelivery {
+		t.Fatalf("devnode side got %+v, want the page's message", f)
 	}
-	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.published.some((p) => p.id === %q)`, id))); err != nil {
-		t.Errorf("page did not record its publish %s: %v", id, err)
+	ct, _ := base64.StdEncoding.DecodeString(f.Delivery.EncryptedMessage)
+	m, err := node.Open(ct)
+	if err != nil || m.Text != "hello from the browser ✓" || m.SenderPeerID != browserPeer {
+		t.Fatalf("devnode opens %+v, %v", m, err)
+	}
+	other.write(wire.ClientFrameBytes(wire.TypeAck, wire.Ack{MessageID: f.Delivery.ID}))
+	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.messages.some((m) => m.id === %q && m.status === "delivered")`, f.Delivery.ID))); err != nil {
+		t.Errorf("the page never showed its message delivered: %v", err)
+	}
+	status, _ := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(fmt.Sprintf(`li[data-id="%s"] .state`, f.Delivery.ID))))
+	if !strings.HasPrefix(status, "Delivered") {
+		t.Errorf("status line %q", status)
 	}
 
-	// The page sent its acks before that publish on the same connection;
-	// the relay hands frames to the store in order and the store commits in
-	// call order, so the acks are durable now that the publish arrived.
-	t.Log("acks: another userID gets a replay, the page's userID does not")
-	other := dial(t, wsURL)
-	other.subscribe("someone-else", browserKey)
-	for _, want := range [][]byte{text, binary} {
-		if id, msg := other.next(); !bytes.Equal(msg, want) {
-			t.Errorf("replay to another userID: %s %x, want %x", id, msg, want)
+	t.Log("a Qm… recipient without its key: the page says what is missing")
+	browsertest.Eval[bool](t, ctx, `(document.getElementById("to-pubkey").value = "") === ""`)
+	err = chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.ID("text"), "no key"),
+		chromedp.Click(chromedp.ID("send")),
+		browsertest.Poll(`!document.getElementById("alert").hidden`),
+	)
+	if alert, _ := chromedp.Run(ctx, chromedp.TextContent(chromedp.ID("alert"))); err != nil || !strings.Contains(alert, "give the recipient's public key") {
+		t.Errorf("alert %q (%v)", alert, err)
+	}
+
+	t.Log("a relay that offers only level 1: the client subscribes at level 1")
+	level1 := level1Front(t, r.Addr)
+	state := browsertest.Eval[string](t, ctx, fmt.Sprintf(`new Promise((resolve) => {
+		const c = new courier.lib.RelayClient({identity: courier.identity, url: %q});
+		c.onStatus = (s) => { if (s === "subscribed") { const l = c.level; c.stop(); resolve("subscribed at level " + l); } };
+		c.onError = (e) => { c.stop(); resolve("error: " + e); };
+		c.start();
+	})`, level1))
+	if state != "subscribed at level 1" {
+		t.Errorf("against a level-1 relay: %s", state)
+	}
+
+	t.Log("the relay restarts: the page reconnects by itself and gets the next message")
+	r.Stop()
+	if err := chromedp.Do(ctx, browsertest.Poll(`courier.client.state === "waiting"`)); err != nil {
+		t.Fatalf("the page did not notice the relay going: %v", err)
+	}
+	r.Restart()
+	if err := chromedp.Do(ctx, browsertest.Poll(`courier.client.state === "subscribed" && courier.client.level === 2`)); err != nil {
+		t.Fatalf("the page did not reconnect: %v", err)
+	}
+	other = connectPeer(t, wsURL, node)
+	id2, res := other.send(browserPeer, browserPub, "after the restart")
+	if res.Status != "delivered" {
+		t.Errorf("publish after the restart: %+v", res)
+	}
+	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.messages.some((m) => m.id === %q && m.text === "after the restart")`, id2))); err != nil {
+		t.Errorf("page did not show the message after the restart: %v", err)
+	}
+
+	// The page's own errors: only the one the person caused above.
+	if errs := browsertest.Eval[[]string](t, ctx, `courier.errors`); len(errs) != 1 {
+		t.Errorf("page errors: %q", errs)
+	}
+	screenshot(t, ctx, "webclient.png")
+}
+
+// level1Front is a front for the relay that describes it as offering
+// level 1 only (GET /), passing WebSocket upgrades to the real relay: the
+// page must then not try level 2.
+func level1Front(t *testing.T, relayAddr string) string {
+	t.Helper()
+	target, _ := url.Parse("http://" + relayAddr + "/")
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if !strings.EqualFold(req.Header.Get("Upgrade"), "websocket") {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Access-Control-Allow-Origin", "*")
+			fmt.Fprint(w, `{"name":"courier-relay","protocol_levels":[1]}`)
+			return
 		}
-	}
-	same := dial(t, wsURL)
-	same.subscribe(browserPeer.String(), browserKey) // the page's userID defaults to its peer ID
-	sentinel := []byte("sentinel after reconnect")
-	publisher.publish(browserPeer.String(), sentinel)
-	if id, msg := same.next(); !bytes.Equal(msg, sentinel) {
-		t.Errorf("reconnect with the page's userID: first delivery %s %q, want the new %q (acked messages replayed?)", id, msg, sentinel)
-	}
-	if err := chromedp.Do(ctx, browsertest.Poll(`courier.received.length === 3 && courier.received[2].acked`)); err != nil {
-		t.Errorf("page did not show and ack the third message: %v", err)
-	}
+		proxy.ServeHTTP(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
+}
 
-	t.Log("a refused subscribe rejects with the relay's reason")
-	refused := browsertest.Eval[string](t, ctx, fmt.Sprintf(`(async () => {
-		const c = new courier.lib.RelayClient();
-		await c.connect(%q);
-		try {
-			await c.subscribe("someone", "not-a-key");
-			return "accepted";
-		} catch (err) {
-			return err.message;
-		} finally {
-			c.close();
-		}
-	})()`, wsURL))
-	if !strings.HasPrefix(refused, "relay refused the subscription: ") {
-		t.Errorf("subscribe with a bad key: %q, want a refusal", refused)
-	}
-
-	if errs := browsertest.Eval[[]string](t, ctx, `courier.errors`); len(errs) > 0 {
-		t.Errorf("page showed errors: %q", errs)
-	}
-
+// screenshot saves the page as a PNG, in the test's temporary directory or
+// at $COURIER_WEBCLIENT_SCREENSHOT, for a person to look at.
+func screenshot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
-	path := filepath.Join(t.TempDir(), "webclient.png")
+	path := filepath.Join(t.TempDir(), name)
 	if p := os.Getenv("COURIER_WEBCLIENT_SCREENSHOT"); p != "" {
-		path = p // to keep it for a person to look at
+		path = p
 	}
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Fatal(err)
