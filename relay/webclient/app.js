@@ -189,6 +189,20 @@ function renderEntry(e) {
     body.textContent = e.text;
   }
   li.append(head, body);
+  if (e.dir === 'in' && e.peer && !e.error) {
+    // The Envelope carried the sender's key: a reply needs nothing typed.
+    const reply = document.createElement('button');
+    reply.type = 'button';
+    reply.className = 'small secondary reply';
+    reply.textContent = 'Reply';
+    reply.setAttribute('aria-label', `Reply to ${e.peer}`);
+    reply.addEventListener('click', () => {
+      $('to-peer').value = e.peer;
+      $('to-pubkey').value = e.senderPubKey || '';
+      $('text').focus();
+    });
+    li.append(reply);
+  }
   if (e.dir === 'out') {
     const st = document.createElement('p');
     st.className = 'state';

@@ -151,6 +151,7 @@ func TestEndToEnd(t *testing.T) {
 	if got, err := chromedp.Run(ctx, chromedp.Value(chromedp.ID("relay-url"))); err != nil || got != wsURL {
 		t.Errorf("default relay URL = %q (%v), want %q", got, err, wsURL)
 	}
+	screenshot(t, ctx, "webclient-start.png")
 	err := chromedp.Do(ctx,
 		chromedp.Click(chromedp.ID("create")), // "remember" left unticked
 		browsertest.Poll(`courier.client && courier.client.state === "subscribed" && courier.client.level === 2`),
@@ -187,10 +188,9 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("message text on the page = %q (%v)", text, err)
 	}
 
-	t.Log("browser → devnode: typed in the form, sealed and signed in the page, opened by devnode")
+	t.Log("browser → devnode: Reply fills in the sender and its key; sealed and signed in the page, opened by devnode")
 	err = chromedp.Do(ctx,
-		chromedp.SetValue(chromedp.ID("to-peer"), node.PeerID()),
-		chromedp.SetValue(chromedp.ID("to-pubkey"), node.PubKeyHex()),
+		chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-id="%s"] button.reply`, id))),
 		chromedp.SetValue(chromedp.ID("text"), "hello from the browser ✓"),
 		chromedp.Click(chromedp.ID("send")),
 	)
@@ -261,6 +261,58 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("page errors: %q", errs)
 	}
 	screenshot(t, ctx, "webclient.png")
+
+	t.Log("a relay whose challenge names another host: not signed, and the person is told")
+	elsewhere := relaytest.Start(t, nil, nil) // public_host "relay.test"
+	state = browsertest.Eval[string](t, ctx, fmt.Sprintf(`new Promise((resolve) => {
+		const c = new courier.lib.RelayClient({identity: courier.identity, url: %q});
+		c.onStatus = (s) => { if (s === "subscribed") { c.stop(); resolve("subscribed"); } };
+		c.onError = (e) => resolve(c.state + ": " + e);
+		c.start();
+	})`, elsewhere.URL()))
+	if !strings.HasPrefix(state, `stopped: the relay asked to sign in to "relay.test"`) {
+		t.Errorf("a challenge for another host: %s", state)
+	}
+
+	t.Log("with consent, the identity and the messages survive a reload; forgetting wipes them")
+	browsertest.Eval[bool](t, ctx, `(window.confirm = () => true) && true`)
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.ID("forget")),
+		browsertest.Poll(`courier.identity === null && localStorage.length === 0 && courier.messages.length === 0`),
+	)
+	if err != nil {
+		t.Fatalf("forget: %v", err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "identity.json")
+	if err := devnode.SaveIdentity(keyFile, devnode.IdentityFromMnemonic("abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about")); err != nil {
+		t.Fatal(err)
+	}
+	fileText, _ := os.ReadFile(keyFile)
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.ID("remember")),
+		chromedp.Click(chromedp.CSS("#import-box summary")),
+		chromedp.SetValue(chromedp.ID("import-text"), string(fileText)),
+		chromedp.Click(chromedp.ID("import")),
+		browsertest.Poll(`courier.client && courier.client.state === "subscribed"`),
+	)
+	if err != nil {
+		t.Fatalf("import with consent: %v (%v)", err, browsertest.Eval[[]string](t, ctx, `courier.errors`))
+	}
+	importedPeer, importedPub := browserIdentity(t, ctx)
+	if want := devnode.PeerID(devnode.IdentityFromMnemonic("abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about")); importedPeer != want {
+		t.Errorf("imported identity %s, want %s", importedPeer, want)
+	}
+	id3, res := other.send(importedPeer, importedPub, "kept across a reload")
+	if res.Status != "delivered" {
+		t.Errorf("publish to the imported identity: %+v", res)
+	}
+	browsertest.OpenClient(t, ctx, base) // a reload
+	err = chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.identity && courier.identity.peerID === %q &&
+		courier.messages.some((m) => m.id === %q) && courier.client && courier.client.state === "subscribed"`, importedPeer, id3)))
+	if err != nil {
+		t.Errorf("after a reload with consent: %v", err)
+	}
+	screenshot(t, ctx, "webclient-reloaded.png")
 }
 
 // level1Front is a front for the relay that describes it as offering
@@ -283,18 +335,20 @@ func level1Front(t *testing.T, relayAddr string) string {
 	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
 }
 
-// screenshot saves the page as a PNG, in the test's temporary directory or
-// at $COURIER_WEBCLIENT_SCREENSHOT, for a person to look at.
+// screenshot saves the page as a PNG named name, in the test's temporary
+// directory or in the directory $COURIER_WEBCLIENT_SCREENSHOTS, for a person
+// to look at.
 func screenshot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
-	path := filepath.Join(t.TempDir(), name)
-	if p := os.Getenv("COURIER_WEBCLIENT_SCREENSHOT"); p != "" {
-		path = p
+	dir := os.Getenv("COURIER_WEBCLIENT_SCREENSHOTS")
+	if dir == "" {
+		dir = t.TempDir()
 	}
+	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Fatal(err)
 	}
