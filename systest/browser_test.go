@@ -1,100 +1,101 @@
 package systest
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"testing"
 
 	"github.com/chromedp/chromedp"
 
-	"courier/devnode"
 	"courier/internal/browsertest"
 	"courier/wire"
 )
 
-// 6. Light client ↔ desktop: the browser client, served by the relay,
-// speaks the relay protocol itself. Messages go sidecar → browser and
-// browser → sidecar, as real ciphertext that the other end opens.
+// 6. Light client ↔ desktop: the browser client, served by the relay, with
+// an identity made in the page, signed in at level 2. Node A writes to it
+// through sidecar A; it writes to node B, which gets the message through
+// sidecar B and opens it (signature checked); the relay restarts and the
+// page comes back by itself.
 func TestLightClientAndDesktop(t *testing.T) {
 	ctx := browsertest.New(t, scenarioTimeout)
 	w := newWorld(t, options{})
 
-	// The light client's identity. A real light client seals and signs with
-	// its own crypto library; the page here carries bytes, so Go does the
-	// sealing for it and the page publishes exactly those bytes.
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	browserPeer := wire.PeerIDFromPublicKey(wire.MarshalPublicKey(pub))
-
 	browsertest.OpenClient(t, ctx, w.relay.HTTPURL())
-	err = chromedp.Do(ctx,
-		chromedp.SetValue(chromedp.ID("peer-id"), browserPeer.String()),
-		chromedp.Click(chromedp.ID("subscribe")),
-		browsertest.Poll(`courier.client.state === "subscribed"`),
+	err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.ID("create")),
+		browsertest.Poll(`courier.client && courier.client.state === "subscribed" && courier.client.level === 2`),
 	)
 	if err != nil {
-		t.Fatalf("subscribe in the page: %v", err)
+		t.Fatalf("create an identity and sign in: %v (page errors %q)", err, browsertest.Eval[[]string](t, ctx, `courier.errors`))
+	}
+	type ident struct{ PeerID, PubKey string }
+	me := browsertest.Eval[ident](t, ctx, `({PeerID: courier.identity.peerID, PubKey: courier.identity.publicKeyHex})`)
+	if key, _ := hex.DecodeString(me.PubKey); wire.PeerIDFromPublicKey(key).String() != me.PeerID {
+		t.Fatalf("page identity %+v: key and peer ID do not match", me)
 	}
 
-	t.Log("desktop → browser: node A sends through sidecar A; the page shows it and acks it")
-	sent, err := w.nodeA.SendTo(w.ctx, browserPeer.String(), hex.EncodeToString(wire.MarshalPublicKey(pub)), "hello, light client")
+	t.Log("desktop → browser: node A sends through sidecar A; the page opens it, shows it with its sender, acks it")
+	sent, err := w.nodeA.SendTo(w.ctx, me.PeerID, me.PubKey, "hello, light client")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.received.some((m) => m.id === %q && m.acked)`, sent.ID))); err != nil {
+	err = chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.messages.some((m) => m.id === %q && m.acked)`, sent.ID)))
+	if err != nil {
 		t.Fatalf("page never showed and acked %s: %v", sent.ID, err)
 	}
-	b64 := browsertest.Eval[string](t, ctx, fmt.Sprintf(`courier.received.find((m) => m.id === %q).encryptedMessage`, sent.ID))
-	ct, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		t.Fatal(err)
+	type shown struct{ Peer, Text, Error string }
+	got := browsertest.Eval[shown](t, ctx, fmt.Sprintf(`(() => { const m = courier.messages.find((m) => m.id === %q); return {Peer: m.peer, Text: m.text || "", Error: m.error || ""}; })()`, sent.ID))
+	if got.Peer != w.nodeA.PeerID || got.Text != "hello, light client" || got.Error != "" {
+		t.Errorf("page shows %+v, want node A's text", got)
 	}
-	opened, err := devnode.Open(ct, priv)
-	if err != nil || opened.Text != "hello, light client" || opened.SenderPeerID != w.nodeA.PeerID {
-		t.Errorf("the browser's copy opens to %+v, %v; want node A's text", opened, err)
-	}
-	// Only an anonymous (level-1) subscriber had it, which the relay does
-	// not count as delivery: sidecar A answers that NACK with OFFLINE too.
-	m := w.waitFinal(w.sideA, []string{sent.ID})[sent.ID]
-	if m.State != "handed_off" {
-		t.Errorf("sidecar A: %s %s (%s), want handed_off: a level-1 subscriber is not a confirmed delivery", m.State, m.Path, m.LastError)
+	// The page signed in as the recipient and acked: a confirmed delivery.
+	if m := w.waitFinal(w.sideA, []string{sent.ID})[sent.ID]; m.State != "delivered" || m.Path != "INDIRECT" {
+		t.Errorf("sidecar A: %s %s (%s), want delivered INDIRECT", m.State, m.Path, m.LastError)
 	}
 
-	t.Log("browser → desktop: the page publishes to node B; sidecar B takes it, node B opens it")
-	sealed, err := devnode.Seal(w.nodeBPub(t), priv, "hello from the browser")
+	t.Log("browser → desktop: typed in the page to node B; sidecar B takes it, node B opens it")
+	err = chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.ID("to-peer"), w.nodeB.PeerID),
+		chromedp.SetValue(chromedp.ID("to-pubkey"), w.nodeB.PubKey),
+		chromedp.SetValue(chromedp.ID("text"), "hello from the browser"),
+		chromedp.Click(chromedp.ID("send")),
+		browsertest.Poll(`courier.messages.some((m) => m.dir === "out" && m.id)`),
+	)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := browsertest.Eval[string](t, ctx, fmt.Sprintf(`courier.client.publish(%q, courier.lib.base64ToBytes(%q))`,
-		w.nodeB.PeerID, base64.StdEncoding.EncodeToString(sealed)))
-	if id != wire.MessageID(sealed) {
-		t.Errorf("page published %s, want %s", id, wire.MessageID(sealed))
+	id := browsertest.Eval[string](t, ctx, `courier.messages.find((m) => m.dir === "out").id`)
+	rec := w.waitReceived(w.nodeB, []string{id})[id]
+	if rec.Text != "hello from the browser" || rec.Sender != me.PeerID || rec.Path != "INDIRECT" {
+		t.Errorf("node B received %+v", rec)
 	}
-	got := w.waitReceived(w.nodeB, []string{id})[id]
-	if got.Text != "hello from the browser" || got.Sender != browserPeer.String() || got.Path != "INDIRECT" {
-		t.Errorf("node B received %+v", got)
+	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.messages.some((m) => m.id === %q && m.status === "delivered")`, id))); err != nil {
+		t.Errorf("the page never showed its message delivered: %v", err)
 	}
 	w.checkExactlyOnce(w.nodeB, []string{id})
+
+	t.Log("the relay restarts: the page reconnects by itself and gets node A's next message")
+	if err := w.relay.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, browsertest.Poll(`courier.client.state !== "subscribed"`)); err != nil {
+		t.Fatalf("the page did not notice the relay going: %v", err)
+	}
+	if err := w.relay.Restart(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, browsertest.Poll(`courier.client.state === "subscribed"`)); err != nil {
+		t.Fatalf("the page did not reconnect: %v", err)
+	}
+	w.waitConnected(w.sideA)
+	again, err := w.nodeA.SendTo(w.ctx, me.PeerID, me.PubKey, "after the restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, browsertest.Poll(fmt.Sprintf(`courier.messages.some((m) => m.id === %q && m.text === "after the restart" && m.acked)`, again.ID))); err != nil {
+		t.Errorf("page never showed %s after the restart: %v", again.ID, err)
+	}
 	if errs := browsertest.Eval[[]string](t, ctx, `courier.errors`); len(errs) > 0 {
 		t.Errorf("page showed errors: %q", errs)
 	}
-}
-
-// nodeBPub is node B's Ed25519 public key.
-func (w *world) nodeBPub(t *testing.T) ed25519.PublicKey {
-	t.Helper()
-	b, err := hex.DecodeString(w.nodeB.PubKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := wire.UnmarshalPublicKey(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pub
 }

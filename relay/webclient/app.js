@@ -266,8 +266,9 @@ async function received(msg) {
   }
   addEntry(e);
   saveMessages();
-  if (c) c.ack(id); // shown (and stored, where allowed): the relay may forget it
-  e.acked = true;
+  // Shown (and stored, where allowed): the relay may forget it. Not
+  // connected: the relay sends it again after the reconnect, acked then.
+  e.acked = c ? c.ack(id) : false;
 }
 
 function flushWaiting() {
