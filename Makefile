@@ -3,6 +3,7 @@
 #   make test     the whole test suite, with the race detector (what CI runs)
 #   make bench    the benchmarks whose numbers the README quotes
 #   make lint     gofmt check and go vet
+#   make vendor-check  the light client's vendored npm files are what package-lock.json gives (needs npm)
 #   make install  binaries, service units and example configs (PREFIX, DESTDIR)
 
 GO       ?= go
@@ -15,7 +16,7 @@ UNITDIR  ?= /etc/systemd/system
 BENCHCOUNT ?= 3
 CMDS     := courier courier-relay devnode
 
-.PHONY: all build test bench lint install clean demo
+.PHONY: all build test bench lint vendor-check install clean demo
 
 all: build
 
@@ -38,6 +39,9 @@ bench:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+vendor-check:
+	relay/webclient/vendor/update.sh --check
 
 install: build
 	install -D -m 0755 bin/courier $(DESTDIR)$(BINDIR)/courier

@@ -149,5 +149,18 @@ func TestProtocolFunctionsMatchGo(t *testing.T) {
 		}
 	})
 
+	t.Run("reconnect backoff", func(t *testing.T) {
+		// attempt → [min, max] in ms: doubling from 500, capped at 30 s, jittered in the upper half.
+		got := browsertest.Eval[[][]int](t, ctx, `[0, 1, 2, 6, 7, 40].map((a) => [
+			courier.lib.backoff(a, {random: () => 0}), courier.lib.backoff(a, {random: () => 0.999999})])`)
+		want := [][]int{{250, 500}, {500, 1000}, {1000, 2000}, {16000, 32000}, {15000, 30000}, {15000, 30000}}
+		want[3] = []int{15000, 30000} // 500·2^6 = 32 s is over the cap
+		for i := range want {
+			if got[i][0] != want[i][0] || got[i][1] != want[i][1] {
+				t.Errorf("backoff range %d: %v, want %v", i, got[i], want[i])
+			}
+		}
+	})
+
 	t.Run("OpenBazaar interop", func(t *testing.T) { testOpenBazaarInterop(t, ctx) })
 }

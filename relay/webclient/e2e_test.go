@@ -44,6 +44,8 @@ type peer struct {
 	t    *testing.T
 	node *devnode.Node
 	ws   *websocket.Conn
+	// replayed are the deliveries the relay replayed before Drained.
+	replayed []*wire.Delivery
 }
 
 func connectPeer(t *testing.T, wsURL string, node *devnode.Node) *peer {
@@ -71,10 +73,16 @@ func connectPeer(t *testing.T, wsURL string, node *devnode.Node) *peer {
 	if f := p.read(); f.Kind != wire.KindSubscribed {
 		t.Fatalf("subscribe: %+v", f)
 	}
-	if f := p.read(); f.Kind != wire.KindDrained {
-		t.Fatalf("want Drained, got %+v", f)
+	for {
+		f := p.read()
+		if f.Kind == wire.KindDrained {
+			return p
+		}
+		if f.Kind != wire.KindDelivery {
+			t.Fatalf("want a replayed delivery or Drained, got %+v", f)
+		}
+		p.replayed = append(p.replayed, f.Delivery)
 	}
-	return p
 }
 
 func (p *peer) write(b []byte) {
@@ -243,11 +251,33 @@ func TestEndToEnd(t *testing.T) {
 	if err := chromedp.Do(ctx, browsertest.Poll(`courier.client.state === "waiting"`)); err != nil {
 		t.Fatalf("the page did not notice the relay going: %v", err)
 	}
+	t.Log("written while the relay is away: held in the page, sent when it is back")
+	err = chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.ID("to-pubkey"), node.PubKeyHex()),
+		chromedp.SetValue(chromedp.ID("text"), "written while away"),
+		chromedp.Click(chromedp.ID("send")),
+		browsertest.Poll(`courier.messages.some((m) => m.text === "written while away" && m.status === "waiting")`),
+	)
+	if err != nil {
+		t.Fatalf("a message written while the relay is down: %v", err)
+	}
 	r.Restart()
 	if err := chromedp.Do(ctx, browsertest.Poll(`courier.client.state === "subscribed" && courier.client.level === 2`)); err != nil {
 		t.Fatalf("the page did not reconnect: %v", err)
 	}
+	// The devnode side is not connected yet: the relay keeps it (queued).
+	if err := chromedp.Do(ctx, browsertest.Poll(`courier.messages.some((m) => m.text === "written while away" && m.status === "queued")`)); err != nil {
+		t.Errorf("the held message was not sent after the reconnect: %v", err)
+	}
 	other = connectPeer(t, wsURL, node)
+	if len(other.replayed) != 1 {
+		t.Fatalf("devnode side got %d replayed messages, want the one written while away", len(other.replayed))
+	}
+	ct, _ = base64.StdEncoding.DecodeString(other.replayed[0].EncryptedMessage)
+	if m, err := node.Open(ct); err != nil || m.Text != "written while away" {
+		t.Errorf("replayed message opens to %+v, %v", m, err)
+	}
+	other.write(wire.ClientFrameBytes(wire.TypeAck, wire.Ack{MessageID: other.replayed[0].ID}))
 	id2, res := other.send(browserPeer, browserPub, "after the restart")
 	if res.Status != "delivered" {
 		t.Errorf("publish after the restart: %+v", res)
