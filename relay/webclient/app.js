@@ -262,6 +262,12 @@ async function received(msg) {
     const at = m.chat ? new Date(m.chat.seconds * 1000 + Math.floor(m.chat.nanos / 1e6)) : new Date();
     e = { dir: 'in', id, peer: m.sender, senderPubKey: m.senderPubKeyHex, text: m.text, typeName: m.typeName, at: at.toISOString(), receivedAt: new Date().toISOString() };
   } catch (err) {
+    if (err.notForUs && c && c.level === 1) {
+      // At level 1 the relay sends everything under the subscription key,
+      // which peers whose IDs share its prefix share: not for us, not shown.
+      c.ack(id);
+      return;
+    }
     e = { dir: 'in', id, peer: '', error: err.message, at: new Date().toISOString() };
   }
   addEntry(e);
@@ -334,7 +340,13 @@ function connect(ev) {
     return;
   }
   const url = $('relay-url').value.trim();
-  if (state.client && state.client.url === new URL(url, location.href).toString() && state.client.state !== 'stopped' && state.client.state !== 'replaced') {
+  let same = false;
+  try {
+    same = state.client && state.client.url === new URL(url).toString();
+  } catch {
+    // not a URL: RelayClient says so below
+  }
+  if (same && state.client.state !== 'stopped' && state.client.state !== 'replaced') {
     state.client.reconnectNow();
     return;
   }

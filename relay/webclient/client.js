@@ -190,6 +190,7 @@ export class RelayClient {
     this._forceLevel1 = false;
     this._outbox = new Map(); // ref → {frame, id}: not yet answered (level 2) or not yet sent
     this._refs = 0;
+    this._gen = 0; // bumped by every connect and stop: an older connect in flight gives up
   }
 
   _status(state, detail = '') {
@@ -212,6 +213,7 @@ export class RelayClient {
   /** Closes the connection for good. */
   stop() {
     this._running = false;
+    this._gen++;
     clearTimeout(this._timer);
     this._timer = null;
     const ws = this._ws;
@@ -246,10 +248,11 @@ export class RelayClient {
   }
 
   async _connect() {
+    const gen = ++this._gen;
     this._timer = null;
     this._status('connecting', this.url);
     const d = await this._describe();
-    if (!this._running) return;
+    if (!this._running || gen !== this._gen) return; // stopped, or a newer connect took over
     this.description = d;
     const levels = d && Array.isArray(d.protocol_levels) ? d.protocol_levels : null;
     // Level 2 when the relay says so, or cannot say (then a refusal of the

@@ -477,7 +477,11 @@ export function decrypt(id, ciphertext) {
   const key = x25519SecretKey(id);
   const plain = nacl.box.open(ciphertext.subarray(NONCE + EPH), ciphertext.subarray(0, NONCE), ciphertext.subarray(NONCE, NONCE + EPH), key);
   key.fill(0);
-  if (!plain) throw new Error('does not open with this identity: sealed to someone else, or altered on the way');
+  if (!plain) {
+    const err = new Error('does not open with this identity: sealed to someone else, or altered on the way');
+    err.notForUs = true;
+    throw err;
+  }
   return plain;
 }
 
