@@ -52,6 +52,9 @@ type options struct {
 	relayExtra   string
 	sidecarExtra string
 	noSidecarB   bool
+	// offlinePoll, when set, puts nodes A and B on the cluster's simulated
+	// OFFLINE network, polling at this interval.
+	offlinePoll time.Duration
 }
 
 func newWorld(t *testing.T, o options) *world {
@@ -77,10 +80,11 @@ func newWorld(t *testing.T, o options) *world {
 	if w.relay, err = w.c.StartRelay(ctx, "relay", o.relayExtra); err != nil {
 		t.Fatal(err)
 	}
-	if w.nodeA, err = w.c.StartDevNode(ctx, "nodeA"); err != nil {
+	nodeOpts := cluster.DevNodeOptions{Offline: o.offlinePoll > 0, OfflinePoll: o.offlinePoll}
+	if w.nodeA, err = w.c.StartDevNodeWith(ctx, "nodeA", nodeOpts); err != nil {
 		t.Fatal(err)
 	}
-	if w.nodeB, err = w.c.StartDevNode(ctx, "nodeB"); err != nil {
+	if w.nodeB, err = w.c.StartDevNodeWith(ctx, "nodeB", nodeOpts); err != nil {
 		t.Fatal(err)
 	}
 	if w.sideA, err = w.c.StartSidecar(ctx, "sidecarA", cluster.SidecarConfig{RelayURL: w.relay.URL(), Node: w.nodeA, Extra: o.sidecarExtra}); err != nil {
