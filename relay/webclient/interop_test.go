@@ -106,6 +106,31 @@ func testOpenBazaarInterop(t *testing.T, ctx context.Context) {
 		}
 	})
 
+	t.Run("recipients", func(t *testing.T) {
+		m := wire.MarshalPublicKey(pub)
+		ip, _ := wire.IdentityPeerID(m)
+		_, strangerPriv, _ := ed25519.GenerateKey(rand.Reader)
+		stranger := hex.EncodeToString(wire.MarshalPublicKey(strangerPriv.Public().(ed25519.PublicKey)))
+		cases := []struct{ peer, key, want string }{
+			{ip.String(), "", devnode.PeerID(priv)},                               // 12D3Koo… embeds the key
+			{devnode.PeerID(priv), hex.EncodeToString(m), devnode.PeerID(priv)},   // Qm… with the marshalled key
+			{devnode.PeerID(priv), hex.EncodeToString(pub), devnode.PeerID(priv)}, // Qm… with the raw key
+			{devnode.PeerID(priv), "", "error: give the recipient's public key"},
+			{devnode.PeerID(priv), stranger, "error: that public key belongs to"},
+			{ip.String(), stranger, "error: the public key is not the one embedded"},
+			{"QmNotAPeer", "", "error: "},
+		}
+		for _, c := range cases {
+			got := browsertest.Eval[string](t, ctx, fmt.Sprintf(`(() => { try { return courier.ob.parseRecipient(%q, %q).canonical; } catch (e) { return "error: " + e.message; } })()`, c.peer, c.key))
+			if !strings.HasPrefix(got, c.want) && !(strings.HasPrefix(c.want, "error: ") && strings.Contains(got, strings.TrimPrefix(c.want, "error: "))) {
+				t.Errorf("parseRecipient(%s, %.16s…) = %q, want %q", c.peer, c.key, got, c.want)
+			}
+			if _, err := devnode.ParseRecipient(c.peer, c.key); (err != nil) != strings.HasPrefix(c.want, "error: ") {
+				t.Errorf("devnode.ParseRecipient(%s, %.16s…) disagrees: %v", c.peer, c.key, err)
+			}
+		}
+	})
+
 	// The other side: devnode's identity.
 	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
 	otherPub := otherPriv.Public().(ed25519.PublicKey)
