@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"courier/wire"
@@ -110,6 +111,40 @@ func (q *Queue) PendingInbound(ctx context.Context, now time.Time, after int64, 
 		return nil, q.readErr("pending inbound", err)
 	}
 	return collect(rows, scanInbound, q.readErr)
+}
+
+// KnownInbound returns which of ids are in the inbox, in any state.
+func (q *Queue) KnownInbound(ctx context.Context, ids []string) (map[string]bool, error) {
+	if err := q.readable(); err != nil {
+		return nil, err
+	}
+	known := make(map[string]bool)
+	for len(ids) > 0 {
+		n := min(len(ids), 500) // SQLite's bound on parameters is far above
+		args := make([]any, n)
+		for i, id := range ids[:n] {
+			args[i] = id
+		}
+		rows, err := q.rdb.QueryContext(ctx, `SELECT id FROM inbox WHERE id IN (?`+strings.Repeat(", ?", n-1)+`)`, args...)
+		if err != nil {
+			return nil, q.readErr("known inbound", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, q.readErr("known inbound", err)
+			}
+			known[id] = true
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, q.readErr("known inbound", err)
+		}
+		ids = ids[n:]
+	}
+	return known, nil
 }
 
 // RefusedInbound lists up to limit inbound messages the node refused
