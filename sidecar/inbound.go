@@ -54,6 +54,10 @@ func (e *Engine) arrived(created []bool) {
 	}
 }
 
+// maxDirect bounds the inbound messages being pushed directly at once
+// (held in memory, ciphertext and all, until the node has them).
+const maxDirect = 1024
+
 // directOK reports whether a batch may go to the node before its commit:
 // the endpoint is not down, no message waits in the inbox ahead of it
 // (other than those being pushed directly already), and none of it is
@@ -64,6 +68,9 @@ func (e *Engine) directOK(ctx context.Context, in []queue.NewInbound) bool {
 		return false
 	}
 	claimed := e.claims.count()
+	if claimed+len(in) > maxDirect {
+		return false // a slow node: the rest waits in the inbox, not in memory
+	}
 	ahead, err := e.q.PendingInbound(ctx, farFuture, 0, claimed+1)
 	if err != nil {
 		return false
