@@ -59,6 +59,7 @@ type Engine struct {
 	link     relayLink
 	disp     dispatcher
 	health   nodeHealth
+	stats    deliveryStats
 	arrivals arrivals
 
 	// The inbound fast path (takeDirect): the messages it is pushing, the

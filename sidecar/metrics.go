@@ -26,6 +26,7 @@ type metrics struct {
 	pruned         *prometheus.CounterVec
 	latency        *prometheus.HistogramVec
 	relay          *prometheus.GaugeVec
+	stats          *deliveryStats // the last hour, for the status page
 }
 
 func newMetrics(e *Engine, relayState string) *metrics {
@@ -66,6 +67,7 @@ func newMetrics(e *Engine, relayState string) *metrics {
 			Help:    "From acceptance by the sidecar to delivered (INDIRECT) or handed off (OFFLINE), by path.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}, []string{"path"}),
+		stats: &e.stats,
 		relay: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "courier_relay_state", Help: "1 for the relay connection's current state, 0 for the others.",
 		}, []string{"state"}),
@@ -88,8 +90,10 @@ func (m *metrics) relayState(state string) {
 }
 
 func (m *metrics) delivered(o queue.Outbound) {
+	latency := o.UpdatedAt.Sub(o.CreatedAt)
 	m.deliveries.WithLabelValues(string(o.Path)).Inc()
-	m.latency.WithLabelValues(string(o.Path)).Observe(o.UpdatedAt.Sub(o.CreatedAt).Seconds())
+	m.latency.WithLabelValues(string(o.Path)).Observe(latency.Seconds())
+	m.stats.record(o.Path, o.UpdatedAt, latency)
 }
 
 var (

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"courier/sidecar"
 	"courier/sidecar/queue"
@@ -45,6 +46,14 @@ func TestFailedMessageRevived(t *testing.T) {
 	}
 	if n := len(a.Offline.Accepted()); n != 1 {
 		t.Errorf("OFFLINE endpoint took it %d times, want 1", n)
+	}
+	// The status page's numbers: one OFFLINE delivery this hour.
+	stats := s.E.DeliveryStats(time.Now())
+	if off := stats[queue.PathOffline]; off.Count != 1 || off.PerMinute[len(off.PerMinute)-1]+off.PerMinute[len(off.PerMinute)-2] != 1 || off.P50 <= 0 {
+		t.Errorf("OFFLINE stats = %+v", off)
+	}
+	if ind := stats[queue.PathIndirect]; ind.Count != 0 {
+		t.Errorf("INDIRECT stats = %+v", ind)
 	}
 }
 
