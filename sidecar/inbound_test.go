@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"courier/sidecar"
 	"courier/sidecar/queue"
@@ -68,6 +69,9 @@ func TestInboundNodeAnswers(t *testing.T) {
 				!strings.Contains(refused[0].LastError, fmt.Sprint(tc.status)) || refused[0].DeliveredAt.IsZero() {
 				t.Errorf("RefusedInbox = %+v, want %.8s refused with the node's %d", refused, ids[0], tc.status)
 			}
+			if att, err := p.b.E.Attention(context.Background(), time.Hour, 10); err != nil || len(att.Refused) != 1 || att.Refused[0].ID != ids[0] {
+				t.Errorf("Attention = %+v, %v; want the refused message", att, err)
+			}
 			if n := counterValue(t, p.b.E, "courier_inbound_refused_total"); n != 1 {
 				t.Errorf("courier_inbound_refused_total = %v, want 1", n)
 			}
@@ -118,6 +122,13 @@ func TestInboundEndpointMisconfigured(t *testing.T) {
 			}
 			if stat.Inbox.Pending != 3 || stat.Inbox.Refused != 0 {
 				t.Errorf("inbox = %+v, want 3 pending, none refused", stat.Inbox)
+			}
+			att, err := p.b.E.Attention(context.Background(), 0, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(att.Stuck) != 3 || att.Stuck[0].ID != ids[0] || att.Stuck[0].Ciphertext != nil || !strings.Contains(att.Stuck[0].LastError, fmt.Sprint(status)) {
+				t.Errorf("Attention stuck = %+v, want the 3 with the node's %d", att.Stuck, status)
 			}
 			p.b.Node.Inbound.Recover()
 			st.Eventually(t, "B's node to get all three", func() bool { return len(p.b.Node.Inbound.AcceptedIDs()) == 3 })

@@ -1,8 +1,10 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"courier/sidecar/queue"
@@ -66,4 +68,47 @@ func (e *Engine) Ready(ctx context.Context) error {
 		return err
 	}
 	return e.health.failing()
+}
+
+// Attention is what needs an operator's eye, oldest first in each list,
+// without ciphertext.
+type Attention struct {
+	// Failed outbound messages: given up on; LastError says why. A new
+	// POST of one queues it again.
+	Failed []queue.Outbound `json:"failed"`
+	// Waiting outbound messages: queued or sending for longer than asked.
+	Waiting []queue.Outbound `json:"waiting"`
+	// Refused inbound messages: the node's inbound endpoint answered 400
+	// or 422; LastError has its answer.
+	Refused []queue.Inbound `json:"refused"`
+	// Stuck inbound messages: the node has not taken them for longer than
+	// asked; LastError has the last failure.
+	Stuck []queue.Inbound `json:"stuck"`
+}
+
+// Attention lists up to limit of each kind of message that needs
+// attention: failed, refused, and those waiting longer than waiting.
+func (e *Engine) Attention(ctx context.Context, waiting time.Duration, limit int) (Attention, error) {
+	var a Attention
+	now := time.Now()
+	var err error
+	if a.Failed, err = e.q.Older(ctx, queue.Failed, farFuture, limit); err != nil {
+		return Attention{}, fmt.Errorf("failed messages: %w", err)
+	}
+	for _, s := range []queue.State{queue.Queued, queue.Sending} {
+		ms, err := e.q.Older(ctx, s, now.Add(-waiting), limit)
+		if err != nil {
+			return Attention{}, fmt.Errorf("waiting messages: %w", err)
+		}
+		a.Waiting = append(a.Waiting, ms...)
+	}
+	slices.SortFunc(a.Waiting, func(x, y queue.Outbound) int { return cmp.Compare(x.Seq, y.Seq) })
+	a.Waiting = a.Waiting[:min(len(a.Waiting), limit)]
+	if a.Refused, err = e.q.OlderInbound(ctx, queue.InboxRefused, farFuture, limit); err != nil {
+		return Attention{}, fmt.Errorf("refused messages: %w", err)
+	}
+	if a.Stuck, err = e.q.OlderInbound(ctx, queue.InboxPending, now.Add(-waiting), limit); err != nil {
+		return Attention{}, fmt.Errorf("stuck inbound messages: %w", err)
+	}
+	return a, nil
 }

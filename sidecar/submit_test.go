@@ -27,6 +27,13 @@ func TestFailedMessageRevived(t *testing.T) {
 	ct := st.Ciphertext("revive", 1, 100)
 	id := s.Submit(b, ct)
 	s.WaitMessage(id, queue.Failed)
+	att, err := s.E.Attention(context.Background(), time.Hour, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(att.Failed) != 1 || att.Failed[0].ID != id || att.Failed[0].Ciphertext != nil || !strings.Contains(att.Failed[0].LastError, "gave up") || len(att.Waiting) != 0 {
+		t.Errorf("Attention = %+v, want the failed message, without its ciphertext", att)
+	}
 
 	a.Offline.Recover()
 	m, created, err := s.E.Submit(context.Background(), b.Peer.String(), ct)

@@ -13,12 +13,18 @@ import (
 
 const inboxCols = "seq, id, ciphertext, received_at, state, finished_at, attempts, next_attempt_at, last_error"
 
+// inboxColsNoCT is inboxCols with an empty ciphertext.
+const inboxColsNoCT = "seq, id, x'', received_at, state, finished_at, attempts, next_attempt_at, last_error"
+
 func scanInbound(s scanner) (Inbound, error) {
 	var m Inbound
 	var received, finished, next int64
 	err := s.Scan(&m.Seq, &m.ID, &m.Ciphertext, &received, &m.State, &finished, &m.Attempts, &next, &m.LastError)
 	m.ReceivedAt, m.DeliveredAt, m.NextAttemptAt = fromNanos(received), fromNanos(finished), fromNanos(next)
 	m.Delivered = m.State == InboxDelivered
+	if len(m.Ciphertext) == 0 {
+		m.Ciphertext = nil
+	}
 	return m, err
 }
 
@@ -109,6 +115,24 @@ func (q *Queue) PendingInbound(ctx context.Context, now time.Time, after int64, 
 		ORDER BY seq LIMIT ?`, after, now.UnixNano(), limit)
 	if err != nil {
 		return nil, q.readErr("pending inbound", err)
+	}
+	return collect(rows, scanInbound, q.readErr)
+}
+
+// OlderInbound lists up to limit inbound messages in state received
+// before before, oldest first, without their ciphertext: for a status page
+// (what the node has not taken for long, what it refused).
+func (q *Queue) OlderInbound(ctx context.Context, state InboxState, before time.Time, limit int) ([]Inbound, error) {
+	if limit <= 0 || (state != InboxPending && state != InboxDelivered && state != InboxRefused) {
+		return nil, fmt.Errorf("older inbound: %w: state %q, limit %d", ErrInvalid, state, limit)
+	}
+	if err := q.readable(); err != nil {
+		return nil, err
+	}
+	rows, err := q.rdb.QueryContext(ctx, `SELECT `+inboxColsNoCT+` FROM inbox
+		WHERE state = ? AND received_at < ? ORDER BY seq LIMIT ?`, state, before.UnixNano(), limit)
+	if err != nil {
+		return nil, q.readErr("older inbound", err)
 	}
 	return collect(rows, scanInbound, q.readErr)
 }

@@ -227,6 +227,24 @@ func (q *Queue) Recent(ctx context.Context, limit int) ([]Outbound, error) {
 	return collect(rows, scanOutbound, q.readErr)
 }
 
+// Older lists up to limit outbound messages in state whose CreatedAt is
+// before before, oldest first, without their ciphertext: for a status page
+// (what failed, what waits long).
+func (q *Queue) Older(ctx context.Context, state State, before time.Time, limit int) ([]Outbound, error) {
+	if !state.valid() || limit <= 0 {
+		return nil, fmt.Errorf("older: %w: state %q, limit %d", ErrInvalid, state, limit)
+	}
+	if err := q.readable(); err != nil {
+		return nil, err
+	}
+	rows, err := q.rdb.QueryContext(ctx, `SELECT `+outboxColsNoCT+` FROM outbox
+		WHERE state = ? AND created_at < ? ORDER BY seq LIMIT ?`, state, before.UnixNano(), limit)
+	if err != nil {
+		return nil, q.readErr("older", err)
+	}
+	return collect(rows, scanOutbound, q.readErr)
+}
+
 // OutboxCounts counts the queue's messages.
 type OutboxCounts struct {
 	// Outbox counts outbound messages by state, then path. Missing
