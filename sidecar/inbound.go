@@ -113,8 +113,11 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 	// The pushes of one batch start after those of the one before have
 	// ended, and not at all if those stopped short: the node gets them in
 	// the relay's order.
-	run := &directRun{done: pushed}
+	run := &directRun{done: pushed, released: make(chan struct{})}
 	prev := e.directLast.Swap(run)
+	if prev != nil && prev.isReleased() {
+		prev = nil // over, and what it left is in the inbox ahead: nothing to wait for
+	}
 	e.direct.Add(3) // the commit, the pushes, and finish below
 	go func() {
 		defer e.direct.Done()
@@ -144,6 +147,7 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 			}
 			e.health.record("inbound", nil)
 			e.m.pushed.Inc()
+			e.m.pushedDirect.Inc()
 			took++
 		}
 	}()
@@ -152,6 +156,7 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 		<-committed
 		<-pushed
 		e.finishDirect(ctx, ids, created, commitErr, took, stopErr)
+		close(run.released)
 	}()
 	select {
 	case <-committed:
@@ -172,10 +177,22 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 }
 
 // directRun is one takeDirect's pushes: done is closed when they have
-// ended, ok says (then) whether the node took every message.
+// ended, ok says (then) whether the node took every message; released is
+// closed once finishDirect has recorded the outcome and released the
+// claims (what the node did not take is then pending in the inbox).
 type directRun struct {
-	done chan struct{}
-	ok   bool
+	done     chan struct{}
+	ok       bool
+	released chan struct{}
+}
+
+func (r *directRun) isReleased() bool {
+	select {
+	case <-r.released:
+		return true
+	default:
+		return false
+	}
 }
 
 // errBehindFailure: a batch's pushes were not tried, since those of the

@@ -139,6 +139,13 @@ func TestInboundEndpointMisconfigured(t *testing.T) {
 				}
 			}
 			st.Eventually(t, "B ready again", func() bool { return p.b.E.Ready(context.Background()) == nil })
+			// Once the inbox has caught up, new messages go to the node
+			// directly again, before their commit.
+			before := counterValue(t, p.b.E, "courier_inbound_pushed_direct_total")
+			st.Eventually(t, "a new message pushed directly", func() bool {
+				waitInbound(t, p.b.Node, p.a.Submit(p.b.Node, st.Ciphertext("after recovery", int(time.Now().UnixNano()), 100)))
+				return counterValue(t, p.b.E, "courier_inbound_pushed_direct_total") > before
+			})
 		})
 	}
 }
