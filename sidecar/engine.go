@@ -206,6 +206,7 @@ func (e *Engine) Close() error {
 	}
 	e.closed = true
 	e.mu.Unlock()
+	e.node.close()
 	return e.q.Close()
 }
 
