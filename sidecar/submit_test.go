@@ -71,13 +71,25 @@ func TestLargerThanTheRelayGoesOffline(t *testing.T) {
 	r := st.StartRelay(t, nil, nil)
 	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
 	cfg := st.Config(a, r.URL(), t.TempDir())
-	s := st.StartSidecar(t, a, cfg, st.Options())
+	// Over 4 MiB through JSON, under -race, on two loaded cores: the fake
+	// node may take seconds to read it. Patience, not a retry.
+	opts := st.Options()
+	opts.NodeTimeout = 2 * time.Minute
+	s := st.StartSidecar(t, a, cfg, opts)
 	s.WaitRelay(sidecar.RelayConnected)
 	noAck := st.DialNoAck(t, r, b)
 
 	big := st.Ciphertext("big", 1, r.Cfg.Limits.MaxMessageBytes+1)
 	id := s.Submit(b, big)
-	m := s.WaitMessage(id, queue.HandedOff)
+	deadline := time.Now().Add(3 * time.Minute)
+	for s.Message(id).State != queue.HandedOff {
+		if time.Now().After(deadline) {
+			m := s.Message(id)
+			t.Fatalf("not handed off within 3 minutes: %s, path %q, attempts %d, last error %q", m.State, m.Path, m.Attempts, m.LastError)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition
+	}
+	m := s.Message(id)
 	if m.Path != queue.PathOffline || !strings.Contains(m.LastError, "too_large") {
 		t.Errorf("path %q, last error %q; want OFFLINE, too_large", m.Path, m.LastError)
 	}
