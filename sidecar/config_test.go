@@ -187,6 +187,8 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{"foo: unknown key", "store.bar: unknown key"}},
 		{"duration as number", "[delivery]\nrelay_grace = 10",
 			[]string{`delivery.relay_grace: write a duration as a string with a unit`}},
+		{"retention as number", "[store]\nretention = 72",
+			[]string{`store.retention: write a duration as a string with a unit`}},
 		{"bad duration", "[delivery]\nretry_wait_max = \"5 minutes\"",
 			[]string{"delivery.retry_wait_max", "5 minutes"}},
 		{"wrong type", "[api]\nlisten = 4100",
@@ -236,6 +238,13 @@ func TestValidate(t *testing.T) {
 		{"zero relay grace", func(c *Config) { c.Delivery.RelayGrace = 0 }},
 		{"normal sync", func(c *Config) { c.Store.Synchronous = "normal" }},
 		{"min equals max", func(c *Config) { c.Delivery.RetryWaitMax = c.Delivery.RetryWaitMin }},
+		{"relay_host", func(c *Config) { c.RelayHost = "relay.example.org" }},
+		{"relay_host with port", func(c *Config) { c.RelayHost = "relay.example.org:8443" }},
+		{"relay_host left after opting out", func(c *Config) { c.RelayURL, c.RelayHost = "", "relay.example.org" }},
+		{"basic auth", func(c *Config) { c.Node.Username, c.Node.PasswordFile = "courier", "/etc/courier/pw" }},
+		{"cookie", func(c *Config) { c.Node.CookieFile = "/var/lib/openbazaar/.cookie" }},
+		{"small message limit", func(c *Config) { c.API.MaxMessageBytes = 1 }},
+		{"short retention", func(c *Config) { c.Store.Retention = time.Minute }},
 	}
 	for _, tt := range ok {
 		t.Run(tt.name, func(t *testing.T) {
@@ -253,6 +262,13 @@ func TestValidate(t *testing.T) {
 		want   string // the error starts a line with this
 	}{
 		{"relay http", func(c *Config) { c.RelayURL = "http://relay/" }, "relay_url: "},
+		{"relay_host a URL", func(c *Config) { c.RelayHost = "wss://relay.example.org/" }, "relay_host: "},
+		{"relay_host with a space", func(c *Config) { c.RelayHost = "relay example" }, "relay_host: "},
+		{"username alone", func(c *Config) { c.Node.Username = "courier" }, "node.username"},
+		{"password_file alone", func(c *Config) { c.Node.PasswordFile = "/etc/courier/pw" }, "node.username"},
+		{"message limit 0", func(c *Config) { c.API.MaxMessageBytes = 0 }, "api.max_message_bytes: "},
+		{"message limit over 16 MiB", func(c *Config) { c.API.MaxMessageBytes = MaxMessageBytes + 1 }, "api.max_message_bytes: "},
+		{"retention 0", func(c *Config) { c.Store.Retention = 0 }, "store.retention: "},
 		{"relay no host", func(c *Config) { c.RelayURL = "ws:///x" }, "relay_url: "},
 		{"relay not a URL", func(c *Config) { c.RelayURL = "ws://bad host/" }, "relay_url: "},
 		{"relay bare host", func(c *Config) { c.RelayURL = "relay.example.org" }, "relay_url: "},
@@ -323,6 +339,18 @@ func TestLoadConfig(t *testing.T) {
 	}
 	if cfg, err := LoadConfig(path); err != nil || cfg.Store.Path != "/abs/q.db" {
 		t.Errorf("absolute store.path: %q, %v", cfg.Store.Path, err)
+	}
+
+	// The node's credential files, like store.path, relative to the file.
+	if !strings.Contains(minimalTOML, "[node]") {
+		t.Fatal("minimalTOML has no [node] table")
+	}
+	creds := strings.Replace(minimalTOML, "[node]\n", "[node]\nusername = \"courier\"\npassword_file = \"secrets/pw\"\ncookie_file = \"/var/lib/openbazaar/.cookie\"\n", 1)
+	if err := os.WriteFile(path, []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := LoadConfig(path); err != nil || cfg.Node.PasswordFile != filepath.Join(dir, "secrets", "pw") || cfg.Node.CookieFile != "/var/lib/openbazaar/.cookie" {
+		t.Errorf("credential files: %q, %q, %v", cfg.Node.PasswordFile, cfg.Node.CookieFile, err)
 	}
 
 	if err := os.WriteFile(path, []byte("bogus = 1\n"), 0o600); err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"courier/sidecar"
+	"courier/sidecar/queue"
 	st "courier/sidecar/sidecartest"
 )
 
@@ -38,6 +39,9 @@ func TestKilledBeforeInboxCommit(t *testing.T) {
 	sa.WaitRelay(sidecar.RelayConnected)
 	st.Eventually(t, "B's child sidecar to connect", func() bool { return relaySubscriptions(t, r) >= 2 })
 
+	// The node fails every push: only the inbox can make the message
+	// durable at B, and its commit never comes.
+	b.Inbound.FailAlways(http.StatusServiceUnavailable)
 	id := sa.Submit(b, st.Ciphertext("crash", 1, 100))
 	child.waitLine(t, "HOOK")
 	// Give an ack sent before the commit (the bug) time to reach the
@@ -48,14 +52,47 @@ func TestKilledBeforeInboxCommit(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	child.kill(t)
-	if n := len(b.Inbound.Requests()); n != 0 {
-		t.Fatalf("B's node got %d requests before the commit", n)
+	if n := len(b.Inbound.Accepted()); n != 0 {
+		t.Fatalf("B's node took %d messages while it was failing", n)
 	}
+	b.Inbound.Recover()
 
 	// B's sidecar again, on the same store: the relay replays the message.
 	sb := st.StartSidecar(t, b, cfgB, st.Options())
 	sb.WaitRelay(sidecar.RelayConnected)
 	waitInbound(t, b, id)
+}
+
+// The other half of the rule: once the node has a message (its inbound
+// endpoint answered 2xx), the relay is acked without waiting for the inbox
+// commit: the sender hears delivered while B's commit is still stuck, and
+// a SIGKILL then costs nothing: the node has it, the relay does not send
+// it again.
+func TestAckedOnceTheNodeHasIt(t *testing.T) {
+	r := st.StartRelay(t, nil, nil)
+	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
+	sa := st.StartSidecar(t, a, st.Config(a, r.URL(), t.TempDir()), st.Options())
+	cfgB := st.Config(b, r.URL(), t.TempDir())
+	child := startCrashChild(t, cfgB)
+	child.waitLine(t, "RUNNING")
+	sa.WaitRelay(sidecar.RelayConnected)
+	st.Eventually(t, "B's child sidecar to connect", func() bool { return relaySubscriptions(t, r) >= 2 })
+
+	id := sa.Submit(b, st.Ciphertext("at the node first", 1, 100))
+	child.waitLine(t, "HOOK") // the commit is stuck for good
+	if m := sa.WaitMessage(id, queue.Delivered); m.Path != queue.PathIndirect {
+		t.Errorf("A's message: path %q", m.Path)
+	}
+	waitInbound(t, b, id)
+	child.kill(t)
+
+	sb := st.StartSidecar(t, b, cfgB, st.Options())
+	sb.WaitRelay(sidecar.RelayConnected)
+	next := sa.Submit(b, st.Ciphertext("after the crash", 2, 100))
+	waitInbound(t, b, next) // a replay of the first would have come before it
+	if got := b.Inbound.AcceptedIDs(); got[id] != 1 {
+		t.Errorf("B's node got the first message %d times, want 1", got[id])
+	}
 }
 
 // TestInboxCrashChild is TestKilledBeforeInboxCommit's child process: a

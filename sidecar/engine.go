@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -59,6 +60,14 @@ type Engine struct {
 	disp     dispatcher
 	health   nodeHealth
 	arrivals arrivals
+
+	// The inbound fast path (takeDirect): the messages it is pushing, the
+	// commits it left running after an early ack, and whether the pusher
+	// found the endpoint down.
+	claims       claims
+	direct       sync.WaitGroup
+	directLast   atomic.Pointer[directRun]
+	endpointDown atomic.Bool
 
 	mu     sync.Mutex // guards cfg and closed
 	cfg    Config
@@ -180,6 +189,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.janitor(gctx) })
 	err := g.Wait()
 	e.disp.trackers.Wait()
+	e.direct.Wait()
 	if ctx.Err() != nil {
 		return nil // stopped as asked, by cancel or by deadline
 	}
@@ -195,6 +205,7 @@ func (e *Engine) Close() error {
 	}
 	e.closed = true
 	e.mu.Unlock()
+	e.node.close()
 	return e.q.Close()
 }
 

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -10,19 +11,36 @@ import (
 	"courier/upstream"
 )
 
-// takeInbound is upstream's Handler: it stores a batch of messages from the
-// relay durably (deduplicated by ID) and only then returns, so that upstream
-// acks them. One commit for the whole batch keeps the relay's order.
+// takeInbound is upstream's Handler: it returns once every message of the
+// batch is durable, at the node or in the inbox, so that upstream acks
+// them then (PROTOCOL.md, "Durability: when each hop answers").
+//
+// When the node's inbound endpoint is working and nothing is waiting in the
+// inbox ahead of the batch, the batch is pushed to the node while its inbox
+// commit runs (takeDirect): the relay is acked as soon as the node has the
+// messages, without waiting for the fsync. Otherwise the batch is
+// committed first and the pusher takes it from the inbox. One commit for
+// the whole batch keeps the relay's order.
 func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) error {
 	in := make([]queue.NewInbound, len(batch))
 	now := time.Now()
 	for i, m := range batch {
 		in[i] = queue.NewInbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: now}
 	}
+	cfg := e.Config()
+	if cfg.Node.InboundURL != "" && e.directOK(ctx, in) {
+		return e.takeDirect(ctx, cfg, in)
+	}
 	created, err := e.q.AddInboundBatch(ctx, in)
 	if err != nil {
 		return fmt.Errorf("store inbound: %w", err)
 	}
+	e.arrived(created)
+	return nil
+}
+
+// arrived counts and announces newly stored inbound messages.
+func (e *Engine) arrived(created []bool) {
 	n := 0
 	for _, c := range created {
 		if c {
@@ -34,7 +52,253 @@ func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) erro
 		e.arrivals.notify()
 		signal(e.wakeInbound)
 	}
+}
+
+// maxDirect bounds the inbound messages being pushed directly at once
+// (held in memory, ciphertext and all, until the node has them).
+const maxDirect = 1024
+
+// directOK reports whether a batch may go to the node before its commit:
+// the endpoint is not down, no message waits in the inbox ahead of it
+// (other than those being pushed directly already), and none of it is
+// known or being pushed already (a redelivery goes through the inbox,
+// whose commit drops it).
+func (e *Engine) directOK(ctx context.Context, in []queue.NewInbound) bool {
+	if e.endpointDown.Load() {
+		return false
+	}
+	claimed := e.claims.count()
+	if claimed+len(in) > maxDirect {
+		return false // a slow node: the rest waits in the inbox, not in memory
+	}
+	ahead, err := e.q.PendingInbound(ctx, farFuture, 0, claimed+1)
+	if err != nil {
+		return false
+	}
+	for _, m := range ahead {
+		if !e.claims.has(m.ID) {
+			return false
+		}
+	}
+	ids := make([]string, len(in))
+	for i, m := range in {
+		if e.claims.has(m.ID) {
+			return false // the relay sent it again while an earlier copy is still being committed
+		}
+		ids[i] = m.ID
+	}
+	known, err := e.q.KnownInbound(ctx, ids)
+	return err == nil && len(known) == 0
+}
+
+// takeDirect pushes a batch to the node, in order, while its inbox commit
+// runs, and returns as soon as every message is durable somewhere: all at
+// the node (2xx), or in the inbox (the commit done), whichever comes
+// first. The pusher leaves the batch alone meanwhile (claims); once both
+// the pushes and the commit are over, what the node took is marked
+// delivered, and what it did not is the pusher's.
+func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbound) error {
+	ids := make([]string, len(in))
+	for i, m := range in {
+		ids[i] = m.ID
+	}
+	e.claims.add(ids)
+	var (
+		created   []bool
+		commitErr error
+		took      int   // pushed and taken, in order
+		stopErr   error // why the pushes stopped short
+	)
+	committed, pushed := make(chan struct{}), make(chan struct{})
+	// The pushes of one batch start after those of the one before have
+	// ended, and not at all if those stopped short: the node gets them in
+	// the relay's order.
+	run := &directRun{done: pushed, released: make(chan struct{})}
+	prev := e.directLast.Swap(run)
+	if prev != nil && prev.isReleased() {
+		prev = nil // over, and what it left is in the inbox ahead: nothing to wait for
+	}
+	e.direct.Add(3) // the commit, the pushes, and finish below
+	go func() {
+		defer e.direct.Done()
+		defer close(committed)
+		created, commitErr = e.q.AddInboundBatch(context.WithoutCancel(ctx), in)
+	}()
+	go func() {
+		defer e.direct.Done()
+		defer close(pushed)
+		defer func() { run.ok = took == len(in) }()
+		if prev != nil {
+			<-prev.done
+			if !prev.ok {
+				stopErr = errBehindFailure
+				return
+			}
+		}
+		for _, m := range in {
+			if ctx.Err() != nil {
+				stopErr = ctx.Err()
+				return
+			}
+			err := e.pushOne(ctx, cfg, queue.Inbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: m.ReceivedAt})
+			if err != nil {
+				stopErr = err
+				return
+			}
+			e.health.record("inbound", nil)
+			e.m.pushed.Inc()
+			e.m.pushedDirect.Inc()
+			took++
+		}
+	}()
+	go func() {
+		defer e.direct.Done()
+		<-committed
+		<-pushed
+		e.finishDirect(ctx, ids, created, commitErr, took, stopErr)
+		close(run.released)
+	}()
+	select {
+	case <-committed:
+		if commitErr == nil {
+			return nil // durable in the inbox
+		}
+		<-pushed
+	case <-pushed:
+		if took == len(in) {
+			return nil // durable at the node
+		}
+		<-committed
+	}
+	if commitErr != nil && took < len(in) {
+		return fmt.Errorf("store inbound: %w", commitErr)
+	}
 	return nil
+}
+
+// directRun is one takeDirect's pushes: done is closed when they have
+// ended, ok says (then) whether the node took every message; released is
+// closed once finishDirect has recorded the outcome and released the
+// claims (what the node did not take is then pending in the inbox).
+type directRun struct {
+	done     chan struct{}
+	ok       bool
+	released chan struct{}
+}
+
+func (r *directRun) isReleased() bool {
+	select {
+	case <-r.released:
+		return true
+	default:
+		return false
+	}
+}
+
+// errBehindFailure: a batch's pushes were not tried, since those of the
+// batch before stopped short.
+var errBehindFailure = errors.New("an earlier inbound message was not taken")
+
+// finishDirect records what came of takeDirect's pushes once its commit
+// is over too, and hands the rest to the pusher.
+func (e *Engine) finishDirect(ctx context.Context, ids []string, created []bool, commitErr error, took int, stopErr error) {
+	markCtx := context.WithoutCancel(ctx)
+	var done []string
+	if commitErr != nil {
+		e.log.Error("store inbound", "err", commitErr, "at_node", took, "of", len(ids))
+	} else {
+		e.arrived(created)
+		if err := e.q.MarkInboundDeliveredBatch(markCtx, ids[:took]); err != nil {
+			e.log.Error("mark inbound delivered", "err", err)
+		} else {
+			done = ids[:took]
+		}
+	}
+	if stopErr != nil && took < len(ids) && commitErr == nil {
+		switch {
+		case refused(stopErr):
+			e.health.record("inbound", nil)
+			e.log.Error("node refused an inbound message; kept as refused, not offered again", "id", ids[took], "err", stopErr)
+			e.m.refused.Inc()
+			if err := e.q.MarkInboundRefused(markCtx, ids[took], "refused by the node: "+stopErr.Error()); err != nil {
+				e.log.Error("record inbound refusal", "id", ids[took], "err", err)
+			}
+		case errors.Is(stopErr, errBehindFailure):
+			// Not tried: the pusher offers them after the earlier ones.
+		case ctx.Err() == nil:
+			e.health.record("inbound", stopErr)
+			if err := e.q.InboundAttempt(markCtx, ids[took], "inbound endpoint: "+stopErr.Error(), time.Time{}); err != nil {
+				e.log.Error("record inbound attempt", "id", ids[took], "err", err)
+			}
+		}
+	}
+	e.claims.release(ids, done)
+	signal(e.wakeInbound) // the pusher takes what the node did not
+}
+
+// claims are the inbound messages takeDirect is pushing: the pusher leaves
+// them alone. Those it has released since the pusher last listed the inbox
+// (done) are left alone too: they were pending when the pusher read its
+// list, and are delivered now.
+type claims struct {
+	mu   sync.Mutex
+	ids  map[string]int
+	done map[string]bool
+}
+
+// release ends the claims on ids; delivered are now marked delivered.
+func (c *claims) release(ids, delivered []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(map[string]bool)
+	}
+	for _, id := range delivered {
+		c.done[id] = true
+	}
+	for _, id := range ids {
+		if c.ids[id]--; c.ids[id] <= 0 {
+			delete(c.ids, id)
+		}
+	}
+}
+
+// listing is called by the pusher just before it reads a page of the
+// inbox: what was released before is in what it reads.
+func (c *claims) listing() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.done)
+}
+
+// skip reports whether the pusher must leave message id alone.
+func (c *claims) skip(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ids[id] > 0 || c.done[id]
+}
+
+func (c *claims) add(ids []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ids == nil {
+		c.ids = make(map[string]int)
+	}
+	for _, id := range ids {
+		c.ids[id]++
+	}
+}
+
+func (c *claims) has(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ids[id] > 0
+}
+
+func (c *claims) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.ids)
 }
 
 // arrivals tells long polls (Inbox) that inbound messages arrived.
@@ -110,6 +374,9 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 	if p.down && !p.fresh && time.Now().Before(p.retryAt) {
 		return nil
 	}
+	if e.claims.count() > 0 {
+		return nil // direct pushes are under way, ahead of what the inbox holds; their end wakes the pusher
+	}
 	p.fresh = false
 	// Once the node has a message, recording that must not be undone by a
 	// shutdown: with ctx cancelled the queue would skip the write and the
@@ -129,6 +396,7 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 	}
 	defer func() { _ = flush() }() // what the node took is marked, whatever happens
 	for {
+		e.claims.listing()
 		msgs, err := e.q.PendingInbound(ctx, farFuture, after, 256)
 		if err != nil {
 			return fmt.Errorf("list inbound: %w", err)
@@ -141,6 +409,9 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 			after = m.Seq
 			if m.NextAttemptAt.After(time.Now()) {
 				continue // a message the node failed while taking others: waiting for its own retry
+			}
+			if e.claims.skip(m.ID) {
+				continue // being pushed directly (takeDirect), or just was
 			}
 			if ctx.Err() != nil {
 				return flush()
@@ -160,6 +431,7 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 					}
 				}
 				tookOne, p.down, p.tries = true, false, 0
+				e.endpointDown.Store(false)
 				if suspect != nil {
 					if err := e.inboundPoison(markCtx, cfg, *suspect, suspectEr); err != nil {
 						return err
@@ -227,6 +499,7 @@ func (e *Engine) inboundPoison(ctx context.Context, cfg Config, m queue.Inbound,
 // the endpoint is back), and the pusher waits with backoff.
 func (e *Engine) inboundDown(ctx context.Context, cfg Config, p *pusher, cause error, failed ...queue.Inbound) error {
 	p.down = true
+	e.endpointDown.Store(true)
 	p.tries++
 	p.retryAt = time.Now().Add(retryWait(cfg.Delivery.RetryWaitMin, cfg.Delivery.RetryWaitMax, p.tries))
 	e.log.Warn("node's inbound endpoint is failing; will retry", "tries", p.tries, "retry_at", p.retryAt, "err", cause)

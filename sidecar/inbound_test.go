@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"courier/sidecar"
 	"courier/sidecar/queue"
@@ -68,6 +69,9 @@ func TestInboundNodeAnswers(t *testing.T) {
 				!strings.Contains(refused[0].LastError, fmt.Sprint(tc.status)) || refused[0].DeliveredAt.IsZero() {
 				t.Errorf("RefusedInbox = %+v, want %.8s refused with the node's %d", refused, ids[0], tc.status)
 			}
+			if att, err := p.b.E.Attention(context.Background(), time.Hour, 10); err != nil || len(att.Refused) != 1 || att.Refused[0].ID != ids[0] {
+				t.Errorf("Attention = %+v, %v; want the refused message", att, err)
+			}
 			if n := counterValue(t, p.b.E, "courier_inbound_refused_total"); n != 1 {
 				t.Errorf("courier_inbound_refused_total = %v, want 1", n)
 			}
@@ -119,6 +123,13 @@ func TestInboundEndpointMisconfigured(t *testing.T) {
 			if stat.Inbox.Pending != 3 || stat.Inbox.Refused != 0 {
 				t.Errorf("inbox = %+v, want 3 pending, none refused", stat.Inbox)
 			}
+			att, err := p.b.E.Attention(context.Background(), 0, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(att.WaitingInbound) != 3 || att.WaitingInbound[0].ID != ids[0] || att.WaitingInbound[0].Ciphertext != nil || !strings.Contains(att.WaitingInbound[0].LastError, fmt.Sprint(status)) {
+				t.Errorf("Attention stuck = %+v, want the 3 with the node's %d", att.WaitingInbound, status)
+			}
 			p.b.Node.Inbound.Recover()
 			st.Eventually(t, "B's node to get all three", func() bool { return len(p.b.Node.Inbound.AcceptedIDs()) == 3 })
 			got := p.b.Node.Inbound.Accepted()
@@ -128,6 +139,13 @@ func TestInboundEndpointMisconfigured(t *testing.T) {
 				}
 			}
 			st.Eventually(t, "B ready again", func() bool { return p.b.E.Ready(context.Background()) == nil })
+			// Once the inbox has caught up, new messages go to the node
+			// directly again, before their commit.
+			before := counterValue(t, p.b.E, "courier_inbound_pushed_direct_total")
+			st.Eventually(t, "a new message pushed directly", func() bool {
+				waitInbound(t, p.b.Node, p.a.Submit(p.b.Node, st.Ciphertext("after recovery", int(time.Now().UnixNano()), 100)))
+				return counterValue(t, p.b.E, "courier_inbound_pushed_direct_total") > before
+			})
 		})
 	}
 }
@@ -156,11 +174,14 @@ func TestInboundPoisonMessage(t *testing.T) {
 	// Later ones too: the pusher is not stuck behind it.
 	late := p.a.Submit(p.b.Node, st.Ciphertext("late", 99, 100))
 	waitInbound(t, p.b.Node, late)
-	stat, err := p.b.E.Status(context.Background(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if stat.Inbox.Pending != 1 || stat.Inbox.Refused != 0 {
+	// The node may have a message a moment before it is marked delivered.
+	var stat sidecar.Status
+	st.Eventually(t, "B's inbox to hold the poison alone, pending", func() bool {
+		var err error
+		stat, err = p.b.E.Status(context.Background(), 0)
+		return err == nil && stat.Inbox.Pending == 1 && stat.Inbox.Delivered == 21
+	})
+	if stat.Inbox.Refused != 0 {
 		t.Errorf("inbox = %+v, want the poison pending, not refused", stat.Inbox)
 	}
 	tries := 0

@@ -21,6 +21,7 @@ type metrics struct {
 	failed         prometheus.Counter
 	inbound        prometheus.Counter
 	pushed         prometheus.Counter
+	pushedDirect   prometheus.Counter
 	refused        prometheus.Counter
 	revived        prometheus.Counter
 	pruned         *prometheus.CounterVec
@@ -63,6 +64,9 @@ func newMetrics(e *Engine, relayState string) *metrics {
 		pushed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_inbound_pushed_total", Help: "Inbound messages the node's inbound endpoint accepted.",
 		}),
+		pushedDirect: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "courier_inbound_pushed_direct_total", Help: "Of those, the ones pushed while their inbox commit ran (acked to the relay without waiting for it).",
+		}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "courier_delivery_latency_seconds",
 			Help:    "From acceptance by the sidecar to delivered (INDIRECT) or handed off (OFFLINE), by path.",
@@ -73,7 +77,7 @@ func newMetrics(e *Engine, relayState string) *metrics {
 		}, []string{"state"}),
 	}
 	m.reg.MustRegister(m.accepted, m.deliveries, m.publishResults, m.fallbacks, m.failed,
-		m.inbound, m.pushed, m.refused, m.revived, m.pruned, m.latency, m.relay, queueCollector{e},
+		m.inbound, m.pushed, m.pushedDirect, m.refused, m.revived, m.pruned, m.latency, m.relay, queueCollector{e},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.relayState(relayState)
 	return m

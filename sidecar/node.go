@@ -34,8 +34,15 @@ type nodeClient struct {
 }
 
 func newNodeClient(timeout time.Duration) *nodeClient {
-	return &nodeClient{http: &http.Client{Timeout: timeout}}
+	// A transport of its own, so that close drops only its own idle
+	// connections; many pushes in parallel to one node reuse them.
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return &nodeClient{http: &http.Client{Timeout: timeout, Transport: t}}
 }
+
+// close drops the idle connections to the node.
+func (n *nodeClient) close() { n.http.CloseIdleConnections() }
 
 // credentials are the node API's, read from the configured files.
 type credentials struct {

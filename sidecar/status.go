@@ -146,3 +146,9 @@ func (e *Engine) Ready(ctx context.Context) error {
 	}
 	return e.health.failing()
 }
+
+// Attention lists up to limit of each kind of message that needs
+// attention: failed, refused, and those waiting longer than waiting.
+func (e *Engine) Attention(ctx context.Context, waiting time.Duration, limit int) (queue.Attention, error) {
+	return e.q.Attention(ctx, time.Now().Add(-waiting), limit)
+}

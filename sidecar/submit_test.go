@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"courier/sidecar"
 	"courier/sidecar/queue"
@@ -26,6 +27,13 @@ func TestFailedMessageRevived(t *testing.T) {
 	ct := st.Ciphertext("revive", 1, 100)
 	id := s.Submit(b, ct)
 	s.WaitMessage(id, queue.Failed)
+	att, err := s.E.Attention(context.Background(), time.Hour, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(att.Failed) != 1 || att.Failed[0].ID != id || att.Failed[0].Ciphertext != nil || !strings.Contains(att.Failed[0].LastError, "gave up") || len(att.Waiting) != 0 {
+		t.Errorf("Attention = %+v, want the failed message, without its ciphertext", att)
+	}
 
 	a.Offline.Recover()
 	m, created, err := s.E.Submit(context.Background(), b.Peer.String(), ct)
@@ -46,6 +54,18 @@ func TestFailedMessageRevived(t *testing.T) {
 	if n := len(a.Offline.Accepted()); n != 1 {
 		t.Errorf("OFFLINE endpoint took it %d times, want 1", n)
 	}
+	// The status page's numbers: one OFFLINE delivery this hour.
+	stat, err := s.E.Status(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats := stat.LastHour
+	if off := stats[queue.PathOffline]; off.Delivered != 1 || off.PerMinute[len(off.PerMinute)-1]+off.PerMinute[len(off.PerMinute)-2] != 1 || off.P50Ms <= 0 {
+		t.Errorf("OFFLINE stats = %+v", off)
+	}
+	if ind := stats[queue.PathIndirect]; ind.Delivered != 0 {
+		t.Errorf("INDIRECT stats = %+v", ind)
+	}
 }
 
 // A message larger than the relay accepts (its default 4 MiB) but within
@@ -55,13 +75,25 @@ func TestLargerThanTheRelayGoesOffline(t *testing.T) {
 	r := st.StartRelay(t, nil, nil)
 	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
 	cfg := st.Config(a, r.URL(), t.TempDir())
-	s := st.StartSidecar(t, a, cfg, st.Options())
+	// Over 4 MiB through JSON, under -race, on two loaded cores: the fake
+	// node may take seconds to read it. Patience, not a retry.
+	opts := st.Options()
+	opts.NodeTimeout = 2 * time.Minute
+	s := st.StartSidecar(t, a, cfg, opts)
 	s.WaitRelay(sidecar.RelayConnected)
 	noAck := st.DialNoAck(t, r, b)
 
 	big := st.Ciphertext("big", 1, r.Cfg.Limits.MaxMessageBytes+1)
 	id := s.Submit(b, big)
-	m := s.WaitMessage(id, queue.HandedOff)
+	deadline := time.Now().Add(3 * time.Minute)
+	for s.Message(id).State != queue.HandedOff {
+		if time.Now().After(deadline) {
+			m := s.Message(id)
+			t.Fatalf("not handed off within 3 minutes: %s, path %q, attempts %d, last error %q", m.State, m.Path, m.Attempts, m.LastError)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition
+	}
+	m := s.Message(id)
 	if m.Path != queue.PathOffline || !strings.Contains(m.LastError, "too_large") {
 		t.Errorf("path %q, last error %q; want OFFLINE, too_large", m.Path, m.LastError)
 	}

@@ -314,6 +314,7 @@ func (c *Client) relayMessageLimit(ctx context.Context) int {
 		return 0
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Close = true // once per connection: no idle connection left behind
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		c.cfg.Logger.Debug("relay description unavailable", "relay", c.host, "err", err)

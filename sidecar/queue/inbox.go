@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"courier/wire"
@@ -18,6 +19,9 @@ func scanInbound(s scanner) (Inbound, error) {
 	err := s.Scan(&m.Seq, &m.ID, &m.Ciphertext, &received, &m.State, &finished, &m.Attempts, &next, &m.LastError)
 	m.ReceivedAt, m.DeliveredAt, m.NextAttemptAt = fromNanos(received), fromNanos(finished), fromNanos(next)
 	m.Delivered = m.State == InboxDelivered
+	if len(m.Ciphertext) == 0 {
+		m.Ciphertext = nil
+	}
 	return m, err
 }
 
@@ -110,6 +114,40 @@ func (q *Queue) PendingInbound(ctx context.Context, now time.Time, after int64, 
 		return nil, q.readErr("pending inbound", err)
 	}
 	return collect(rows, scanInbound, q.readErr)
+}
+
+// KnownInbound returns which of ids are in the inbox, in any state.
+func (q *Queue) KnownInbound(ctx context.Context, ids []string) (map[string]bool, error) {
+	if err := q.readable(); err != nil {
+		return nil, err
+	}
+	known := make(map[string]bool)
+	for len(ids) > 0 {
+		n := min(len(ids), 500) // SQLite's bound on parameters is far above
+		args := make([]any, n)
+		for i, id := range ids[:n] {
+			args[i] = id
+		}
+		rows, err := q.rdb.QueryContext(ctx, `SELECT id FROM inbox WHERE id IN (?`+strings.Repeat(", ?", n-1)+`)`, args...)
+		if err != nil {
+			return nil, q.readErr("known inbound", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, q.readErr("known inbound", err)
+			}
+			known[id] = true
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, q.readErr("known inbound", err)
+		}
+		ids = ids[n:]
+	}
+	return known, nil
 }
 
 // RefusedInbound lists up to limit inbound messages the node refused

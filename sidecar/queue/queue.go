@@ -486,12 +486,26 @@ func (q *Queue) Checkpoint(ctx context.Context) error {
 	if q.closed {
 		return ErrClosed
 	}
+	conn, err := q.wdb.Conn(ctx) // the writer's one connection, between two batches
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", q.path, err)
+	}
+	defer conn.Close()
+	// TRUNCATE waits for readers on old snapshots; writes wait meanwhile.
+	// Wait briefly, not the usual busy timeout: the next round goes on.
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", checkpointWait.Milliseconds())); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", q.path, err)
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf("PRAGMA busy_timeout = %d", busyTimeout.Milliseconds()))
 	var busy, logPages, done int
-	if err := q.wdb.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logPages, &done); err != nil {
+	if err := conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logPages, &done); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", q.path, err)
 	}
 	return nil
 }
+
+// checkpointWait is how long Checkpoint waits for readers.
+const checkpointWait = 100 * time.Millisecond
 
 // readable returns ErrClosed once the queue is closed.
 func (q *Queue) readable() error {

@@ -755,3 +755,65 @@ func TestFileModes(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpoint: the WAL is folded back and truncated, refused inbox
+// rows are pruned like delivered ones, and pending ones are kept.
+func TestCheckpointAndPruneRefused(t *testing.T) {
+	q, path := openTest(t)
+	ctx := context.Background()
+	var ids []string
+	for i := range 3 {
+		ct := ciphertext(uint64(100+i), 4096)
+		id := wire.MessageID(ct)
+		ids = append(ids, id)
+		if _, err := q.AddInbound(ctx, id, ct, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.MarkInboundRefused(ctx, ids[0], "node answered 422"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.MarkInboundDelivered(ctx, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := q.GetInbound(ctx, ids[0]); m.State != InboxRefused || m.Attempts != 1 || m.LastError != "node answered 422" || m.DeliveredAt.IsZero() {
+		t.Errorf("refused: %+v", m)
+	}
+	// A refused message cannot be refused again or pushed again; a
+	// polling node may still ack it.
+	if err := q.InboundAttempt(ctx, ids[0], "late", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := q.GetInbound(ctx, ids[0]); m.Attempts != 1 {
+		t.Errorf("InboundAttempt on a refused message counted: %+v", m)
+	}
+	c, err := q.Counts(ctx)
+	if err != nil || c.InboxPending != 1 || c.InboxDelivered != 1 || c.InboxRefused != 1 {
+		t.Errorf("Counts = %+v, %v", c, err)
+	}
+	if refused, err := q.RefusedInbound(ctx, 0, 10); err != nil || len(refused) != 1 || refused[0].ID != ids[0] {
+		t.Errorf("RefusedInbound = %v, %v", refused, err)
+	}
+	if out, in, err := q.Prune(ctx, time.Now().Add(time.Second)); err != nil || out != 0 || in != 2 {
+		t.Errorf("Prune = %d, %d, %v; want the refused and the delivered one", out, in, err)
+	}
+	if _, err := q.GetInbound(ctx, ids[2]); err != nil {
+		t.Errorf("the pending message was pruned: %v", err)
+	}
+	if err := q.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() != 0 {
+		t.Errorf("WAL is %d bytes after a checkpoint with no reader", fi.Size())
+	}
+	var limit int64
+	if err := q.wdb.QueryRow("PRAGMA journal_size_limit").Scan(&limit); err != nil || limit != JournalSizeLimit {
+		t.Errorf("journal_size_limit = %d, %v", limit, err)
+	}
+	// The writer's busy timeout is back to normal after the checkpoint.
+	var busy int64
+	if err := q.wdb.QueryRow("PRAGMA busy_timeout").Scan(&busy); err != nil || busy != busyTimeout.Milliseconds() {
+		t.Errorf("busy_timeout after Checkpoint = %d, %v", busy, err)
+	}
+	mustEnqueue(t, q, 7)
+}
