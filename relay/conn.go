@@ -424,6 +424,11 @@ func (c *conn) finishPut(j job, r PutResult) {
 				"the recipient's subscription key holds its limit of undelivered messages; send it another way")
 			return
 		}
+		if errors.Is(r.Err, ErrRecipientMismatch) {
+			c.publishRejected(j.level2, j.ref, j.id, rejectInvalid, wire.ReasonInvalid+
+				"a message with this ID (the same ciphertext) is stored for another recipient; a ciphertext has one recipient")
+			return
+		}
 		// No result: the close tells the client that nothing after its
 		// last result is confirmed.
 		c.storeFailed("put", r.Err)

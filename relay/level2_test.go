@@ -206,6 +206,41 @@ func TestRepublishIsIdempotent(t *testing.T) {
 	}
 }
 
+// TestRepublishForAnotherRecipientRejected: the ciphertext of a stored
+// message published again for another recipient is refused (level 2:
+// rejected, invalid; level 1: an error frame), is not pushed to the other
+// recipient, and never turns "delivered" through the first recipient's ack.
+func TestRepublishForAnotherRecipientRejected(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) { c.Limits.DeliveryWait = time.Minute })
+	bob, carol := newIdentity(t, 1), newIdentity(t, 3)
+	b := e.dial()
+	b.auth2(bob, 0)
+	c := e.dial()
+	c.auth2(carol, 0)
+	pub := level2Publisher(t, e, 100)
+	ct := ciphertext(40, "bob's only")
+	id := wire.MessageID(ct)
+
+	pub.publish(ct, bob.ID(), "1")
+	b.ack(b.expectDelivery().ID)
+	pub.expectResult(wire.StatusDelivered)
+
+	pub.publish(ct, carol.ID(), "2")
+	r := pub.expectResult(wire.StatusRejected)
+	if !strings.HasPrefix(r.Reason, wire.ReasonInvalid) || r.Ref != "2" || r.ID != id {
+		t.Fatalf("result %+v, want rejected, %q", r, wire.ReasonInvalid)
+	}
+	l1 := e.dial()
+	l1.publish(ct, carol.ID(), "")
+	l1.expectError(wire.ReasonInvalid)
+	l1.barrier()
+	c.barrier() // nothing was pushed to carol
+	b.barrier()
+	if got := e.metric("courier_relay_messages_stored_total"); got != 1 {
+		t.Errorf("stored = %v, want 1", got)
+	}
+}
+
 func TestDrainedCountsOnlyOwnMessages(t *testing.T) {
 	e := newEnv(t, nil)
 	bob, carol := identitiesSharingKey(t)

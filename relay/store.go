@@ -55,6 +55,10 @@ var (
 	ErrOverQuota = errors.New("over quota")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("store closed")
+	// ErrRecipientMismatch: a message with the ID is stored already, for
+	// another recipient. The same ciphertext is the same message, with one
+	// recipient; nothing was stored and nothing changed.
+	ErrRecipientMismatch = errors.New("message ID stored for another recipient")
 )
 
 // Store holds messages durably. Writes (Put, Ack) return at once with a
@@ -64,7 +68,8 @@ var (
 type Store interface {
 	// Put stores m (Seq and StoredAt are assigned by the store) unless a
 	// message with the same ID is stored already, in which case the existing
-	// one is returned with Existing set. ErrOverQuota when the key is full.
+	// one is returned with Existing set, or ErrRecipientMismatch if it is
+	// stored for another recipient. ErrOverQuota when the key is full.
 	Put(m Message) <-chan PutResult
 	// Ack records durably that sub has the message. Acking an unknown ID is
 	// not an error (Found is false); acking twice is a no-op.

@@ -288,6 +288,11 @@ func (p *putWrite) existing(t *wtx) (bool, error) {
 	case err != nil:
 		return false, fmt.Errorf("put %s: look up: %w", p.m.ID, err)
 	}
+	if old.Recipient != p.m.Recipient {
+		p.res = relay.PutResult{Err: fmt.Errorf("sqlitestore: put %s: stored for %s, not %s: %w",
+			p.m.ID, old.Recipient, p.m.Recipient, relay.ErrRecipientMismatch)}
+		return true, nil
+	}
 	old.ID, old.StoredAt = p.m.ID, time.Unix(0, storedAt)
 	p.res = relay.PutResult{Message: old, Existing: true, RecipientAcked: acked}
 	return true, nil

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) relay.Store) {
 	}{
 		{"PutThenPending", testPutThenPending},
 		{"IdempotentPut", testIdempotentPut},
+		{"RepublishForAnotherRecipient", testRepublishForAnotherRecipient},
 		{"OldestFirst", testOldestFirst},
 		{"Paging", testPaging},
 		{"AnonymousAcksPerUserID", testAnonymousAcksPerUserID},
@@ -164,6 +165,42 @@ func testIdempotentPut(t *testing.T, s relay.Store) {
 	checkMessage(t, "republish after ack", acked.Message, first.Message)
 	if st := MustStats(t, s); st.Messages != 2 {
 		t.Errorf("Stats after republishing = %+v, want 2 messages", st)
+	}
+}
+
+// testRepublishForAnotherRecipient: the ID of a stored message put again
+// for another recipient (on another key, or on the same key) is refused
+// with ErrRecipientMismatch and changes nothing; it is not the original.
+func testRepublishForAnotherRecipient(t *testing.T, s relay.Store) {
+	ps := differentKeys(t, 2)
+	a, b := PeersSharingKey()
+	for _, tc := range []struct {
+		name      string
+		to, other Peer
+	}{
+		{"another key", ps[0], ps[1]},
+		{"same key", a, b},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMessage(tc.to, "for one recipient only "+tc.name)
+			first := MustPut(t, s, m)
+			before := MustStats(t, s)
+			forged := m
+			forged.Recipient, forged.Key = tc.other.ID, tc.other.Key
+			r := Wait(t, s.Put(forged))
+			if !errors.Is(r.Err, relay.ErrRecipientMismatch) {
+				t.Fatalf("put of a stored ID for another recipient: Existing=%v, err %v; want ErrRecipientMismatch", r.Existing, r.Err)
+			}
+			checkMessages(t, "Pending of the other recipient", AllPending(t, s, tc.other.Sub(), tc.other.Key))
+			checkMessages(t, "Pending of the recipient", AllPending(t, s, tc.to.Sub(), tc.to.Key), first.Message)
+			if st := MustStats(t, s); st != before {
+				t.Errorf("Stats %+v after the refused put, want %+v", st, before)
+			}
+			// The original's recipient still republishes it as before.
+			if again := MustPut(t, s, m); !again.Existing || again.Message.Seq != first.Message.Seq {
+				t.Errorf("republish by the right recipient: Existing=%v Seq %d, want the original %d", again.Existing, again.Message.Seq, first.Message.Seq)
+			}
+		})
 	}
 }
 
