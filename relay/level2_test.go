@@ -77,6 +77,84 @@ func TestDeliveryWaitTimesOutQueued(t *testing.T) {
 	b.barrier()
 }
 
+// TestAnonymousAckIsNotDelivery: the recipient is connected and
+// authenticated but does not ack; an anonymous subscriber of the same key
+// (its userID even equal to the recipient's peer ID) acks. The publish is
+// queued after delivery_wait, never delivered.
+func TestAnonymousAckIsNotDelivery(t *testing.T) {
+	const wait = 2 * time.Second
+	e := newEnv(t, func(c *relay.Config) { c.Limits.DeliveryWait = wait })
+	bob := newIdentity(t, 1)
+	b := e.dial()
+	b.auth2(bob, 0)
+	anon := e.dial()
+	anon.subscribe1(bob.ID(), bob.Key())
+	pub := level2Publisher(t, e, 100)
+
+	ct := ciphertext(10, "seen by both")
+	start := time.Now()
+	pub.publish(ct, bob.ID(), "a")
+	if d := b.expectDelivery(); d.ID != wire.MessageID(ct) {
+		t.Fatalf("bob got %s", d.ID)
+	}
+	anon.ack(anon.expectDelivery().ID)
+	// The anonymous ack has committed; bob's never comes.
+	eventually(t, "the anonymous ack committed", func() bool { return e.metric("courier_relay_messages_acked_total") == 1 })
+	if time.Since(start) >= wait {
+		t.Skipf("the ack took longer than delivery_wait (%v) to commit: the machine is too slow for this check", wait)
+	}
+	r := pub.expectResult(wire.StatusQueued)
+	if r.Ref != "a" {
+		t.Fatalf("result %+v", r)
+	}
+	if el := time.Since(start); el < wait {
+		t.Errorf("queued after %v, before delivery_wait %v: the recipient was connected", el, wait)
+	}
+}
+
+// TestDeliveryWaitIsHonoured: a 200 ms delivery_wait answers queued well
+// before the 3 s default would.
+func TestDeliveryWaitIsHonoured(t *testing.T) {
+	const wait = 200 * time.Millisecond
+	e := newEnv(t, func(c *relay.Config) { c.Limits.DeliveryWait = wait })
+	bob := newIdentity(t, 1)
+	b := e.dial()
+	b.auth2(bob, 0)
+	pub := level2Publisher(t, e, 100)
+	start := time.Now()
+	pub.publish(ciphertext(10, "never acked"), bob.ID(), "w")
+	b.expectDelivery()
+	pub.expectResult(wire.StatusQueued)
+	el := time.Since(start)
+	if el < wait {
+		t.Errorf("queued after %v, before delivery_wait %v", el, wait)
+	}
+	if el > 2*time.Second {
+		t.Errorf("queued after %v with a delivery_wait of %v", el, wait)
+	}
+}
+
+// TestRepublishIsNotPushedToAnonymous: an anonymous subscriber gets a
+// message once; republishing it pushes it to nobody but the recipient's
+// authenticated connection (light clients would see duplicates).
+func TestRepublishIsNotPushedToAnonymous(t *testing.T) {
+	e := newEnv(t, nil)
+	bob := newIdentity(t, 1)
+	anon := e.dial()
+	anon.subscribe1("light", bob.Key())
+	pub := level2Publisher(t, e, 100)
+	ct := ciphertext(10, "once for light clients")
+	pub.publish(ct, bob.ID(), "1")
+	if d := anon.expectDelivery(); d.ID != wire.MessageID(ct) {
+		t.Fatalf("anonymous got %s", d.ID)
+	}
+	pub.expectResult(wire.StatusQueued)
+	pub.publish(ct, bob.ID(), "2")
+	pub.expectResult(wire.StatusQueued)
+	// A push comes before the publisher's result: by now it would be queued.
+	anon.barrier()
+}
+
 func TestPublishRejected(t *testing.T) {
 	const max = 1000
 	e := newEnv(t, func(c *relay.Config) {
