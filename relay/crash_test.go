@@ -28,7 +28,7 @@ const childDBEnv = "COURIER_RELAY_TEST_CHILD_DB"
 // TestMain runs the test binary as a child relay when the environment
 // asks for one (crash test, idle-connection benchmark).
 func TestMain(m *testing.M) {
-	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild} {
+	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild} {
 		if path := os.Getenv(env); path != "" {
 			err := child(path)
 			fmt.Fprintln(os.Stderr, "child relay:", err)
@@ -82,11 +82,14 @@ func runChild(path string) error {
 // prints "ADDR host:port" for the parent, and serves until killed.
 func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 	opts.Logger = slog.New(slog.DiscardHandler)
+	var srv *relay.Server
+	opts.OnCommit = func(batch int, d time.Duration) { srv.ObserveCommit(batch, d) }
 	st, err := sqlitestore.Open(cfg.Store.Path, opts)
 	if err != nil {
 		return err
 	}
-	srv, err := relay.New(cfg, st, slog.New(slog.DiscardHandler))
+	// No commit before New: nothing writes before the listener is served.
+	srv, err = relay.New(cfg, st, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
