@@ -361,7 +361,7 @@ func (c *conn) handlePublish(p *wire.Publish) {
 		Recipient:  peer.Canonical(),
 		Ciphertext: ct,
 	}
-	c.enqueue(job{put: c.srv.store.Put(m), msg: m, id: m.ID, ref: p.Ref, level2: level2})
+	c.enqueue(job{put: c.srv.store.Put(m, nil), msg: m, id: m.ID, ref: p.Ref, level2: level2})
 }
 
 // publishRejected answers a publish that was not stored.

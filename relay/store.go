@@ -70,7 +70,16 @@ type Store interface {
 	// message with the same ID is stored already, in which case the existing
 	// one is returned with Existing set, or ErrRecipientMismatch if it is
 	// stored for another recipient. ErrOverQuota when the key is full.
-	Put(m Message) <-chan PutResult
+	//
+	// early, if not nil, is called with the outcome (Err nil, Seq
+	// assigned) once the store has decided it and before it is durable,
+	// so that the message can be passed on while the commit runs; never
+	// for an outcome that is an error. Calls come from one goroutine of
+	// the store, in Put order (so in Seq order for new messages), each
+	// before its Put's result is sent; the result may still carry an Err
+	// if the commit then fails. early must return quickly and must not
+	// wait for a write of the store.
+	Put(m Message, early func(PutResult)) <-chan PutResult
 	// Ack records durably that sub has the message. Acking an unknown ID is
 	// not an error (Found is false); acking twice is a no-op.
 	Ack(sub Subscriber, messageID string) <-chan AckResult

@@ -47,7 +47,7 @@ func BenchmarkPut(b *testing.B) {
 		i := 0
 		for pb.Next() {
 			i++
-			r := <-s.Put(benchMessage(peers[i%len(peers)], 1024))
+			r := <-s.Put(benchMessage(peers[i%len(peers)], 1024), nil)
 			if r.Err != nil {
 				b.Error(r.Err)
 				return
@@ -73,7 +73,7 @@ func BenchmarkPending(b *testing.B) {
 		if i%2 == 1 {
 			to = other
 		}
-		chans = append(chans, s.Put(benchMessage(to, 1024)))
+		chans = append(chans, s.Put(benchMessage(to, 1024), nil))
 	}
 	var ids []string
 	var maxSeq int64

@@ -86,7 +86,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if got := storetest.AllPending(t, s, storetest.Anonymous("alice"), p.Key); len(got) != 1 || got[0].Seq != m2.Seq || !got[0].StoredAt.Equal(m2.StoredAt) {
 		t.Errorf("after reopen alice gets %+v, want only m2 as stored", got)
 	}
-	if r := storetest.Wait(t, s.Put(storetest.NewMessage(p, "three"))); !errors.Is(r.Err, relay.ErrOverQuota) {
+	if r := storetest.Wait(t, s.Put(storetest.NewMessage(p, "three"), nil)); !errors.Is(r.Err, relay.ErrOverQuota) {
 		t.Errorf("put over quota after reopen: %v; the usage table did not survive", r.Err)
 	}
 	storetest.MustAck(t, s, p.Sub(), m1.ID)
@@ -108,7 +108,7 @@ func TestCloseFlushesToDisk(t *testing.T) {
 	p := storetest.NewPeer(1)
 	var chans []<-chan relay.PutResult
 	for i := range 200 {
-		chans = append(chans, s.Put(storetest.NewMessage(p, fmt.Sprintf("flushed %d", i))))
+		chans = append(chans, s.Put(storetest.NewMessage(p, fmt.Sprintf("flushed %d", i)), nil))
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -318,7 +318,7 @@ func TestQueryPlans(t *testing.T) {
 		if i%3 == 0 {
 			to = b
 		}
-		chans = append(chans, s.Put(storetest.NewMessage(to, fmt.Sprintf("backlog %d", i))))
+		chans = append(chans, s.Put(storetest.NewMessage(to, fmt.Sprintf("backlog %d", i)), nil))
 	}
 	for _, ch := range chans {
 		if r := storetest.Wait(t, ch); r.Err != nil {
@@ -556,7 +556,7 @@ func TestPutRejectsIncompleteMessage(t *testing.T) {
 	} {
 		bad := m
 		tt.edit(&bad)
-		if r := storetest.Wait(t, s.Put(bad)); r.Err == nil {
+		if r := storetest.Wait(t, s.Put(bad, nil)); r.Err == nil {
 			t.Errorf("Put with %s: stored", tt.name)
 		}
 	}
@@ -596,6 +596,14 @@ func checkUsage(t testing.TB, s *Store) {
 	if fmt.Sprint(usage) != fmt.Sprint(want) {
 		t.Errorf("key_usage %v, messages say %v", usage, want)
 	}
+	// The writer's copy in memory, read by the writer between batches.
+	snap := &usageSnapshot{ch: make(chan map[string][2]int64, 1)}
+	if !s.enqueue(snap) {
+		t.Fatal("store closed")
+	}
+	if mem := storetest.Wait(t, snap.ch); fmt.Sprint(mem) != fmt.Sprint(want) {
+		t.Errorf("quota usage in memory %v, messages say %v", mem, want)
+	}
 	totals := query(`SELECT 'all', messages, bytes FROM totals`)
 	wantTotals := query(`SELECT 'all', count(*), coalesce(sum(size), 0) FROM messages`)
 	if fmt.Sprint(totals) != fmt.Sprint(wantTotals) {
@@ -623,7 +631,7 @@ func TestUsageStaysConsistent(t *testing.T) {
 			switch op := rng.IntN(10); {
 			case op < 5 || len(stored) == 0:
 				body := storetest.Body(fmt.Sprintf("r%d-%d", round, i), 1+rng.IntN(80))
-				puts = append(puts, s.Put(storetest.NewMessage(to, body)))
+				puts = append(puts, s.Put(storetest.NewMessage(to, body), nil))
 			case op < 9:
 				m := stored[rng.IntN(len(stored))]
 				sub := to.Sub()
@@ -635,7 +643,7 @@ func TestUsageStaysConsistent(t *testing.T) {
 				acks = append(acks, s.Ack(sub, m.ID))
 			default:
 				m := stored[rng.IntN(len(stored))]
-				puts = append(puts, s.Put(m)) // republish
+				puts = append(puts, s.Put(m, nil)) // republish
 			}
 		}
 		for _, ch := range puts {
@@ -671,3 +679,20 @@ func TestUsageStaysConsistent(t *testing.T) {
 		}
 	}
 }
+
+// usageSnapshot is a write that copies the writer's quota usage in memory.
+type usageSnapshot struct {
+	ch  chan map[string][2]int64
+	mem map[string][2]int64
+}
+
+func (u *usageSnapshot) kind() string { return "usage snapshot" }
+func (u *usageSnapshot) size() int    { return 0 }
+func (u *usageSnapshot) apply(t *wtx) error {
+	u.mem = make(map[string][2]int64)
+	for k, v := range t.s.usage {
+		u.mem[k] = [2]int64{v.n, v.b}
+	}
+	return nil
+}
+func (u *usageSnapshot) deliver(err error) { u.ch <- u.mem }
