@@ -88,6 +88,16 @@ type job struct {
 	id     string
 	ref    string
 	level2 bool // answer with a PublishResult
+	early  *earlyPut
+}
+
+// earlyPut is what a put did before its commit (see pushEarly). The
+// store's announcer goroutine writes it before the put's result is sent;
+// the processor reads it after receiving the result.
+type earlyPut struct {
+	pushed bool    // the new message was pushed before its commit
+	msg    Message // as stored, with its Seq
+	w      *waiter // the wait for the recipient's ack, if it was connected
 }
 
 // serve runs the connection until it ends; its goroutine is the reader.
@@ -361,7 +371,32 @@ func (c *conn) handlePublish(p *wire.Publish) {
 		Recipient:  peer.Canonical(),
 		Ciphertext: ct,
 	}
-	c.enqueue(job{put: c.srv.store.Put(m, nil), msg: m, id: m.ID, ref: p.Ref, level2: level2})
+	j := job{msg: m, id: m.ID, ref: p.Ref, level2: level2, early: new(earlyPut)}
+	early := j // the callback's copy, without put (written below)
+	j.put = c.srv.store.Put(m, func(r PutResult) { c.pushEarly(early, r) })
+	c.enqueue(j)
+}
+
+// pushEarly runs when the store has decided that a put stores a new
+// message, while its commit runs (from the store's announcer goroutine,
+// in Seq order): the message goes to its subscribers now (PROTOCOL:
+// "Durability: when each hop answers"). The wait for the recipient's ack
+// starts here too, so an ack that comes before the commit counts;
+// queued is answered only after the commit (finishPut). A republish
+// (Existing) waits for its result, as before.
+func (c *conn) pushEarly(j job, r PutResult) {
+	if r.Existing {
+		return
+	}
+	s := c.srv
+	m := r.Message
+	e := j.early
+	e.pushed, e.msg = true, m
+	if j.level2 && s.hub.peerConnected(m.Recipient) {
+		// Registered before the push, so the recipient's ack cannot come first.
+		e.w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, false)
+	}
+	s.hub.pushEarly(m)
 }
 
 // publishRejected answers a publish that was not stored.
@@ -418,6 +453,25 @@ func (c *conn) storeFailed(op string, err error) {
 
 func (c *conn) finishPut(j job, r PutResult) {
 	s := c.srv
+	if e := j.early; e != nil && e.pushed {
+		// Pushed before the commit: the commit's outcome settles it.
+		s.hub.settle(e.msg)
+		if r.Err == nil {
+			s.metrics.stored.Inc()
+			if j.level2 {
+				if e.w != nil {
+					s.waiters.committed(e.w)
+				} else {
+					c.publishResult(j.id, j.ref, wire.StatusQueued, "")
+				}
+			}
+			return
+		}
+		// Not stored after all: no answer but the close (below). The
+		// subscribers may have it; the publisher falls back, and a
+		// duplicate is what a failed commit may cost, never a loss.
+		s.waiters.remove(e.w)
+	}
 	if r.Err != nil {
 		if errors.Is(r.Err, ErrOverQuota) {
 			c.publishRejected(j.level2, j.ref, j.id, rejectOverQuota, wire.ReasonOverQuota+
@@ -453,7 +507,7 @@ func (c *conn) finishPut(j job, r PutResult) {
 	var w *waiter
 	if j.level2 && s.hub.peerConnected(m.Recipient) {
 		// Registered before the push, so the recipient's ack cannot come first.
-		w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait)
+		w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, true)
 	}
 	if !(r.Existing && r.RecipientAcked) {
 		s.hub.push(m, r.Existing)
@@ -480,8 +534,7 @@ func (c *conn) finishAck(j job, r AckResult) {
 // hub. While the replay runs, pushes are dropped but remembered (missed),
 // and the replay reads the store again; once live, a message the replay
 // sent already (Seq ≤ replayedTo) is skipped, unless force (a republish,
-// which the recipient is to get again). A live subscriber whose queue is
-// full is disconnected; its messages stay stored for the next replay.
+// which the recipient is to get again).
 func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
@@ -492,7 +545,38 @@ func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
 	if seq <= c.replayedTo && !force {
 		return
 	}
-	if err := c.q.push(outFrame{b: frame(), kind: frameLive}); errors.Is(err, errQueueFull) {
+	c.pushLive(frame())
+}
+
+// deliverEarly queues a message pushed before its commit (the hub holds
+// its lock). A connection still replaying gets it when it goes live
+// (hub.goLive), as the replay cannot read it yet. The commit may also have
+// finished before the push (the store announces while it commits) and a
+// replay read it: Seq ≤ replayedTo is skipped.
+func (c *conn) deliverEarly(seq int64, frame func() []byte) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.live && seq > c.replayedTo {
+		c.pushLive(frame())
+	}
+}
+
+// committed notes that a message pushed before its commit has committed
+// (or failed to): a replay that has not gone live yet must read the store
+// again, as the message is no longer in the hub's inflight list.
+func (c *conn) committed() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.live {
+		c.missed = true
+	}
+}
+
+// pushLive queues a live delivery; c.dmu is held. A live subscriber whose
+// queue is full is disconnected; its messages stay stored for the next
+// replay.
+func (c *conn) pushLive(b []byte) {
+	if err := c.q.push(outFrame{b: b, kind: frameLive}); errors.Is(err, errQueueFull) {
 		c.closeWith(closeSlow, "too slow: send queue full; reconnect to get the rest", false, "slow_consumer")
 	}
 }
@@ -525,16 +609,8 @@ func (c *conn) replay() {
 			after = m.Seq
 			count++
 		}
-		if len(msgs) < limit {
-			c.dmu.Lock()
-			if !c.missed {
-				c.live = true
-				c.replayedTo = after
-				c.dmu.Unlock()
-				break
-			}
-			c.missed = false
-			c.dmu.Unlock()
+		if len(msgs) < limit && c.srv.hub.goLive(c, after) {
+			break
 		}
 		if len(msgs) > 0 {
 			limit = min(max(replayPageBytes/(size/len(msgs)+1), 1), replayPage)

@@ -1,25 +1,108 @@
 package relay
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"time"
 
 	"courier/wire"
 )
 
-// hub knows which connections are subscribed to what, and pushes committed
-// messages to them.
+// hub knows which connections are subscribed to what, and pushes messages
+// to them: new ones while their commit runs (pushEarly), republished ones
+// once committed (push).
+//
+// A connection is first replaying (reading the store), then live. The
+// replay cannot see a message whose commit has not finished, so the hub
+// keeps the messages pushed before their commit in inflight until their
+// commit is settled; goLive hands a connection the ones it needs under
+// the same lock as pushEarly, and settle makes a replay that has not
+// gone live read the store again. Each message reaches each connection
+// once: pushed live, handed over at goLive, or read by the replay.
 type hub struct {
-	mu     sync.RWMutex
-	byKey  map[string]map[*conn]struct{} // level-1 (anonymous) subscribers
-	byPeer map[string]*conn              // level-2 subscribers, by canonical peer ID
+	mu       sync.RWMutex
+	byKey    map[string]map[*conn]struct{} // level-1 (anonymous) subscribers
+	byPeer   map[string]*conn              // level-2 subscribers, by canonical peer ID
+	inflight map[int64]*inflightMsg        // pushed, commit not settled, by Seq
+}
+
+// inflightMsg is a message pushed before its commit.
+type inflightMsg struct {
+	m     Message
+	frame func() []byte // its delivery frame, encoded once, under hub.mu
 }
 
 func newHub() *hub {
 	return &hub{
-		byKey:  make(map[string]map[*conn]struct{}),
-		byPeer: make(map[string]*conn),
+		byKey:    make(map[string]map[*conn]struct{}),
+		byPeer:   make(map[string]*conn),
+		inflight: make(map[int64]*inflightMsg),
 	}
+}
+
+// forSubscribers calls f for the subscribers of m: the anonymous ones of its key and
+// the authenticated connection of its recipient. h.mu is held.
+func (h *hub) forSubscribers(m Message, f func(*conn)) {
+	for c := range h.byKey[m.Key] {
+		f(c)
+	}
+	if c := h.byPeer[m.Recipient]; c != nil {
+		f(c)
+	}
+}
+
+// pushEarly hands a new message to its live subscribers while its commit
+// runs, and keeps it for the ones still replaying until settle.
+func (h *hub) pushEarly(m Message) {
+	var frame []byte
+	e := &inflightMsg{m: m, frame: func() []byte {
+		if frame == nil {
+			frame = wire.DeliveryFrame(m.ID, m.Ciphertext)
+		}
+		return frame
+	}}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.inflight[m.Seq] = e
+	h.forSubscribers(m, func(c *conn) { c.deliverEarly(m.Seq, e.frame) })
+}
+
+// settle drops a message pushed early from inflight once its commit has
+// an outcome; a connection still replaying then reads the store again.
+func (h *hub) settle(m Message) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.inflight, m.Seq)
+	h.forSubscribers(m, (*conn).committed)
+}
+
+// goLive switches c from replaying to live, having replayed up to Seq
+// after, unless a commit settled meanwhile (missed): then the replay reads
+// again and goLive reports false. Going live, c gets the messages pushed
+// before their commit that the replay could not see, oldest first.
+func (h *hub) goLive(c *conn, after int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.missed {
+		c.missed = false
+		return false
+	}
+	c.live = true
+	c.replayedTo = after
+	var mine []*inflightMsg
+	for seq, e := range h.inflight {
+		if seq > after && (e.m.Recipient == c.sub.ID && c.sub.Peer || !c.sub.Peer && e.m.Key == c.key) {
+			mine = append(mine, e)
+		}
+	}
+	slices.SortFunc(mine, func(a, b *inflightMsg) int { return cmp.Compare(a.m.Seq, b.m.Seq) })
+	for _, e := range mine {
+		c.pushLive(e.frame())
+	}
+	return true
 }
 
 // subscribe registers c, in replay mode (see conn.deliver). For a level-2
@@ -117,6 +200,10 @@ type waiter struct {
 	id    string
 	ref   string
 	timer *time.Timer
+	// Under waiters.mu. committed: the publish has committed, so queued
+	// may be answered. expired: the wait ended before the commit; queued
+	// is answered at the commit (waiters.committed).
+	committed, expired bool
 }
 
 func newWaiters() *waiters {
@@ -124,9 +211,11 @@ func newWaiters() *waiters {
 }
 
 // add registers a wait for message id on behalf of publisher c. After d
-// without an ack, c is answered queued.
-func (ws *waiters) add(c *conn, id, ref string, d time.Duration) *waiter {
-	w := &waiter{c: c, id: id, ref: ref}
+// without an ack, c is answered queued: at once if the publish has
+// committed, else once it has (committed). An ack resolves it delivered,
+// committed or not.
+func (ws *waiters) add(c *conn, id, ref string, d time.Duration, committed bool) *waiter {
+	w := &waiter{c: c, id: id, ref: ref, committed: committed}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	if ws.closed {
@@ -134,20 +223,47 @@ func (ws *waiters) add(c *conn, id, ref string, d time.Duration) *waiter {
 	}
 	ws.byID[id] = append(ws.byID[id], w)
 	w.timer = time.AfterFunc(d, func() {
-		if ws.remove(w) {
+		ws.mu.Lock()
+		if !ws.removeLocked(w) {
+			ws.mu.Unlock()
+			return
+		}
+		answer := w.committed
+		w.expired = !answer
+		ws.mu.Unlock()
+		if answer {
 			w.c.publishResult(w.id, w.ref, wire.StatusQueued, "")
 		}
 	})
 	return w
 }
 
-// remove unregisters w and reports whether it was still waiting.
+// committed notes that w's publish has committed; if its wait has
+// expired, it is answered queued now.
+func (ws *waiters) committed(w *waiter) {
+	ws.mu.Lock()
+	w.committed = true
+	answer := w.expired
+	w.expired = false
+	ws.mu.Unlock()
+	if answer {
+		w.c.publishResult(w.id, w.ref, wire.StatusQueued, "")
+	}
+}
+
+// remove unregisters w, which is answered nothing, and reports whether it
+// was still waiting.
 func (ws *waiters) remove(w *waiter) bool {
 	if w == nil {
 		return false
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	w.expired = false
+	return ws.removeLocked(w)
+}
+
+func (ws *waiters) removeLocked(w *waiter) bool {
 	list := ws.byID[w.id]
 	for i, x := range list {
 		if x == w {

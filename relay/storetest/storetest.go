@@ -240,14 +240,17 @@ func testEarlyOutcome(t *testing.T, s relay.Store) {
 			t.Fatalf("result of put %d came before its early outcome (%d heard)", i, got)
 		}
 		mu.Lock()
-		e := heard[i]
+		e, prev := heard[i], relay.PutResult{}
+		if i > 0 {
+			prev = heard[i-1]
+		}
 		mu.Unlock()
 		if e.Err != nil || e.Existing || e.Message.Seq != r.Message.Seq {
 			t.Errorf("put %d: early Seq %d (Existing=%v, %v), result Seq %d", i, e.Message.Seq, e.Existing, e.Err, r.Message.Seq)
 		}
 		checkMessage(t, fmt.Sprintf("early outcome %d", i), e.Message, r.Message)
-		if i > 0 && e.Message.Seq <= heard[i-1].Message.Seq {
-			t.Errorf("early outcomes out of Put order: Seq %d after %d", e.Message.Seq, heard[i-1].Message.Seq)
+		if i > 0 && e.Message.Seq <= prev.Message.Seq {
+			t.Errorf("early outcomes out of Put order: Seq %d after %d", e.Message.Seq, prev.Message.Seq)
 		}
 	}
 	// A republish is heard as what it is.
