@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
@@ -134,10 +136,45 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string, flush bool, m
 	}
 }
 
+// maxReasonBytes bounds an error reason sent to a client: reasons quote
+// client input (a parse error may name an unknown Type), and an answer
+// must not echo a large frame back.
+const maxReasonBytes = 256
+
+// clipReason cuts reason to maxReasonBytes, marking the cut.
+func clipReason(reason string) string {
+	if len(reason) <= maxReasonBytes {
+		return reason
+	}
+	cut := maxReasonBytes
+	for cut > 0 && !utf8.RuneStart(reason[cut]) {
+		cut--
+	}
+	return reason[:cut] + "…"
+}
+
+// isSubscribeAttempt reports whether a frame that failed to parse was
+// meant as a SubscribeMessage: its Type says so, or it has no Type and
+// carries the fields of the bare form. Only called on the error path.
+func isSubscribeAttempt(b []byte) bool {
+	var env struct {
+		Type            *string         `json:"Type"`
+		UserID          json.RawMessage `json:"userID"`
+		SubscriptionKey json.RawMessage `json:"subscriptionKey"`
+	}
+	if json.Unmarshal(b, &env) != nil {
+		return false
+	}
+	if env.Type != nil {
+		return *env.Type == wire.TypeSubscribe
+	}
+	return env.UserID != nil || env.SubscriptionKey != nil
+}
+
 // fail answers a subscribe failure with {"error": …} and closes.
 func (c *conn) fail(metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
-	_ = c.q.push(outFrame{b: wire.ErrorFrame(reason)})
+	_ = c.q.push(outFrame{b: wire.ErrorFrame(clipReason(reason))})
 	c.closeWith(closePolicy, "subscribe failed", true, "subscribe_failed")
 }
 
@@ -145,6 +182,7 @@ func (c *conn) fail(metric, reason string) {
 // level-1 connection, {"Type":"Error",…} for a level-2 one.
 func (c *conn) reject(metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	reason = clipReason(reason)
 	b := wire.ErrorFrame(reason)
 	if c.level2 {
 		b = wire.Level2ErrorFrame(reason)
@@ -218,6 +256,12 @@ func (c *conn) readFrame() error {
 func (c *conn) handle(b []byte) {
 	f, err := wire.ParseClientFrame(b)
 	if err != nil {
+		if !c.subscribed.Load() && isSubscribeAttempt(b) {
+			// A subscribe refused for any reason closes (PROTOCOL.md),
+			// also one whose fields have the wrong JSON types.
+			c.fail(rejectMalformed, wire.ReasonInvalid+err.Error())
+			return
+		}
 		c.reject(rejectMalformed, wire.ReasonInvalid+err.Error())
 		return
 	}
@@ -367,6 +411,7 @@ func (c *conn) handlePublish(p *wire.Publish) {
 // publishRejected answers a publish that was not stored.
 func (c *conn) publishRejected(level2 bool, ref, id, metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	reason = clipReason(reason)
 	if level2 {
 		c.publishResult(id, ref, wire.StatusRejected, reason)
 		return
