@@ -1,6 +1,8 @@
 package relay_test
 
 import (
+	"context"
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"testing"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"courier/relay"
 	"courier/wire"
 )
 
@@ -115,4 +118,113 @@ func TestSubscribeWithWrongTypesCloses(t *testing.T) {
 	c.send([]byte(`{"Type":"AckMessage","Data":{"messageID":42}}`))
 	c.expect(wire.KindError)
 	c.subscribe1("u", bob.Key())
+}
+
+// TestReplayLeavesRoomForResults (hole 3): a replay used to fill the send
+// queue while the client paused, and the client's own PublishResult then
+// found it full and closed the connection with 1013 (seen: 6,000 x 8 KB
+// backlog, a 2.5 s pause, one publish: closed after 450 deliveries, no
+// result). The replay now stops at a low-water mark: the result comes,
+// the connection stays, and every message arrives.
+func TestReplayLeavesRoomForResults(t *testing.T) {
+	const backlog, size = 6000, 8 << 10
+	// Messages up to 32 KiB: replay pages of 256, as a relay for small
+	// messages would run.
+	e := newEnv(t, func(c *relay.Config) { c.Limits.MaxMessageBytes = 32 << 10 })
+	start := time.Now()
+	bob := newIdentity(t, 1)
+	carol := newIdentity(t, 2)
+	storeBacklog(t, e, bob, backlog, size)
+	t.Logf("backlog stored in %v", time.Since(start))
+
+	// Bob reads by hand: the handshake, then nothing for 2.5 s.
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, e.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(-1)
+	read := func() wire.ServerFrame {
+		t.Helper()
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		f, err := wire.ParseServerFrame(b)
+		if err != nil {
+			t.Fatalf("frame %.200s: %v", b, err)
+		}
+		return f
+	}
+	write := func(typ string, data any) {
+		t.Helper()
+		if err := ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(typ, data)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	write(wire.TypeAuthRequest, wire.AuthRequest{PeerID: bob.ID()})
+	f := read()
+	if f.Kind != wire.KindAuthChallenge {
+		t.Fatalf("got %+v", f)
+	}
+	write(wire.TypeSubscribe, bob.signedSubscribe(testHost, f.AuthChallenge.Nonce, bob.qm))
+	if f := read(); f.Kind != wire.KindSubscribed {
+		t.Fatalf("got %+v", f)
+	}
+	time.Sleep(2500 * time.Millisecond) // the client's pause: the scenario, not a wait for a condition
+	start = time.Now()
+	write(wire.TypePublish, wire.Publish{EncryptedMessage: base64.StdEncoding.EncodeToString(ciphertext(10, "bob to carol")), Recipient: carol.ID(), Ref: "mine"})
+
+	got := make(map[string]bool)
+	var result *wire.PublishResult
+	drained := false
+	for !drained || result == nil {
+		f := read()
+		switch f.Kind {
+		case wire.KindDelivery:
+			got[f.Delivery.ID] = true
+		case wire.KindPublishResult:
+			result = f.PublishResult
+		case wire.KindDrained:
+			drained = true
+			if f.Drained.Count != backlog {
+				t.Errorf("Drained %d, want %d", f.Drained.Count, backlog)
+			}
+		default:
+			t.Fatalf("unexpected %+v", f)
+		}
+	}
+	t.Logf("replayed in %v", time.Since(start))
+	if result.Ref != "mine" || result.Status != wire.StatusQueued {
+		t.Errorf("result %+v", *result)
+	}
+	if len(got) != backlog {
+		t.Errorf("%d of %d replayed", len(got), backlog)
+	}
+	// Still open and served.
+	write(wire.TypeAck, wire.Ack{MessageID: "xyz"})
+	if f := read(); f.Kind != wire.KindLevel2Error {
+		t.Fatalf("got %+v", f)
+	}
+}
+
+// storeBacklog puts n messages of size bytes for id straight into the
+// relay's store (faster than publishing them, the same rows).
+func storeBacklog(t *testing.T, e *env, id identity, n, size int) []string {
+	t.Helper()
+	ids := make([]string, n)
+	results := make([]<-chan relay.PutResult, n)
+	for i := range n {
+		ct := ciphertext(size, fmt.Sprintf("backlog %s %06d", id.ID(), i))
+		ids[i] = wire.MessageID(ct)
+		results[i] = e.store.Put(relay.Message{ID: ids[i], Key: id.Key(), Recipient: id.ID(), Ciphertext: ct})
+	}
+	for _, ch := range results {
+		if r := <-ch; r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	return ids
 }

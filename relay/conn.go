@@ -35,12 +35,20 @@ const (
 const closeGrace = 2 * time.Second
 
 // A replay reads stored messages in pages of at most replayPage messages
-// and, after the first page of replayFirstPage, about replayPageBytes.
+// and at most replayPageBytes of ciphertext, counting every message at
+// the largest size allowed (limits.max_message_bytes): a page is loaded
+// before its sizes are known, and its bound must hold whatever was stored.
+// With the default 4 MiB limit that is 2 messages a page; with 32 KiB or
+// less, replayPage.
 const (
 	replayPage      = 256
-	replayFirstPage = 32
-	replayPageBytes = 4 << 20
+	replayPageBytes = 8 << 20
 )
+
+// replayLimit is the page size of a replay.
+func replayLimit(maxMessageBytes int) int {
+	return min(max(replayPageBytes/max(maxMessageBytes, 1), 1), replayPage)
+}
 
 // maxUserIDBytes bounds a level-1 userID.
 const maxUserIDBytes = 512
@@ -538,14 +546,14 @@ func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
 }
 
 // replay sends what is stored for the subscriber, oldest first, page by
-// page, then switches the connection to live pushes (see deliver). Pages
-// hold about replayPageBytes of ciphertext: up to replayPage small messages,
-// one at a time of the largest.
+// page (see replayLimit), then switches the connection to live pushes (see
+// deliver). It fills the send queue only to its low-water mark
+// (pushReplay).
 func (c *conn) replay() {
 	defer c.wg.Done()
 	var after int64
 	count := 0
-	limit := replayFirstPage
+	limit := replayLimit(c.srv.cfg.Limits.MaxMessageBytes)
 	for {
 		msgs, err := c.srv.store.Pending(c.ctx, c.sub, c.key, after, limit)
 		if err != nil {
@@ -554,12 +562,10 @@ func (c *conn) replay() {
 			}
 			return
 		}
-		size := 0
 		for i, m := range msgs {
-			size += len(m.Ciphertext)
 			frame := wire.DeliveryFrame(m.ID, m.Ciphertext)
 			msgs[i] = Message{} // the frame is all we keep
-			if err := c.q.pushWait(c.ctx, outFrame{b: frame, kind: frameReplay}); err != nil {
+			if err := c.q.pushReplay(c.ctx, outFrame{b: frame, kind: frameReplay}); err != nil {
 				return
 			}
 			after = m.Seq
@@ -575,9 +581,6 @@ func (c *conn) replay() {
 			}
 			c.missed = false
 			c.dmu.Unlock()
-		}
-		if len(msgs) > 0 {
-			limit = min(max(replayPageBytes/(size/len(msgs)+1), 1), replayPage)
 		}
 	}
 	c.log.Debug("replayed", "count", count)
