@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
@@ -33,12 +35,20 @@ const (
 const closeGrace = 2 * time.Second
 
 // A replay reads stored messages in pages of at most replayPage messages
-// and, after the first page of replayFirstPage, about replayPageBytes.
+// and at most replayPageBytes of ciphertext, counting every message at
+// the largest size allowed (limits.max_message_bytes): a page is loaded
+// before its sizes are known, and its bound must hold whatever was stored.
+// With the default 4 MiB limit that is 2 messages a page; with 32 KiB or
+// less, replayPage.
 const (
 	replayPage      = 256
-	replayFirstPage = 32
-	replayPageBytes = 4 << 20
+	replayPageBytes = 8 << 20
 )
+
+// replayLimit is the page size of a replay.
+func replayLimit(maxMessageBytes int) int {
+	return min(max(replayPageBytes/max(maxMessageBytes, 1), 1), replayPage)
+}
 
 // maxUserIDBytes bounds a level-1 userID.
 const maxUserIDBytes = 512
@@ -144,10 +154,45 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string, flush bool, m
 	}
 }
 
+// maxReasonBytes bounds an error reason sent to a client: reasons quote
+// client input (a parse error may name an unknown Type), and an answer
+// must not echo a large frame back.
+const maxReasonBytes = 256
+
+// clipReason cuts reason to maxReasonBytes, marking the cut.
+func clipReason(reason string) string {
+	if len(reason) <= maxReasonBytes {
+		return reason
+	}
+	cut := maxReasonBytes
+	for cut > 0 && !utf8.RuneStart(reason[cut]) {
+		cut--
+	}
+	return reason[:cut] + "…"
+}
+
+// isSubscribeAttempt reports whether a frame that failed to parse was
+// meant as a SubscribeMessage: its Type says so, or it has no Type and
+// carries the fields of the bare form. Only called on the error path.
+func isSubscribeAttempt(b []byte) bool {
+	var env struct {
+		Type            *string         `json:"Type"`
+		UserID          json.RawMessage `json:"userID"`
+		SubscriptionKey json.RawMessage `json:"subscriptionKey"`
+	}
+	if json.Unmarshal(b, &env) != nil {
+		return false
+	}
+	if env.Type != nil {
+		return *env.Type == wire.TypeSubscribe
+	}
+	return env.UserID != nil || env.SubscriptionKey != nil
+}
+
 // fail answers a subscribe failure with {"error": …} and closes.
 func (c *conn) fail(metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
-	_ = c.q.push(outFrame{b: wire.ErrorFrame(reason)})
+	_ = c.q.push(outFrame{b: wire.ErrorFrame(clipReason(reason))})
 	c.closeWith(closePolicy, "subscribe failed", true, "subscribe_failed")
 }
 
@@ -155,6 +200,7 @@ func (c *conn) fail(metric, reason string) {
 // level-1 connection, {"Type":"Error",…} for a level-2 one.
 func (c *conn) reject(metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	reason = clipReason(reason)
 	b := wire.ErrorFrame(reason)
 	if c.level2 {
 		b = wire.Level2ErrorFrame(reason)
@@ -228,6 +274,12 @@ func (c *conn) readFrame() error {
 func (c *conn) handle(b []byte) {
 	f, err := wire.ParseClientFrame(b)
 	if err != nil {
+		if !c.subscribed.Load() && isSubscribeAttempt(b) {
+			// A subscribe refused for any reason closes (PROTOCOL.md),
+			// also one whose fields have the wrong JSON types.
+			c.fail(rejectMalformed, wire.ReasonInvalid+err.Error())
+			return
+		}
 		c.reject(rejectMalformed, wire.ReasonInvalid+err.Error())
 		return
 	}
@@ -402,6 +454,7 @@ func (c *conn) pushEarly(j job, r PutResult) {
 // publishRejected answers a publish that was not stored.
 func (c *conn) publishRejected(level2 bool, ref, id, metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	reason = clipReason(reason)
 	if level2 {
 		c.publishResult(id, ref, wire.StatusRejected, reason)
 		return
@@ -582,14 +635,14 @@ func (c *conn) pushLive(b []byte) {
 }
 
 // replay sends what is stored for the subscriber, oldest first, page by
-// page, then switches the connection to live pushes (see deliver). Pages
-// hold about replayPageBytes of ciphertext: up to replayPage small messages,
-// one at a time of the largest.
+// page (see replayLimit), then switches the connection to live pushes (see
+// deliver). It fills the send queue only to its low-water mark
+// (pushReplay).
 func (c *conn) replay() {
 	defer c.wg.Done()
 	var after int64
 	count := 0
-	limit := replayFirstPage
+	limit := replayLimit(c.srv.cfg.Limits.MaxMessageBytes)
 	for {
 		msgs, err := c.srv.store.Pending(c.ctx, c.sub, c.key, after, limit)
 		if err != nil {
@@ -598,12 +651,10 @@ func (c *conn) replay() {
 			}
 			return
 		}
-		size := 0
 		for i, m := range msgs {
-			size += len(m.Ciphertext)
 			frame := wire.DeliveryFrame(m.ID, m.Ciphertext)
 			msgs[i] = Message{} // the frame is all we keep
-			if err := c.q.pushWait(c.ctx, outFrame{b: frame, kind: frameReplay}); err != nil {
+			if err := c.q.pushReplay(c.ctx, outFrame{b: frame, kind: frameReplay}); err != nil {
 				return
 			}
 			after = m.Seq
@@ -611,9 +662,6 @@ func (c *conn) replay() {
 		}
 		if len(msgs) < limit && c.srv.hub.goLive(c, after) {
 			break
-		}
-		if len(msgs) > 0 {
-			limit = min(max(replayPageBytes/(size/len(msgs)+1), 1), replayPage)
 		}
 	}
 	c.log.Debug("replayed", "count", count)

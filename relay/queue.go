@@ -86,10 +86,31 @@ func (q *sendQueue) pushLocked(f outFrame) error {
 	return nil
 }
 
-// pushWait queues f, waiting for room; the replay uses it, as it can wait.
+// pushWait queues f, waiting for room.
 func (q *sendQueue) pushWait(ctx context.Context, f outFrame) error {
+	return q.pushWaitBelow(ctx, f, q.maxFrames, q.maxBytes)
+}
+
+// pushReplay queues a frame of the replay, waiting until the queue is
+// below its low-water mark: half its frames and a quarter of its bytes.
+// The replay never fills the queue itself, so the room above the mark is
+// kept for the connection's answers (PublishResult, errors) and for live
+// pushes, and an answer waits behind half a queue at most, never behind
+// the whole replay.
+func (q *sendQueue) pushReplay(ctx context.Context, f outFrame) error {
+	return q.pushWaitBelow(ctx, f, max(q.maxFrames/2, 1), max(q.maxBytes/4, 1))
+}
+
+func (q *sendQueue) pushWaitBelow(ctx context.Context, f outFrame, frames, bytes int) error {
 	for {
-		err := q.push(f)
+		q.mu.Lock()
+		var err error
+		if q.close == nil && len(q.frames) > 0 && (len(q.frames) >= frames || q.bytes+len(f.b) > bytes) {
+			err = errQueueFull
+		} else {
+			err = q.pushLocked(f)
+		}
+		q.mu.Unlock()
 		if !errors.Is(err, errQueueFull) {
 			return err
 		}
