@@ -219,7 +219,7 @@ func storeBacklog(t *testing.T, e *env, id identity, n, size int) []string {
 	for i := range n {
 		ct := ciphertext(size, fmt.Sprintf("backlog %s %06d", id.ID(), i))
 		ids[i] = wire.MessageID(ct)
-		results[i] = e.store.Put(relay.Message{ID: ids[i], Key: id.Key(), Recipient: id.ID(), Ciphertext: ct})
+		results[i] = e.store.Put(relay.Message{ID: ids[i], Key: id.Key(), Recipient: id.ID(), Ciphertext: ct}, nil)
 	}
 	for _, ch := range results {
 		if r := <-ch; r.Err != nil {
