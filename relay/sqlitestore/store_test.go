@@ -469,6 +469,54 @@ func TestPoisonedWrite(t *testing.T) {
 	checkUsage(t, s)
 }
 
+// TestPoisonedWriteEarlyOutcomes: a put announced early, in a batch that
+// runs again without a failed write, is announced once, with the Seq it
+// ends with.
+func TestPoisonedWriteEarlyOutcomes(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	poison := storetest.NewPeer(666)
+	if _, err := s.w.Exec(fmt.Sprintf(`CREATE TEMP TRIGGER poison BEFORE INSERT ON messages
+		WHEN NEW.recipient = '%s' BEGIN SELECT RAISE(ABORT, 'poisoned'); END`, poison.ID)); err != nil {
+		t.Fatal(err)
+	}
+	p := storetest.NewPeer(1)
+	var (
+		mu    sync.Mutex
+		heard []relay.PutResult
+	)
+	early := func(r relay.PutResult) {
+		mu.Lock()
+		heard = append(heard, r)
+		mu.Unlock()
+	}
+	s.mu.Lock()
+	var chans []chan relay.PutResult
+	for _, m := range []relay.Message{
+		storetest.NewMessage(p, "before"),
+		storetest.NewMessage(poison, "poison"),
+		storetest.NewMessage(p, "after"),
+	} {
+		ch := make(chan relay.PutResult, 1)
+		s.queue = append(s.queue, &putWrite{m: m, ch: ch, early: early})
+		chans = append(chans, ch)
+	}
+	s.cond.Signal()
+	s.mu.Unlock()
+	before, bad, after := storetest.Wait(t, chans[0]), storetest.Wait(t, chans[1]), storetest.Wait(t, chans[2])
+	if before.Err != nil || bad.Err == nil || after.Err != nil {
+		t.Fatalf("results: %v, %v, %v", before.Err, bad.Err, after.Err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(heard) != 2 || heard[0].Message.Seq != before.Message.Seq || heard[1].Message.Seq != after.Message.Seq {
+		var seqs []int64
+		for _, r := range heard {
+			seqs = append(seqs, r.Message.Seq)
+		}
+		t.Errorf("early outcomes with Seqs %v, want once each: %d, %d", seqs, before.Message.Seq, after.Message.Seq)
+	}
+}
+
 // TestCommitFailure: when the commit itself fails, every write of the batch
 // gets the error and none is applied; the store goes on working.
 func TestCommitFailure(t *testing.T) {

@@ -41,9 +41,6 @@ type wtx struct {
 	// totals is the batch's change to the totals row, written once at the
 	// end of the transaction.
 	totals usage
-	// early are the puts whose outcome the batch has decided and whose
-	// Put asked to hear it before the commit.
-	early []*putWrite
 }
 
 // usage counts messages (and their ciphertext bytes).
@@ -228,11 +225,15 @@ func (s *Store) runTx(batch []write) (bad int, err error) {
 			return -1, fmt.Errorf("sqlitestore: update totals: %w", err)
 		}
 	}
-	// The outcomes are decided: the puts that asked hear them while the
-	// commit runs, and before their results (see Put).
-	announced := s.announce(t.early)
 	err = tx.Commit()
-	<-announced
+	if s.unmarked {
+		// Every early outcome is out before any result (see Put),
+		// including those of an earlier attempt at this batch.
+		done := make(chan struct{})
+		s.announcements <- announcement{done: done}
+		<-done
+		s.unmarked = false
+	}
 	if err != nil {
 		return -1, fmt.Errorf("sqlitestore: commit: %w", err)
 	}
@@ -246,33 +247,26 @@ func (s *Store) runTx(batch []write) (bad int, err error) {
 	return -1, nil
 }
 
-// announce hands the early outcomes of a batch to the announcer goroutine
-// and returns a channel closed once it has called them all.
-func (s *Store) announce(puts []*putWrite) <-chan struct{} {
-	done := make(chan struct{})
-	if len(puts) == 0 {
-		close(done)
-		return done
-	}
-	s.announcements <- announcement{puts: puts, done: done}
-	return done
-}
-
+// announcement is one put's outcome for the announcer (a copy: a batch
+// that runs again rewrites the put's own), or (early nil) a marker that it
+// closes done at.
 type announcement struct {
-	puts []*putWrite
-	done chan struct{}
+	early func(relay.PutResult)
+	res   relay.PutResult
+	done  chan struct{}
 }
 
-// announceLoop calls the early callbacks of Put, batch after batch, in
-// Put order, while the writer commits. It ends once the writer has exited
-// (it closes announcements).
+// announceLoop calls the early callbacks of Put in Put order, while the
+// writer applies and commits. It ends once the writer has exited (it
+// closes announcements).
 func (s *Store) announceLoop() {
 	defer close(s.announcerDone)
 	for a := range s.announcements {
-		for _, p := range a.puts {
-			p.early(p.res)
+		if a.early != nil {
+			a.early(a.res)
+		} else {
+			close(a.done)
 		}
-		close(a.done)
 	}
 }
 
@@ -340,10 +334,11 @@ func (s *Store) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 }
 
 type putWrite struct {
-	m     relay.Message
-	ch    chan relay.PutResult
-	early func(relay.PutResult)
-	res   relay.PutResult
+	m         relay.Message
+	ch        chan relay.PutResult
+	early     func(relay.PutResult)
+	announced bool // early has the outcome (writer-owned)
+	res       relay.PutResult
 }
 
 func (p *putWrite) kind() string { return "put" }
@@ -403,12 +398,19 @@ func (p *putWrite) apply(t *wtx) error {
 	return nil
 }
 
-// announce queues p's outcome for its early callback, if it has one and
-// the outcome is not an error.
+// announce hands p's outcome to the announcer at once, if p has an early
+// callback and the outcome is not an error: the message can be passed on
+// while the rest of the batch is applied and committed. When a later
+// write of the batch fails and the batch runs again without it (commit),
+// p is applied again, to the same outcome (same order, same starting
+// point), and not announced twice.
 func (p *putWrite) announce(t *wtx) {
-	if p.early != nil && p.res.Err == nil {
-		t.early = append(t.early, p)
+	if p.early == nil || p.res.Err != nil || p.announced {
+		return
 	}
+	p.announced = true
+	t.s.unmarked = true
+	t.s.announcements <- announcement{early: p.early, res: p.res}
 }
 
 // existing sets the result to the stored message with p's ID, if any.
