@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -82,17 +83,21 @@ func runChild(path string) error {
 // prints "ADDR host:port" for the parent, and serves until killed.
 func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 	opts.Logger = slog.New(slog.DiscardHandler)
-	var srv *relay.Server
-	opts.OnCommit = func(batch int, d time.Duration) { srv.ObserveCommit(batch, d) }
+	var srvp atomic.Pointer[relay.Server]
+	opts.OnCommit = func(batch int, d time.Duration) {
+		if s := srvp.Load(); s != nil { // the first sweep may commit while New runs
+			s.ObserveCommit(batch, d)
+		}
+	}
 	st, err := sqlitestore.Open(cfg.Store.Path, opts)
 	if err != nil {
 		return err
 	}
-	// No commit before New: nothing writes before the listener is served.
-	srv, err = relay.New(cfg, st, slog.New(slog.DiscardHandler))
+	srv, err := relay.New(cfg, st, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
+	srvp.Store(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
