@@ -25,6 +25,7 @@ const (
 const (
 	StatusDelivered = "delivered" // the recipient's authenticated connection acked it: the only ACK
 	StatusQueued    = "queued"    // stored, not confirmed delivered: a NACK
+	StatusOffline   = "offline"   // stored, and handed OFFLINE by the relay's bridge (only for a "fallback":"relay" publish)
 	StatusRejected  = "rejected"  // not stored: a NACK, Reason says why
 )
 
@@ -65,12 +66,20 @@ type Ack struct {
 }
 
 // Publish is the Data of an EncryptedMessage sent by a client. Ref is a
-// level-2 client's own string, echoed in the PublishResult.
+// level-2 client's own string, echoed in the PublishResult. Fallback
+// "relay" (FallbackRelay) asks the relay's OFFLINE bridge to hand the
+// message OFFLINE if the recipient does not take it in time; a level-1
+// publish always goes through the bridge, whatever it says.
 type Publish struct {
 	EncryptedMessage string `json:"encryptedMessage"`
 	Recipient        string `json:"recipient"`
 	Ref              string `json:"ref,omitempty"`
+	Fallback         string `json:"fallback,omitempty"`
 }
+
+// FallbackRelay is the Publish.Fallback that asks for the relay's OFFLINE
+// bridge.
+const FallbackRelay = "relay"
 
 // AuthRequest opens a level-2 handshake.
 type AuthRequest struct {
@@ -199,6 +208,7 @@ const (
 	fRecipient
 	fRef
 	fPeerID
+	fFallback
 )
 
 // dataFields is the Data of any client frame, as parseFast reads it
@@ -207,6 +217,7 @@ type dataFields struct {
 	seen                                                uint16
 	userID, subscriptionKey, pubKey, signature          string
 	messageID, encryptedMessage, recipient, ref, peerID string
+	fallback                                            string
 	protocol                                            int
 }
 
@@ -270,7 +281,7 @@ func parseFast(b []byte) (ClientFrame, bool) {
 	case TypeAck:
 		f.Ack = &Ack{MessageID: d.messageID}
 	case TypePublish:
-		f.Publish = &Publish{EncryptedMessage: d.encryptedMessage, Recipient: d.recipient, Ref: d.ref}
+		f.Publish = &Publish{EncryptedMessage: d.encryptedMessage, Recipient: d.recipient, Ref: d.ref, Fallback: d.fallback}
 	case TypeAuthRequest:
 		f.AuthRequest = &AuthRequest{PeerID: d.peerID}
 	default:
@@ -372,6 +383,8 @@ func (s *scanner) data(d *dataFields) bool {
 			bit, dst = fRef, &d.ref
 		case "peerID":
 			bit, dst = fPeerID, &d.peerID
+		case "fallback":
+			bit, dst = fFallback, &d.fallback
 		default:
 			return false
 		}

@@ -41,6 +41,11 @@ func TestParseClientFrame(t *testing.T) {
 				t.Errorf("got %+v", f.Publish)
 			}
 		}},
+		{"publish with fallback", `{"Type":"EncryptedMessage","Data":{"encryptedMessage":"eA==","recipient":"r","fallback":"relay"}}`, func(t *testing.T, f ClientFrame) {
+			if f.Publish == nil || f.Publish.Fallback != FallbackRelay {
+				t.Errorf("got %+v", f.Publish)
+			}
+		}},
 		{"auth request", `{"Type":"AuthRequest","Data":{"peerID":"p"}}`, func(t *testing.T, f ClientFrame) {
 			if f.AuthRequest == nil || f.AuthRequest.PeerID != "p" {
 				t.Errorf("got %+v", f)
@@ -146,6 +151,7 @@ func TestParseFastTakesOrdinaryFrames(t *testing.T) {
 	frames := [][]byte{
 		ClientFrameBytes(TypePublish, Publish{EncryptedMessage: ct, Recipient: "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg", Ref: "ref-1"}),
 		ClientFrameBytes(TypePublish, Publish{EncryptedMessage: ct, Recipient: "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg"}),
+		ClientFrameBytes(TypePublish, Publish{EncryptedMessage: ct, Recipient: "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg", Ref: "r", Fallback: FallbackRelay}),
 		ClientFrameBytes(TypeAck, Ack{MessageID: MessageID([]byte("x"))}),
 		ClientFrameBytes(TypeSubscribe, Subscribe{UserID: "u", SubscriptionKey: "k"}),
 		ClientFrameBytes(TypeSubscribe, Subscribe{UserID: "u", SubscriptionKey: "k", Protocol: 2, PubKey: "ab", Signature: "cd"}),
