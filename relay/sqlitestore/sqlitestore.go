@@ -226,6 +226,9 @@ func (s *Store) open() error {
 	if err := s.loadUsage(ctx); err != nil {
 		return err
 	}
+	if _, err := s.w.ExecContext(ctx, handoffReleaseSQL, time.Now().UnixNano()); err != nil {
+		return fmt.Errorf("release hand-off leases: %w", err)
+	}
 
 	// mode=ro: these connections can never write, whatever a bug asks of them.
 	s.r, err = sql.Open("sqlite3", dsn(s.path,

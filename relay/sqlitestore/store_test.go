@@ -49,6 +49,10 @@ func TestStore(t *testing.T) {
 		s, _ := openTest(t, Options{Quota: q})
 		return s
 	})
+	storetest.RunHandoff(t, func(t *testing.T) relay.HandoffStore {
+		s, _ := openTest(t, Options{})
+		return s
+	})
 }
 
 func TestStoreSmallBatches(t *testing.T) {
@@ -744,3 +748,32 @@ func (u *usageSnapshot) apply(t *wtx) error {
 	return nil
 }
 func (u *usageSnapshot) deliver(err error) { u.ch <- u.mem }
+
+// TestHandoffLeaseReleasedAtOpen: only one process opens a database, so
+// the leases of a process that died while claiming are over at the next
+// Open: its pending hand-offs are claimed again at once, not after the
+// lease.
+func TestHandoffLeaseReleasedAtOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s, err := Open(path, Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := storetest.NewMessage(storetest.NewPeer(1), "claimed, then the relay died")
+	now := time.Now()
+	storetest.MustPutHandoff(t, s, m, now)
+	if hs := storetest.MustClaim(t, s, "dead", now, time.Hour); len(hs) != 1 {
+		t.Fatalf("claimed %d, want 1", len(hs))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if hs := storetest.MustClaim(t, s, "next", time.Now(), time.Hour); len(hs) != 1 {
+		t.Errorf("after reopening, claimed %d hand-offs, want the 1 the old owner held", len(hs))
+	}
+}

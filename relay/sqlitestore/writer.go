@@ -337,7 +337,9 @@ type putWrite struct {
 	m         relay.Message
 	ch        chan relay.PutResult
 	early     func(relay.PutResult)
-	announced bool // early has the outcome (writer-owned)
+	handoff   bool  // PutHandoff: record a pending hand-off too
+	due       int64 // when it is due, unix nanoseconds
+	announced bool  // early has the outcome (writer-owned)
 	res       relay.PutResult
 }
 
@@ -353,6 +355,13 @@ func (p *putWrite) deliver(err error) {
 }
 
 func (p *putWrite) apply(t *wtx) error {
+	if err := p.applyPut(t); err != nil || !p.handoff || p.res.Err != nil {
+		return err
+	}
+	return p.applyHandoff(t)
+}
+
+func (p *putWrite) applyPut(t *wtx) error {
 	m := p.m
 	p.res = relay.PutResult{}
 	size := int64(len(m.Ciphertext))
