@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/url"
 	"strings"
 	"time"
 
@@ -32,6 +33,9 @@ type Config struct {
 	Store     StoreConfig     `toml:"store"`
 	Limits    LimitsConfig    `toml:"limits"`
 	Keepalive KeepaliveConfig `toml:"keepalive"`
+	// Offline is the OFFLINE bridge: nil (the [offline] section absent)
+	// turns it off.
+	Offline *OfflineConfig `toml:"offline"`
 
 	// Client, when set, is served at /client/ (the browser client). It is
 	// not read from TOML.
@@ -110,6 +114,59 @@ type KeepaliveConfig struct {
 	PingTimeout time.Duration `toml:"ping_timeout"`
 }
 
+// OfflineConfig is the [offline] section: the relay's OFFLINE bridge
+// (PROTOCOL.md, "The relay's OFFLINE bridge"), which hands the messages of
+// light clients to the operator's OpenBazaar node when their recipient
+// does not take them in time. Its defaults are DefaultOfflineConfig's.
+type OfflineConfig struct {
+	// PublishURL is the operator's node's OFFLINE publish endpoint, the
+	// sidecar's node.offline_publish_url contract: POST
+	// {"recipient","ciphertext"}, 2xx when the node has taken it. Required.
+	PublishURL string `toml:"publish_url"`
+	// Username and PasswordFile are the node API's HTTP basic auth (a file
+	// holding the plain password). Set both or neither. Default: none.
+	Username     string `toml:"username"`
+	PasswordFile string `toml:"password_file"`
+	// CookieFile is openbazaar-go's auth cookie file, holding
+	// "OpenBazaar_Auth_Cookie=<value>", sent as that cookie. It is read
+	// again every few seconds and after a 401 or 403 (the node writes a
+	// new one at every start). Default: none.
+	CookieFile string `toml:"cookie_file"`
+	// After is how long the recipient's authenticated connection has to
+	// ack a message before it is handed off. Default 0: limits.delivery_wait.
+	After time.Duration `toml:"after"`
+	// Timeout bounds one attempt (the POST to the node). Default 10s.
+	Timeout time.Duration `toml:"timeout"`
+	// RetryMin and RetryMax bound the wait between attempts: capped
+	// exponential backoff with full jitter, the n-th retry waiting a random
+	// time up to min(RetryMax, RetryMin·2ⁿ⁻¹). Defaults 1s and 5m.
+	// Attempts go on until one succeeds or the message expires
+	// (limits.message_ttl).
+	RetryMin time.Duration `toml:"retry_min"`
+	RetryMax time.Duration `toml:"retry_max"`
+	// PollInterval is the longest the bridge sleeps before it looks for
+	// hand-offs due again: for those of other instances whose lease ran
+	// out, and for retries. Default 5s.
+	PollInterval time.Duration `toml:"poll_interval"`
+	// Concurrency is how many hand-offs run at once. Default 8.
+	Concurrency int `toml:"concurrency"`
+	// UnreadyAfter: /readyz fails once this many attempts in a row have
+	// failed, until one succeeds. Default 5.
+	UnreadyAfter int `toml:"unready_after"`
+}
+
+// DefaultOfflineConfig is what an [offline] section leaves out.
+func DefaultOfflineConfig() OfflineConfig {
+	return OfflineConfig{
+		Timeout:      10 * time.Second,
+		RetryMin:     time.Second,
+		RetryMax:     5 * time.Minute,
+		PollInterval: 5 * time.Second,
+		Concurrency:  8,
+		UnreadyAfter: 5,
+	}
+}
+
 // DefaultConfig returns the configuration used for every key a file leaves out.
 func DefaultConfig() Config {
 	return Config{
@@ -150,6 +207,8 @@ func DefaultConfig() Config {
 // are errors naming the key. It does not call Validate.
 func ParseConfig(r io.Reader) (Config, error) {
 	cfg := DefaultConfig()
+	off := DefaultOfflineConfig()
+	cfg.Offline = &off // decoded into when the file has [offline]
 	md, err := toml.NewDecoder(r).Decode(&cfg)
 	if err != nil {
 		var pe toml.ParseError
@@ -174,6 +233,9 @@ func ParseConfig(r io.Reader) (Config, error) {
 		}
 		return Config{}, fmt.Errorf("config: unknown key %s", strings.Join(keys, ", "))
 	}
+	if !md.IsDefined("offline") {
+		cfg.Offline = nil
+	}
 	return cfg, nil
 }
 
@@ -184,6 +246,8 @@ var durationKeys = map[string]bool{
 	"limits.message_ttl": true, "limits.delivery_wait": true, "limits.subscribe_timeout": true,
 	"limits.nonce_ttl": true, "limits.write_timeout": true,
 	"keepalive.ping_interval": true, "keepalive.ping_timeout": true,
+	"offline.after": true, "offline.timeout": true, "offline.retry_min": true,
+	"offline.retry_max": true, "offline.poll_interval": true,
 }
 
 // ErrNotSupported is wrapped by Validate for a store driver that exists in
@@ -267,7 +331,48 @@ func (c Config) Validate() error {
 	}
 	positiveDur("keepalive.ping_interval", c.Keepalive.PingInterval)
 	positiveDur("keepalive.ping_timeout", c.Keepalive.PingTimeout)
+	if o := c.Offline; o != nil {
+		o.validate(bad, positiveDur)
+	}
 	return errors.Join(errs...)
+}
+
+func (o *OfflineConfig) validate(bad func(key, format string, args ...any), positiveDur func(string, time.Duration)) {
+	if o.PublishURL == "" {
+		bad("offline.publish_url", "must be the operator's node's OFFLINE endpoint, such as \"http://127.0.0.1:4002/courier/offline\" (delete the [offline] section to turn the bridge off)")
+	} else if u, err := url.Parse(o.PublishURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("offline.publish_url", "must be an http:// or https:// URL with a host, such as \"http://127.0.0.1:4002/courier/offline\"")
+	} else if u.User != nil {
+		bad("offline.publish_url", "must not hold credentials; use offline.username with offline.password_file, or offline.cookie_file")
+	}
+	if (o.Username == "") != (o.PasswordFile == "") {
+		bad("offline.password_file", "offline.username and offline.password_file go together: set both or neither")
+	}
+	if o.After < 0 {
+		bad("offline.after", "must not be negative (0 is limits.delivery_wait), got %v", o.After)
+	}
+	positiveDur("offline.timeout", o.Timeout)
+	positiveDur("offline.retry_min", o.RetryMin)
+	positiveDur("offline.retry_max", o.RetryMax)
+	positiveDur("offline.poll_interval", o.PollInterval)
+	if o.RetryMax < o.RetryMin {
+		bad("offline.retry_max", "must be at least offline.retry_min (%v), got %v", o.RetryMin, o.RetryMax)
+	}
+	if o.Concurrency < 1 || o.Concurrency > 1024 {
+		bad("offline.concurrency", "must be between 1 and 1024, got %d", o.Concurrency)
+	}
+	if o.UnreadyAfter < 1 {
+		bad("offline.unready_after", "must be at least 1, got %d", o.UnreadyAfter)
+	}
+}
+
+// after is how long a message waits for its recipient's ack before it is
+// handed off.
+func (c Config) offlineAfter() time.Duration {
+	if c.Offline != nil && c.Offline.After > 0 {
+		return c.Offline.After
+	}
+	return c.Limits.DeliveryWait
 }
 
 // Quota is the per-key quota the limits ask the store to enforce.

@@ -136,3 +136,75 @@ func TestValidateNamesTheKey(t *testing.T) {
 		t.Errorf("two problems: %v", err)
 	}
 }
+
+// TestOfflineSection: [offline] turns the bridge on with its defaults for
+// what it leaves out; without it the bridge is off.
+func TestOfflineSection(t *testing.T) {
+	cfg, err := relay.ParseConfig(strings.NewReader(`[limits]
+delivery_wait = "2s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Offline != nil {
+		t.Errorf("no [offline] section: Offline = %+v, want nil (bridge off)", cfg.Offline)
+	}
+	cfg, err = relay.ParseConfig(strings.NewReader(`[offline]
+publish_url = "http://127.0.0.1:4002/courier/offline"
+retry_max = "1m"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := relay.DefaultOfflineConfig()
+	want.PublishURL = "http://127.0.0.1:4002/courier/offline"
+	want.RetryMax = time.Minute
+	if cfg.Offline == nil || *cfg.Offline != want {
+		t.Fatalf("Offline = %+v, want %+v", cfg.Offline, want)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ toml, want string }{
+		{"[offline]\nafter = 3", "offline.after: write a duration as a string"},
+		{"[offline]\npublish_url = \"x\"\nretries = 3", "unknown key offline.retries"},
+	} {
+		if _, err := relay.ParseConfig(strings.NewReader(tt.toml)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseConfig(%q) = %v, want %q", tt.toml, err, tt.want)
+		}
+	}
+}
+
+func TestValidateOfflineNamesTheKey(t *testing.T) {
+	tests := []struct {
+		key    string
+		mutate func(o *relay.OfflineConfig)
+	}{
+		{"offline.publish_url", func(o *relay.OfflineConfig) { o.PublishURL = "" }},
+		{"offline.publish_url", func(o *relay.OfflineConfig) { o.PublishURL = "ftp://node/offline" }},
+		{"offline.publish_url", func(o *relay.OfflineConfig) { o.PublishURL = "http://user:secret@node/offline" }},
+		{"offline.password_file", func(o *relay.OfflineConfig) { o.Username = "ob" }},
+		{"offline.password_file", func(o *relay.OfflineConfig) { o.PasswordFile = "/p" }},
+		{"offline.after", func(o *relay.OfflineConfig) { o.After = -time.Second }},
+		{"offline.timeout", func(o *relay.OfflineConfig) { o.Timeout = 0 }},
+		{"offline.retry_min", func(o *relay.OfflineConfig) { o.RetryMin = 0 }},
+		{"offline.retry_max", func(o *relay.OfflineConfig) { o.RetryMax = o.RetryMin / 2 }},
+		{"offline.poll_interval", func(o *relay.OfflineConfig) { o.PollInterval = 0 }},
+		{"offline.concurrency", func(o *relay.OfflineConfig) { o.Concurrency = 0 }},
+		{"offline.unready_after", func(o *relay.OfflineConfig) { o.UnreadyAfter = 0 }},
+	}
+	for _, tt := range tests {
+		cfg := relay.DefaultConfig()
+		off := relay.DefaultOfflineConfig()
+		off.PublishURL = "http://127.0.0.1:4002/courier/offline"
+		tt.mutate(&off)
+		cfg.Offline = &off
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), "config: "+tt.key+": ") {
+			t.Errorf("%s: Validate = %v", tt.key, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: the error quotes a password: %v", tt.key, err)
+		}
+	}
+}

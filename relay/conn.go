@@ -99,6 +99,11 @@ type job struct {
 	ref    string
 	level2 bool // answer with a PublishResult
 	early  *earlyPut
+	// handoff: put through the OFFLINE bridge (PutHandoff), due then.
+	// fallback: a level-2 "fallback":"relay" publish, answered offline
+	// once handed off.
+	handoff, fallback bool
+	due               time.Time
 }
 
 // earlyPut is what a put did before its commit (see pushEarly). The
@@ -417,6 +422,15 @@ func (c *conn) handlePublish(p *wire.Publish) {
 		c.publishRejected(level2, p.Ref, "", rejectInvalid, wire.ReasonInvalid+err.Error())
 		return
 	}
+	fallback := false
+	if level2 && p.Fallback != "" {
+		if p.Fallback != wire.FallbackRelay {
+			c.publishRejected(level2, p.Ref, "", rejectInvalid, wire.ReasonInvalid+
+				fmt.Sprintf("fallback must be %q (the relay's OFFLINE bridge) or absent, got %q", wire.FallbackRelay, p.Fallback))
+			return
+		}
+		fallback = true
+	}
 	m := Message{
 		ID:         wire.MessageID(ct),
 		Key:        peer.SubscriptionKey(wire.RelayPrefixBits),
@@ -424,9 +438,57 @@ func (c *conn) handlePublish(p *wire.Publish) {
 		Ciphertext: ct,
 	}
 	j := job{msg: m, id: m.ID, ref: p.Ref, level2: level2, early: new(earlyPut)}
+	// The bridge takes every level-1 publish (its publisher cannot fall
+	// back itself) and the level-2 ones that ask for it.
+	if b := c.srv.bridge; b != nil && (!level2 || fallback) {
+		j.handoff, j.fallback = true, fallback
+		j.due = c.srv.now().Add(c.srv.cfg.offlineAfter())
+	}
 	early := j // the callback's copy, without put (written below)
-	j.put = c.srv.store.Put(m, func(r PutResult) { c.pushEarly(early, r) })
+	push := func(r PutResult) { c.pushEarly(early, r) }
+	if j.handoff {
+		j.put = c.srv.bridge.store.PutHandoff(m, j.due, push)
+	} else {
+		j.put = c.srv.store.Put(m, push)
+	}
 	c.enqueue(j)
+}
+
+// afterWait is what a publish does when its wait for the recipient's ack
+// ends without it: nil (answer queued), or for a fallback publish, wait
+// for the hand-off.
+func (c *conn) afterWait(j job, r PutResult) func() {
+	if !j.fallback {
+		return nil
+	}
+	return func() { c.awaitHandoff(j, r) }
+}
+
+// awaitHandoff answers a fallback publish whose recipient has not acked:
+// offline once its hand-off is made, queued if an attempt fails (the
+// bridge goes on) or no outcome comes within the hand-off's due time plus
+// offline.timeout.
+func (c *conn) awaitHandoff(j job, r PutResult) {
+	s := c.srv
+	switch r.Handoff {
+	case HandoffDone:
+		c.publishResult(j.id, j.ref, wire.StatusOffline, "")
+		return
+	case HandoffPending:
+	default:
+		c.publishResult(j.id, j.ref, wire.StatusQueued, "")
+		return
+	}
+	b := s.bridge
+	d := max(time.Until(j.due), 0) + b.cfg.Timeout + time.Second
+	s.waiters.awaitHandoff(c, j.id, j.ref, d, func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if st, err := b.store.HandoffStatus(ctx, j.id); err == nil && st == HandoffDone {
+			return wire.StatusOffline
+		}
+		return wire.StatusQueued
+	})
 }
 
 // pushEarly runs when the store has decided that a put stores a new
@@ -446,7 +508,7 @@ func (c *conn) pushEarly(j job, r PutResult) {
 	e.pushed, e.msg = true, m
 	if j.level2 && s.hub.peerConnected(m.Recipient) {
 		// Registered before the push, so the recipient's ack cannot come first.
-		e.w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, false)
+		e.w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, false, nil)
 	}
 	s.hub.pushEarly(m)
 }
@@ -511,10 +573,14 @@ func (c *conn) finishPut(j job, r PutResult) {
 		s.hub.settle(e.msg)
 		if r.Err == nil {
 			s.metrics.stored.Inc()
+			c.wakeBridge(j, r)
 			if j.level2 {
-				if e.w != nil {
-					s.waiters.committed(e.w)
-				} else {
+				switch {
+				case e.w != nil:
+					s.waiters.committed(e.w, c.afterWait(j, r))
+				case j.fallback:
+					c.awaitHandoff(j, r)
+				default:
 					c.publishResult(j.id, j.ref, wire.StatusQueued, "")
 				}
 			}
@@ -553,6 +619,7 @@ func (c *conn) finishPut(j job, r PutResult) {
 	} else {
 		s.metrics.stored.Inc()
 	}
+	c.wakeBridge(j, r)
 	if j.level2 && r.Existing && r.RecipientAcked {
 		c.publishResult(j.id, j.ref, wire.StatusDelivered, "")
 		return
@@ -560,13 +627,24 @@ func (c *conn) finishPut(j job, r PutResult) {
 	var w *waiter
 	if j.level2 && s.hub.peerConnected(m.Recipient) {
 		// Registered before the push, so the recipient's ack cannot come first.
-		w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, true)
+		w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, true, c.afterWait(j, r))
 	}
 	if !(r.Existing && r.RecipientAcked) {
 		s.hub.push(m, r.Existing)
 	}
 	if j.level2 && w == nil {
-		c.publishResult(j.id, j.ref, wire.StatusQueued, "")
+		if j.fallback {
+			c.awaitHandoff(j, r)
+		} else {
+			c.publishResult(j.id, j.ref, wire.StatusQueued, "")
+		}
+	}
+}
+
+// wakeBridge tells the bridge of a hand-off the put added.
+func (c *conn) wakeBridge(j job, r PutResult) {
+	if j.handoff && r.Handoff == HandoffPending {
+		c.srv.bridge.wake()
 	}
 }
 

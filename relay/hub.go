@@ -188,11 +188,13 @@ func (h *hub) each(f func(*conn)) {
 	}
 }
 
-// waiters holds the level-2 publishes that wait for their recipient's ack.
+// waiters holds the level-2 publishes that wait for their recipient's ack,
+// and the "fallback":"relay" publishes that wait for their hand-off.
 type waiters struct {
-	mu     sync.Mutex
-	byID   map[string][]*waiter
-	closed bool
+	mu       sync.Mutex
+	byID     map[string][]*waiter
+	handoffs map[string][]*handoffWait
+	closed   bool
 }
 
 type waiter struct {
@@ -202,20 +204,32 @@ type waiter struct {
 	timer *time.Timer
 	// Under waiters.mu. committed: the publish has committed, so queued
 	// may be answered. expired: the wait ended before the commit; queued
-	// is answered at the commit (waiters.committed).
+	// is answered at the commit (waiters.committed). then, if set, is
+	// called instead of answering queued (a fallback publish goes on to
+	// wait for its hand-off).
 	committed, expired bool
+	then               func()
+}
+
+// handoffWait is a "fallback":"relay" publish that waits for the outcome
+// of its hand-off.
+type handoffWait struct {
+	c     *conn
+	id    string
+	ref   string
+	timer *time.Timer
 }
 
 func newWaiters() *waiters {
-	return &waiters{byID: make(map[string][]*waiter)}
+	return &waiters{byID: make(map[string][]*waiter), handoffs: make(map[string][]*handoffWait)}
 }
 
 // add registers a wait for message id on behalf of publisher c. After d
-// without an ack, c is answered queued: at once if the publish has
-// committed, else once it has (committed). An ack resolves it delivered,
-// committed or not.
-func (ws *waiters) add(c *conn, id, ref string, d time.Duration, committed bool) *waiter {
-	w := &waiter{c: c, id: id, ref: ref, committed: committed}
+// without an ack, c is answered queued (or then is called): at once if the
+// publish has committed, else once it has (committed). An ack resolves it
+// delivered, committed or not.
+func (ws *waiters) add(c *conn, id, ref string, d time.Duration, committed bool, then func()) *waiter {
+	w := &waiter{c: c, id: id, ref: ref, committed: committed, then: then}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	if ws.closed {
@@ -230,24 +244,35 @@ func (ws *waiters) add(c *conn, id, ref string, d time.Duration, committed bool)
 		}
 		answer := w.committed
 		w.expired = !answer
+		then := w.then
 		ws.mu.Unlock()
 		if answer {
-			w.c.publishResult(w.id, w.ref, wire.StatusQueued, "")
+			w.answerQueued(then)
 		}
 	})
 	return w
 }
 
-// committed notes that w's publish has committed; if its wait has
-// expired, it is answered queued now.
-func (ws *waiters) committed(w *waiter) {
+func (w *waiter) answerQueued(then func()) {
+	if then != nil {
+		then()
+		return
+	}
+	w.c.publishResult(w.id, w.ref, wire.StatusQueued, "")
+}
+
+// committed notes that w's publish has committed, and what to do instead
+// of answering queued (then, may be nil); if its wait has expired, that
+// happens now.
+func (ws *waiters) committed(w *waiter, then func()) {
 	ws.mu.Lock()
 	w.committed = true
+	w.then = then
 	answer := w.expired
 	w.expired = false
 	ws.mu.Unlock()
 	if answer {
-		w.c.publishResult(w.id, w.ref, wire.StatusQueued, "")
+		w.answerQueued(then)
 	}
 }
 
@@ -289,9 +314,75 @@ func (ws *waiters) resolve(id string) {
 	for _, w := range list {
 		w.timer.Stop()
 	}
+	hl := ws.takeHandoffsLocked(id)
 	ws.mu.Unlock()
 	for _, w := range list {
 		w.c.publishResult(w.id, w.ref, wire.StatusDelivered, "")
+	}
+	for _, h := range hl {
+		h.c.publishResult(h.id, h.ref, wire.StatusDelivered, "")
+	}
+}
+
+// awaitHandoff registers a fallback publish of message id that waits for
+// the outcome of its hand-off (handedOff) or its recipient's ack
+// (resolve). If neither comes within d, check says what to answer (the
+// hand-off may have been made by another instance).
+func (ws *waiters) awaitHandoff(c *conn, id, ref string, d time.Duration, check func() string) {
+	h := &handoffWait{c: c, id: id, ref: ref}
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.closed {
+		return
+	}
+	ws.handoffs[id] = append(ws.handoffs[id], h)
+	h.timer = time.AfterFunc(d, func() {
+		ws.mu.Lock()
+		found := false
+		list := ws.handoffs[id]
+		for i, x := range list {
+			if x == h {
+				found = true
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(ws.handoffs, id)
+		} else {
+			ws.handoffs[id] = list
+		}
+		ws.mu.Unlock()
+		if found {
+			h.c.publishResult(h.id, h.ref, check(), "")
+		}
+	})
+}
+
+// takeHandoffsLocked removes and returns the hand-off waits for id,
+// their timers stopped; ws.mu is held.
+func (ws *waiters) takeHandoffsLocked(id string) []*handoffWait {
+	list := ws.handoffs[id]
+	delete(ws.handoffs, id)
+	for _, h := range list {
+		h.timer.Stop()
+	}
+	return list
+}
+
+// handedOff answers the fallback publishes waiting for message id's
+// hand-off: offline when it was handed off, else queued (an attempt
+// failed; the bridge goes on in the background).
+func (ws *waiters) handedOff(id string, ok bool) {
+	ws.mu.Lock()
+	list := ws.takeHandoffsLocked(id)
+	ws.mu.Unlock()
+	status := wire.StatusQueued
+	if ok {
+		status = wire.StatusOffline
+	}
+	for _, h := range list {
+		h.c.publishResult(h.id, h.ref, status, "")
 	}
 }
 
@@ -305,5 +396,8 @@ func (ws *waiters) close() {
 			w.timer.Stop()
 		}
 		delete(ws.byID, id)
+	}
+	for id := range ws.handoffs {
+		ws.takeHandoffsLocked(id)
 	}
 }

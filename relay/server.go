@@ -29,6 +29,7 @@ type Server struct {
 	metrics *metrics
 	hub     *hub
 	waiters *waiters
+	bridge  *bridge // the OFFLINE bridge; nil when [offline] is not configured
 	handler http.Handler
 
 	ctx    context.Context // ends at Shutdown
@@ -70,6 +71,19 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	now := time.Now
 	s.clock.Store(&now)
+	if cfg.Offline != nil {
+		hs, ok := store.(HandoffStore)
+		if !ok {
+			s.cancel()
+			return nil, fmt.Errorf("config: offline: the OFFLINE bridge needs a store that keeps hand-offs (relay.HandoffStore); %T does not", store)
+		}
+		b, err := newBridge(s, hs)
+		if err != nil {
+			s.cancel()
+			return nil, err
+		}
+		s.bridge = b
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", s.serveRoot)
@@ -83,6 +97,9 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 
 	s.wg.Add(1)
 	go s.sweepLoop()
+	if s.bridge != nil {
+		s.bridge.start(s.ctx)
+	}
 	return s, nil
 }
 
@@ -119,6 +136,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
+		if s.bridge != nil {
+			s.bridge.wait()
+		}
 		close(done)
 	}()
 	select {
@@ -221,6 +241,15 @@ type Description struct {
 	PublicHost     string           `json:"public_host"`
 	Limits         DescribedLimits  `json:"limits"`
 	Keepalive      DescribedPinging `json:"keepalive"`
+	Offline        DescribedOffline `json:"offline"`
+}
+
+// DescribedOffline says whether the OFFLINE bridge is on: whether a
+// "fallback":"relay" publish (and every level-1 publish) is handed to the
+// operator's node when its recipient does not ack it within After.
+type DescribedOffline struct {
+	Enabled bool   `json:"enabled"`
+	After   string `json:"after,omitempty"`
 }
 
 // DescribedLimits are the limits a client can plan for.
@@ -272,7 +301,15 @@ func (s *Server) description() Description {
 			PingInterval: s.cfg.Keepalive.PingInterval.String(),
 			PingTimeout:  s.cfg.Keepalive.PingTimeout.String(),
 		},
+		Offline: s.describeOffline(),
 	}
+}
+
+func (s *Server) describeOffline() DescribedOffline {
+	if s.bridge == nil {
+		return DescribedOffline{}
+	}
+	return DescribedOffline{Enabled: true, After: s.cfg.offlineAfter().String()}
 }
 
 func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) {
@@ -290,6 +327,12 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
+	}
+	if s.bridge != nil {
+		if why := s.bridge.unready(); why != "" {
+			writeError(w, http.StatusServiceUnavailable, why)
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":      "ready",
