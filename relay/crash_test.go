@@ -70,6 +70,14 @@ func childConfig(path string) relay.Config {
 	cfg.Store.Path = path
 	cfg.Limits.PublishRate = 0
 	cfg.Limits.DeliveryWait = 200 * time.Millisecond
+	if url := os.Getenv(childOfflineEnv); url != "" {
+		off := relay.DefaultOfflineConfig()
+		off.PublishURL = url
+		off.RetryMin = 20 * time.Millisecond
+		off.RetryMax = 100 * time.Millisecond
+		off.PollInterval = 100 * time.Millisecond
+		cfg.Offline = &off
+	}
 	return cfg
 }
 
@@ -110,8 +118,15 @@ func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 // pointing at it (no server or store of its own) and the process.
 func startChild(t *testing.T, path string) (*env, *exec.Cmd) {
 	t.Helper()
+	return startChildEnv(t, path)
+}
+
+// startChildEnv is startChild with more environment variables for the
+// child ("NAME=value").
+func startChildEnv(t *testing.T, path string, vars ...string) (*env, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childDBEnv+"="+path)
+	cmd.Env = append(append(os.Environ(), childDBEnv+"="+path), vars...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

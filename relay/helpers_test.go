@@ -123,7 +123,13 @@ func newEnv(t testing.TB, mutate func(*relay.Config)) *env {
 // newEnvOn serves a relay on an open store; the caller closes the store.
 func newEnvOn(t testing.TB, cfg relay.Config, st *sqlitestore.Store) *env {
 	t.Helper()
-	srv, err := relay.New(cfg, st, testLogger(t))
+	return newEnvLogged(t, cfg, st, testLogger(t))
+}
+
+// newEnvLogged is newEnvOn with the server's logger given.
+func newEnvLogged(t testing.TB, cfg relay.Config, st *sqlitestore.Store, logger *slog.Logger) *env {
+	t.Helper()
+	srv, err := relay.New(cfg, st, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
