@@ -4,13 +4,18 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"courier/relay"
+	"courier/relay/sqlitestore"
 	"courier/wire"
 )
 
@@ -227,4 +232,228 @@ func storeBacklog(t *testing.T, e *env, id identity, n, size int) []string {
 		}
 	}
 	return ids
+}
+
+// abuseChildEnv makes the test binary the child relay of
+// TestHostileClientsBoundedMemory (see TestMain).
+const abuseChildEnv = "COURIER_RELAY_TEST_ABUSE_DB"
+
+// abuseConfig is the default configuration, but with a global in-flight
+// budget of 64 MiB (the default is relative to the machine's memory).
+func abuseConfig(path string) relay.Config {
+	cfg := relay.DefaultConfig()
+	cfg.PublicHost = testHost
+	cfg.Store.Path = path
+	cfg.Store.Synchronous = "normal"
+	cfg.Limits.MaxInflightBytes = 64 << 20
+	return cfg
+}
+
+func runAbuseChild(path string) error {
+	cfg := abuseConfig(path)
+	return serveChild(cfg, sqlitestore.Options{Synchronous: cfg.Store.Synchronous, Quota: cfg.Limits.Quota()})
+}
+
+// procStatusKiB reads a kB field (VmHWM, VmRSS) of /proc/PID/status.
+func procStatusKiB(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// rawDial connects without a reader: the connection never reads.
+func rawDial(t *testing.T, e *env) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, e.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	return ws
+}
+
+// TestHostileClientsBoundedMemory (hole 2): hostile clients that never
+// read what they asked for, flood publishes and send the largest frames
+// allowed, against one relay in a child process with the default limits
+// (but a 64 MiB global in-flight budget). Its peak resident memory stays
+// under abuseRSSBound, and an honest pair on the side keeps being served.
+// Before the fix, each never-reading subscriber of a key holding 4 MiB
+// messages held a first replay page of 32 of them plus a full send queue
+// (about 160 MiB each): the relay peaked at 1.8 GiB here.
+//
+// The race detector multiplies memory (the child is this same binary):
+// under -race the attack is smaller and the bound is not checked; run
+// `go test -run TestHostileClientsBoundedMemory ./relay/` for it.
+func TestHostileClientsBoundedMemory(t *testing.T) {
+	const abuseRSSBound = 800 << 10 // KiB; measured about 540 MiB, 1814 MiB before the fix
+	// backlog: 4 MiB messages for the non-readers' key; hugePerSender: 4 MiB
+	// publishes each huge sender pipelines.
+	backlog, hugePerSender, honestN := 24, 6, 30
+	nonReaders, hugeSenders, flooders := 8, 4, 4
+	if raceEnabled {
+		backlog, hugePerSender, honestN = 3, 2, 10
+		nonReaders, hugeSenders, flooders = 2, 1, 2
+	}
+	start := time.Now()
+	path := filepath.Join(t.TempDir(), "relay.db")
+	e, child := startChildAs(t, abuseChildEnv, path, abuseConfig(path))
+	pid := child.Process.Pid
+	maxMsg := e.cfg.Limits.MaxMessageBytes
+
+	victim := newIdentity(t, 1)
+	pub := level2Publisher(t, e, 100)
+	for i := range backlog {
+		pub.publish(ciphertext(maxMsg, fmt.Sprintf("big %03d", i)), victim.ID(), "")
+	}
+	for range backlog {
+		pub.expectResult(wire.StatusQueued)
+	}
+	t.Logf("backlog stored after %v: VmHWM %d MiB", time.Since(start), procStatusKiB(t, pid, "VmHWM")>>10)
+
+	// The honest pair, connected before the attack.
+	bob := newIdentity(t, 2)
+	b := e.dial()
+	b.auth2(bob, 0)
+	honest := level2Publisher(t, e, 101)
+
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	for i := range nonReaders {
+		ws := rawDial(t, e)
+		frame := wire.ClientFrameBytes(wire.TypeSubscribe, wire.Subscribe{UserID: fmt.Sprint("hostile ", i), SubscriptionKey: victim.Key()})
+		if err := ws.Write(ctx, websocket.MessageText, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range hugeSenders {
+		ws := rawDial(t, e)
+		carol := newIdentity(t, 200+i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range hugePerSender {
+				ct := ciphertext(maxMsg, fmt.Sprintf("huge %d %d", i, j))
+				if ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(wire.TypePublish, wire.Publish{EncryptedMessage: base64.StdEncoding.EncodeToString(ct), Recipient: carol.ID()})) != nil {
+					return
+				}
+			}
+			// Then a frame over the limit: the relay closes with 1009.
+			_ = ws.Write(ctx, websocket.MessageText, make([]byte, wire.MaxFrameBytes(maxMsg)+1))
+		}()
+	}
+	for i := range flooders {
+		ws := rawDial(t, e)
+		carol := newIdentity(t, 300+i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; ctx.Err() == nil; j++ {
+				ct := ciphertext(100, fmt.Sprintf("flood %d %d", i, j))
+				if ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(wire.TypePublish, wire.Publish{EncryptedMessage: base64.StdEncoding.EncodeToString(ct), Recipient: carol.ID()})) != nil {
+					return
+				}
+			}
+		}()
+	}
+
+	// Meanwhile the honest pair: every message delivered and acked.
+	for i := range honestN {
+		ct := ciphertext(1000, fmt.Sprintf("honest %03d", i))
+		honest.publish(ct, bob.ID(), fmt.Sprint(i))
+		d := b.expectDelivery()
+		if d.ID != wire.MessageID(ct) {
+			t.Fatalf("bob got %s, want honest %d", d.ID, i)
+		}
+		b.ack(d.ID)
+		if r := honest.expectResult(wire.StatusDelivered); r.Ref != fmt.Sprint(i) {
+			t.Fatalf("result %+v", r)
+		}
+		time.Sleep(100 * time.Millisecond) // the honest pace
+	}
+	stop()
+	wg.Wait()
+	hwm := procStatusKiB(t, pid, "VmHWM")
+	t.Logf("after %v: peak resident memory of the relay: %d MiB (bound %d MiB)", time.Since(start), hwm>>10, abuseRSSBound>>10)
+	if hwm > abuseRSSBound && !raceEnabled {
+		t.Errorf("relay peaked at %d MiB resident, over the %d MiB bound", hwm>>10, abuseRSSBound>>10)
+	}
+}
+
+// TestConnectionsPerAddress (hole 2): one address opens at most
+// max_connections_per_ip connections; the upgrade beyond is refused with
+// HTTP 503, as at the global connection limit, and a freed slot is
+// usable again.
+func TestConnectionsPerAddress(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) { c.Limits.MaxConnectionsPerIP = 3 })
+	var conns []*client
+	for range 3 {
+		conns = append(conns, e.dial())
+	}
+	_, err := e.tryDial()
+	if err == nil || !strings.Contains(err.Error(), "HTTP 503") || !strings.Contains(err.Error(), "from your address") {
+		t.Fatalf("fourth connection: %v, want HTTP 503 naming the address limit", err)
+	}
+	if got := e.metric(`courier_relay_connections_refused_total{reason="max_connections_per_ip"}`); got != 1 {
+		t.Errorf("refused metric = %v", got)
+	}
+	conns[0].ws.Close(websocket.StatusNormalClosure, "")
+	eventually(t, "a slot to free", func() bool {
+		c, err := e.tryDial()
+		if err != nil {
+			return false
+		}
+		c.ws.CloseNow()
+		return true
+	})
+}
+
+// TestInflightBudgetWaitsNotDrops (hole 2): publishes beyond the in-flight
+// byte budgets (per connection and global) wait for room; none is
+// dropped or refused, on any connection.
+func TestInflightBudgetWaitsNotDrops(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) {
+		c.Limits.MaxInflightBytes = 128 << 10
+		c.Limits.MaxInflightBytesPerConnection = 64 << 10
+	})
+	bob := newIdentity(t, 1)
+	const pubs, each = 3, 15
+	var wg sync.WaitGroup
+	var clients []*client
+	for p := range pubs {
+		pub := level2Publisher(t, e, 100+p)
+		clients = append(clients, pub)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				pub.publish(ciphertext(100<<10, fmt.Sprintf("budget %d %02d", p, i)), bob.ID(), "")
+			}
+		}()
+	}
+	wg.Wait()
+	for _, pub := range clients {
+		for range each {
+			pub.expectResult(wire.StatusQueued)
+		}
+	}
+	b := e.dial()
+	b.auth2(bob, pubs*each)
 }

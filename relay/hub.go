@@ -83,11 +83,11 @@ func (h *hub) push(m Message, existing bool) {
 	defer h.mu.RUnlock()
 	if !existing {
 		for c := range h.byKey[m.Key] {
-			c.deliver(m.Seq, enc, false)
+			c.deliver(m.Seq, m.ID, enc, false)
 		}
 	}
 	if c := h.byPeer[m.Recipient]; c != nil {
-		c.deliver(m.Seq, enc, existing)
+		c.deliver(m.Seq, m.ID, enc, existing)
 	}
 }
 
