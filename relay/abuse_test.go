@@ -457,3 +457,266 @@ func TestInflightBudgetWaitsNotDrops(t *testing.T) {
 	b := e.dial()
 	b.auth2(bob, pubs*each)
 }
+
+// TestAcksAreLimited (hole 4): acks of messages a connection was not sent
+// count against limits.ack_rate; beyond it they are answered rate_limited
+// and not recorded. Acks of messages it was sent are never limited.
+func TestAcksAreLimited(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) {
+		c.Limits.AckRate = 0.001 // no refill within the test
+		c.Limits.AckBurst = 5
+		c.Limits.AnonymousReplayMessages = 3
+	})
+	bob := newIdentity(t, 1)
+	pub := level2Publisher(t, e, 100)
+	var ids []string
+	for i := range 20 {
+		ids = append(ids, publishStored(t, e, pub, ciphertext(100, fmt.Sprintf("ack %02d", i)), bob.ID()))
+	}
+
+	t.Run("acks of messages sent are free", func(t *testing.T) {
+		e := e.in(t)
+		b := e.dial()
+		for _, d := range b.auth2(bob, 20) {
+			b.ack(d.ID)
+		}
+		b.barrier() // no error before it: none was limited
+		// A live one too.
+		pub.publish(ciphertext(100, "ack live"), bob.ID(), "")
+		d := b.expectDelivery()
+		b.ack(d.ID)
+		b.barrier()
+		pub.expectResult(wire.StatusDelivered)
+	})
+
+	t.Run("fresh userID acking what it was not sent", func(t *testing.T) {
+		e := e.in(t)
+		c := e.dial()
+		c.subscribe1("fresh", bob.Key())
+		sent := make(map[string]bool)
+		for range 3 { // the anonymous replay's cap
+			sent[c.expectDelivery().ID] = true
+		}
+		limited := 0
+		for _, id := range ids {
+			c.ack(id)
+		}
+		c.barrier2(func(f wire.ServerFrame) {
+			if f.Kind == wire.KindError && strings.HasPrefix(f.Error, wire.ReasonRateLimited) {
+				limited++
+				return
+			}
+			t.Fatalf("unexpected %+v", f)
+		})
+		// 3 were sent (free), 5 more pass on the burst, 12 are refused.
+		if limited != 12 {
+			t.Fatalf("%d acks limited, want 12", limited)
+		}
+		// bob's 21 acks and the 3 + 5 accepted here.
+		eventually(t, "acks committed", func() bool { return e.metric("courier_relay_messages_acked_total") >= 21+8 })
+		// Refused acks were not recorded: a new connection of the same
+		// userID is sent the oldest ones not acked, ids[8] on.
+		c.ws.Close(websocket.StatusNormalClosure, "")
+		c2 := e.dial()
+		c2.subscribe1("fresh", bob.Key())
+		for i := range 3 {
+			if d := c2.expectDelivery(); d.ID != ids[8+i] {
+				t.Fatalf("replayed %s, want ids[%d] %s", d.ID, 8+i, ids[8+i])
+			}
+		}
+	})
+}
+
+// barrier2 is barrier that hands every frame before the barrier's answer
+// to f.
+func (c *client) barrier2(f func(wire.ServerFrame)) {
+	c.t.Helper()
+	c.send([]byte(`{"Type":"Barrier","Data":{}}`))
+	for {
+		fr := c.next()
+		if (fr.Kind == wire.KindError || fr.Kind == wire.KindLevel2Error) && strings.Contains(fr.Error, `unknown Type "Barrier"`) {
+			return
+		}
+		f(fr)
+	}
+}
+
+// TestSubscribesPerAddressAreLimited (hole 6): subscribes from one address
+// beyond limits.subscribe_rate are answered rate_limited and closed (a
+// refused subscribe closes: 1013, try again later).
+func TestSubscribesPerAddressAreLimited(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) {
+		c.Limits.SubscribeRate = 0.001 // no refill within the test
+		c.Limits.SubscribeBurst = 3
+	})
+	bob := newIdentity(t, 1)
+	for i := range 3 {
+		e.dial().subscribe1(fmt.Sprint("u", i), bob.Key())
+	}
+	c := e.dial()
+	c.sendFrame(wire.TypeSubscribe, wire.Subscribe{UserID: "u3", SubscriptionKey: bob.Key()})
+	c.expectError(wire.ReasonRateLimited)
+	c.expectClose(websocket.StatusTryAgainLater)
+	// Level 2 counts too.
+	c = e.dial()
+	nonce := c.challenge(bob.ID())
+	c.sendFrame(wire.TypeSubscribe, bob.signedSubscribe(testHost, nonce, bob.qm))
+	c.expectError(wire.ReasonRateLimited)
+	c.expectClose(websocket.StatusTryAgainLater)
+}
+
+// TestAnonymousReplayIsBounded (hole 6): one anonymous subscribe makes the
+// relay read and send at most anonymous_replay_messages messages and
+// anonymous_replay_bytes bytes, oldest first; then it is live. The rest
+// comes with a later subscribe, once those are acked. An authenticated
+// peer's replay is not bounded (it holds only its own messages).
+func TestAnonymousReplayIsBounded(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) {
+		c.Limits.AnonymousReplayMessages = 10
+		c.Limits.AnonymousReplayBytes = 25 << 10
+	})
+	bob := newIdentity(t, 1)
+	var ids []string
+	sizes := []int{1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 20 << 10, 20 << 10, 1000}
+	p := e.dial() // one connection: stored in the order sent
+	for i, n := range sizes {
+		ct := ciphertext(n, fmt.Sprintf("anon %02d", i))
+		ids = append(ids, wire.MessageID(ct))
+		p.publish(ct, bob.ID(), "")
+	}
+	eventually(t, "all stored", func() bool { return e.metric("courier_relay_messages_stored_total") == float64(len(sizes)) })
+
+	c := e.dial()
+	c.subscribe1("light", bob.Key())
+	for i := range 10 { // the message cap
+		if d := c.expectDelivery(); d.ID != ids[i] {
+			t.Fatalf("delivery %d: %s, want %s", i, d.ID, ids[i])
+		}
+		c.ack(ids[i])
+	}
+	c.barrier() // nothing more replayed
+	// Live from there.
+	live := ciphertext(10, "anon live")
+	e.dial().publish(live, bob.ID(), "")
+	if d := c.expectDelivery(); d.ID != wire.MessageID(live) {
+		t.Fatalf("live delivery %s", d.ID)
+	}
+	eventually(t, "acks committed", func() bool { return e.metric("courier_relay_messages_acked_total") >= 10 })
+
+	// The next subscribe: 10, 11, 12 (3 KB), 13 (23 KB): the next would
+	// pass 25 KiB.
+	c.ws.Close(websocket.StatusNormalClosure, "")
+	c2 := e.dial()
+	c2.subscribe1("light", bob.Key())
+	for i := 10; i <= 13; i++ {
+		if d := c2.expectDelivery(); d.ID != ids[i] {
+			t.Fatalf("delivery %d: %s, want %s", i, d.ID, ids[i])
+		}
+	}
+	c2.barrier()
+
+	// Bob himself gets everything.
+	b := e.dial()
+	b.auth2(bob, len(sizes)+1)
+}
+
+// TestDefaultLimitsLetASidecarCatchUp (hole 7): with the default limits, a
+// sidecar (one authenticated connection for a whole node) sending a
+// backlog of 3,000 at once is not rate-limited. The old per-connection
+// default (burst 1000) refused two thirds of it.
+func TestDefaultLimitsLetASidecarCatchUp(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) { c.Limits = relay.DefaultConfig().Limits })
+	bob := newIdentity(t, 1)
+	pub := level2Publisher(t, e, 100)
+	const n = 3000
+	for i := range n {
+		pub.publish(ciphertext(100, fmt.Sprintf("catch up %04d", i)), bob.ID(), "")
+	}
+	for range n {
+		pub.expectResult(wire.StatusQueued)
+	}
+}
+
+// TestRateLimitedClientLosesNothing (hole 7): a client that honours
+// rate_limited (retries that message later) gets every message stored,
+// once; and the limit is the peer's, not the connection's: reconnecting
+// does not refill it.
+func TestRateLimitedClientLosesNothing(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) {
+		c.Limits.PublishRate = 200
+		c.Limits.PublishBurst = 50
+		c.Limits.DeliveryWait = time.Minute
+	})
+	bob := newIdentity(t, 1)
+	pub := level2Publisher(t, e, 100)
+	const n = 400
+	cts := make(map[string][]byte, n)
+	pending := make([]string, 0, n)
+	for i := range n {
+		ct := ciphertext(100, fmt.Sprintf("retry %03d", i))
+		cts[fmt.Sprint(i)] = ct
+		pending = append(pending, fmt.Sprint(i))
+	}
+	limited := 0
+	for round := 0; len(pending) > 0; round++ {
+		if round > 100 {
+			t.Fatalf("%d still refused after 100 rounds", len(pending))
+		}
+		for _, ref := range pending {
+			pub.publish(cts[ref], bob.ID(), ref)
+		}
+		var again []string
+		for range pending {
+			r := pub.expect(wire.KindPublishResult).PublishResult
+			switch {
+			case r.Status == wire.StatusQueued:
+			case r.Status == wire.StatusRejected && strings.HasPrefix(r.Reason, wire.ReasonRateLimited):
+				again = append(again, r.Ref)
+			default:
+				t.Fatalf("result %+v", *r)
+			}
+		}
+		limited += len(again)
+		pending = again
+		if len(pending) > 0 {
+			time.Sleep(50 * time.Millisecond) // "retry later"
+		}
+	}
+	if limited == 0 {
+		t.Fatal("nothing was rate-limited: the test tests nothing")
+	}
+	got := make(map[string]bool)
+	b := e.dial()
+	for _, d := range b.auth2(bob, n) {
+		if got[d.ID] {
+			t.Fatalf("%s delivered twice", d.ID)
+		}
+		got[d.ID] = true
+	}
+	for ref, ct := range cts {
+		if !got[wire.MessageID(ct)] {
+			t.Fatalf("message %s lost", ref)
+		}
+	}
+
+	t.Run("reconnecting does not refill the bucket", func(t *testing.T) {
+		e := newEnv(t, func(c *relay.Config) {
+			c.Limits.PublishRate = 0.001 // no refill within the test
+			c.Limits.PublishBurst = 3
+		})
+		carol := newIdentity(t, 3)
+		p := e.in(t).dial()
+		p.auth2(carol, 0)
+		for i := range 3 {
+			p.publish(ciphertext(10, fmt.Sprint("carol ", i)), bob.ID(), "")
+			p.expectResult(wire.StatusQueued)
+		}
+		p.ws.Close(websocket.StatusNormalClosure, "")
+		p2 := e.in(t).dial()
+		p2.auth2(carol, 0)
+		p2.publish(ciphertext(10, "carol 3"), bob.ID(), "")
+		if r := p2.expectResult(wire.StatusRejected); !strings.HasPrefix(r.Reason, wire.ReasonRateLimited) || !strings.Contains(r.Reason, "peer ID") {
+			t.Fatalf("result %+v", r)
+		}
+	})
+}
