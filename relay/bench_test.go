@@ -362,6 +362,8 @@ func runIdleChild(path string) error {
 	cfg := relay.DefaultConfig()
 	cfg.Store.Path = path
 	cfg.Limits.MaxConnections = 0
+	cfg.Limits.MaxConnectionsPerIP = 0 // every connection comes from 127.0.0.1
+	cfg.Limits.SubscribeRate = 0
 	return serveChild(cfg, sqlitestore.Options{})
 }
 

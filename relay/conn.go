@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -69,13 +70,16 @@ type conn struct {
 
 	subscribed atomic.Bool
 	subTimer   *time.Timer
+	addr       *clientState // the client address's limits, counted for max_connections_per_ip
 
 	// Reader-owned state.
-	work      chan job // to the processor; made with the first write
-	limiter   *rate.Limiter
-	nonce     string // the outstanding AuthChallenge nonce, "" when none
-	noncePeer string // canonical peer ID the nonce was issued for
-	nonceAt   time.Time
+	work       chan job     // to the processor; made with the first write
+	inflight   *byteBudget  // limits.max_inflight_bytes_per_connection; made with work
+	peerState  *clientState // the authenticated peer's limits; released by the server
+	ackLimiter *rate.Limiter
+	nonce      string // the outstanding AuthChallenge nonce, "" when none
+	noncePeer  string // canonical peer ID the nonce was issued for
+	nonceAt    time.Time
 
 	// Set by the reader at subscribe, before the hub or the replay see
 	// the connection; read-only afterwards.
@@ -88,6 +92,8 @@ type conn struct {
 	live       bool
 	missed     bool
 	replayedTo int64
+
+	sent sentIDs // messages sent on this connection and not acked yet
 }
 
 // job is a write the processor waits for, in the order the reader issued it.
@@ -95,6 +101,7 @@ type job struct {
 	put    <-chan PutResult
 	ack    <-chan AckResult
 	msg    Message // the message put, for a put
+	cost   int64   // in-flight bytes held for a put, on the connection and globally
 	id     string
 	ref    string
 	level2 bool // answer with a PublishResult
@@ -323,6 +330,13 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 		c.reject(rejectState, wire.ReasonInvalid+"already subscribed on this connection")
 		return
 	}
+	if l := c.addr.subscribe; l != nil && !l.Allow() {
+		c.srv.metrics.rejected.WithLabelValues(rejectRateLimited).Inc()
+		_ = c.q.push(outFrame{b: wire.ErrorFrame(wire.ReasonRateLimited + "more than " +
+			strconv.FormatFloat(c.srv.cfg.Limits.SubscribeRate, 'f', -1, 64) + " subscribes per second from your address; retry later")})
+		c.closeWith(closeSlow, "subscribe rate limited", true, "subscribe_rate_limited")
+		return
+	}
 	switch s.Protocol {
 	case 0:
 		if s.UserID == "" {
@@ -360,6 +374,7 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 		}
 		c.sub = Subscriber{Peer: true, ID: peer.Canonical()}
 		c.level2 = true
+		c.peerState = c.srv.clients.peer(c.sub.ID)
 	default:
 		c.fail(rejectInvalid, fmt.Sprintf("unknown protocol %d: this relay speaks 2, or none for level 1", s.Protocol))
 		return
@@ -392,21 +407,39 @@ func (c *conn) handleAck(a *wire.Ack) {
 		c.reject(rejectInvalid, wire.ReasonInvalid+"messageID is not a message ID (64 lowercase hex digits)")
 		return
 	}
+	// An ack of a message this connection was sent costs what the send
+	// cost; any other is rate-limited, so that a connection cannot make
+	// the relay write ack rows faster than it was sent messages.
+	if !c.sent.take(a.MessageID) {
+		lim := c.srv.cfg.Limits
+		if c.ackLimiter == nil && lim.AckRate > 0 {
+			c.ackLimiter = rate.NewLimiter(rate.Limit(lim.AckRate), lim.AckBurst)
+		}
+		if c.ackLimiter != nil && !c.ackLimiter.Allow() {
+			c.reject(rejectRateLimited, wire.ReasonRateLimited+"more than "+strconv.FormatFloat(lim.AckRate, 'f', -1, 64)+
+				" acks per second of messages not sent on this connection; this ack was not recorded, ack messages as they arrive")
+			return
+		}
+	}
 	c.enqueue(job{ack: c.srv.store.Ack(c.sub, a.MessageID), id: a.MessageID})
 }
 
 func (c *conn) handlePublish(p *wire.Publish) {
 	level2 := c.level2 // only a fully authenticated connection gets results
 	lim := c.srv.cfg.Limits
-	if lim.PublishRate > 0 {
-		if c.limiter == nil {
-			c.limiter = rate.NewLimiter(rate.Limit(lim.PublishRate), lim.PublishBurst)
-		}
-		if !c.limiter.Allow() {
-			c.publishRejected(level2, p.Ref, "", rejectRateLimited, wire.ReasonRateLimited+
-				"more than "+strconv.FormatFloat(lim.PublishRate, 'f', -1, 64)+" publishes per second on this connection; retry later")
-			return
-		}
+	// Limited per authenticated peer (over all its connections), else per
+	// client address: not per connection, which would cap a node's sidecar
+	// (one connection) like one light client.
+	limiter, who, r := c.addr.publish, "from your address", lim.PublishRate
+	if c.peerState != nil {
+		limiter, who = c.peerState.publish, "from your peer ID"
+	} else {
+		r, _ = lim.anonymousPublish()
+	}
+	if limiter != nil && !limiter.Allow() {
+		c.publishRejected(level2, p.Ref, "", rejectRateLimited, wire.ReasonRateLimited+
+			"more than "+strconv.FormatFloat(r, 'f', -1, 64)+" publishes per second "+who+"; retry later")
+		return
 	}
 	peer, err := wire.ParsePeerID(p.Recipient)
 	if err != nil {
@@ -431,13 +464,17 @@ func (c *conn) handlePublish(p *wire.Publish) {
 		}
 		fallback = true
 	}
+	cost, ok := c.acquireInflight(int64(len(ct)))
+	if !ok {
+		return // torn down while waiting
+	}
 	m := Message{
 		ID:         wire.MessageID(ct),
 		Key:        peer.SubscriptionKey(wire.RelayPrefixBits),
 		Recipient:  peer.Canonical(),
 		Ciphertext: ct,
 	}
-	j := job{msg: m, id: m.ID, ref: p.Ref, level2: level2, early: new(earlyPut)}
+	j := job{msg: m, cost: cost, id: m.ID, ref: p.Ref, level2: level2, early: new(earlyPut)}
 	// The bridge takes every level-1 publish (its publisher cannot fall
 	// back itself) and the level-2 ones that ask for it.
 	if b := c.srv.bridge; b != nil && (!level2 || fallback) {
@@ -530,15 +567,53 @@ func (c *conn) publishResult(id, ref, status, reason string) {
 	c.send(wire.PublishResultFrame(wire.PublishResult{ID: id, Ref: ref, Status: status, Reason: reason}))
 }
 
+// inflightOverhead is what a put holds besides its ciphertext (the
+// message's fields, the job, the store's write), counted so that tiny
+// messages are budgeted too.
+const inflightOverhead = 512
+
+// acquireInflight takes a put's bytes from the connection's and the
+// global in-flight budgets, waiting (the reader pauses: back-pressure)
+// until both have room. A publish is never dropped for want of budget:
+// the client only sees its publishes slow down, and an honest client that
+// waits for results gets them. It reports false when the connection was
+// torn down while waiting; it then holds nothing.
+func (c *conn) acquireInflight(size int64) (int64, bool) {
+	c.startProcessor()
+	// A message larger than a budget waits for all of it.
+	n := min(size+inflightOverhead, c.inflight.max, c.srv.budget.max)
+	if _, err := c.inflight.acquire(c.ctx, n); err != nil {
+		return 0, false
+	}
+	if _, err := c.srv.budget.acquire(c.ctx, n); err != nil {
+		c.inflight.release(n)
+		return 0, false
+	}
+	return n, true
+}
+
+// releaseInflight gives back what acquireInflight took, once the put's
+// result has arrived.
+func (c *conn) releaseInflight(n int64) {
+	c.inflight.release(n)
+	c.srv.budget.release(n)
+}
+
+// startProcessor starts the processor with the first write.
+func (c *conn) startProcessor() {
+	if c.work == nil {
+		c.work = make(chan job, c.srv.cfg.Limits.MaxInflight)
+		c.inflight = newByteBudget(c.srv.cfg.Limits.MaxInflightBytesPerConnection)
+		c.wg.Add(1)
+		go c.process()
+	}
+}
+
 // enqueue hands a write to the processor, starting it with the first one.
 // When MaxInflight writes wait for their commit, the reader waits here: the
 // client's own publishes are throttled, nobody else's.
 func (c *conn) enqueue(j job) {
-	if c.work == nil {
-		c.work = make(chan job, c.srv.cfg.Limits.MaxInflight)
-		c.wg.Add(1)
-		go c.process()
-	}
+	c.startProcessor()
 	c.work <- j
 }
 
@@ -550,7 +625,9 @@ func (c *conn) process() {
 	defer c.wg.Done()
 	for j := range c.work {
 		if j.put != nil {
-			c.finishPut(j, <-j.put)
+			r := <-j.put
+			c.releaseInflight(j.cost)
+			c.finishPut(j, r)
 		} else {
 			c.finishAck(j, <-j.ack)
 		}
@@ -666,7 +743,7 @@ func (c *conn) finishAck(j job, r AckResult) {
 // and the replay reads the store again; once live, a message the replay
 // sent already (Seq ≤ replayedTo) is skipped, unless force (a republish,
 // which the recipient is to get again).
-func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
+func (c *conn) deliver(seq int64, id string, frame func() []byte, force bool) {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	if !c.live {
@@ -676,7 +753,7 @@ func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
 	if seq <= c.replayedTo && !force {
 		return
 	}
-	c.pushLive(frame())
+	c.pushLive(id, frame())
 }
 
 // deliverEarly queues a message pushed before its commit (the hub holds
@@ -684,11 +761,11 @@ func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
 // (hub.goLive), as the replay cannot read it yet. The commit may also have
 // finished before the push (the store announces while it commits) and a
 // replay read it: Seq ≤ replayedTo is skipped.
-func (c *conn) deliverEarly(seq int64, frame func() []byte) {
+func (c *conn) deliverEarly(seq int64, id string, frame func() []byte) {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	if c.live && seq > c.replayedTo {
-		c.pushLive(frame())
+		c.pushLive(id, frame())
 	}
 }
 
@@ -703,10 +780,11 @@ func (c *conn) committed() {
 	}
 }
 
-// pushLive queues a live delivery; c.dmu is held. A live subscriber whose
-// queue is full is disconnected; its messages stay stored for the next
-// replay.
-func (c *conn) pushLive(b []byte) {
+// pushLive queues a live delivery of message id; c.dmu is held. A live
+// subscriber whose queue is full is disconnected; its messages stay stored
+// for the next replay.
+func (c *conn) pushLive(id string, b []byte) {
+	c.sent.add(id)
 	if err := c.q.push(outFrame{b: b, kind: frameLive}); errors.Is(err, errQueueFull) {
 		c.closeWith(closeSlow, "too slow: send queue full; reconnect to get the rest", false, "slow_consumer")
 	}
@@ -720,9 +798,20 @@ func (c *conn) replay() {
 	defer c.wg.Done()
 	var after int64
 	count := 0
-	limit := replayLimit(c.srv.cfg.Limits.MaxMessageBytes)
-	for {
-		msgs, err := c.srv.store.Pending(c.ctx, c.sub, c.key, after, limit)
+	lim := c.srv.cfg.Limits
+	limit := replayLimit(lim.MaxMessageBytes)
+	// What one anonymous subscribe may make the relay read and send.
+	maxCount, maxBytes := lim.AnonymousReplayMessages, lim.AnonymousReplayBytes
+	if c.sub.Peer || maxCount <= 0 {
+		maxCount = math.MaxInt
+	}
+	if c.sub.Peer || maxBytes <= 0 {
+		maxBytes = math.MaxInt64
+	}
+	var sentBytes int64
+	capped := false
+	for !capped {
+		msgs, err := c.srv.store.Pending(c.ctx, c.sub, c.key, after, min(limit, maxCount-count))
 		if err != nil {
 			if c.ctx.Err() == nil {
 				c.storeFailed("pending", err)
@@ -730,15 +819,34 @@ func (c *conn) replay() {
 			return
 		}
 		for i, m := range msgs {
-			frame := wire.DeliveryFrame(m.ID, m.Ciphertext)
-			msgs[i] = Message{} // the frame is all we keep
-			if err := c.q.pushReplay(c.ctx, outFrame{b: frame, kind: frameReplay}); err != nil {
+			if count > 0 && sentBytes+int64(len(m.Ciphertext)) > maxBytes {
+				capped = true
+				break
+			}
+			sentBytes += int64(len(m.Ciphertext))
+			c.sent.add(m.ID)
+			err := c.q.pushReplay(c.ctx, deliveryFrameBytes(len(m.ID), len(m.Ciphertext)), func() outFrame {
+				frame := wire.DeliveryFrame(m.ID, m.Ciphertext)
+				msgs[i] = Message{} // the frame is all we keep
+				return outFrame{b: frame, kind: frameReplay}
+			})
+			if err != nil {
 				return
 			}
 			after = m.Seq
 			count++
 		}
-		if len(msgs) < limit && c.srv.hub.goLive(c, after) {
+		if count >= maxCount {
+			capped = true
+		}
+		if capped {
+			// The anonymous replay's bound: live from here; what was
+			// not sent comes with a later subscribe.
+			c.srv.hub.goLive(c, after, true)
+			c.log.Debug("anonymous replay capped", "count", count, "bytes", sentBytes)
+			break
+		}
+		if len(msgs) < limit && c.srv.hub.goLive(c, after, false) {
 			break
 		}
 	}
@@ -823,4 +931,76 @@ func (c *conn) abort() {
 	c.q.requestClose(closeRequest{code: websocket.StatusAbnormalClosure})
 	_ = c.ws.CloseNow()
 	c.cancel()
+}
+
+// deliveryFrameBytes is the size of wire.DeliveryFrame's result.
+func deliveryFrameBytes(idLen, ciphertextLen int) int {
+	return len(`{"id":"","encryptedMessage":""}`) + idLen + base64.StdEncoding.EncodedLen(ciphertextLen)
+}
+
+// sentIDs remembers the last messages sent on a connection that it has
+// not acked, by the first 8 bytes of their IDs: an ack of one of them is
+// not rate-limited (see handleAck). It remembers at most a send queue's
+// worth (limits.send_queue); older ones are forgotten in order. Safe for
+// concurrent use; it holds nothing until the first send.
+type sentIDs struct {
+	mu   sync.Mutex
+	max  int
+	ring []uint64 // in send order; ring[next] is the oldest once full
+	next int
+	set  map[uint64]int // how many times in ring and not acked
+}
+
+func sentKey(id string) (uint64, bool) {
+	if len(id) < 16 {
+		return 0, false
+	}
+	k, err := strconv.ParseUint(id[:16], 16, 64)
+	return k, err == nil
+}
+
+func (s *sentIDs) add(id string) {
+	k, ok := sentKey(id)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.set == nil {
+		s.set = make(map[uint64]int)
+	}
+	if len(s.ring) < s.max {
+		s.ring = append(s.ring, k)
+	} else {
+		old := s.ring[s.next]
+		if n := s.set[old]; n > 1 {
+			s.set[old] = n - 1
+		} else {
+			delete(s.set, old)
+		}
+		s.ring[s.next] = k
+		s.next = (s.next + 1) % s.max
+	}
+	s.set[k]++
+}
+
+// take reports whether id was sent and not acked yet, and forgets it.
+func (s *sentIDs) take(id string) bool {
+	k, ok := sentKey(id)
+	if !ok {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.set[k]
+	if n == 0 {
+		return false
+	}
+	// Its ring slot stays; evicting it later finds no count to drop.
+	if n > 1 {
+		s.set[k] = n - 1
+	} else {
+		delete(s.set, k)
+	}
+	return true
 }

@@ -29,7 +29,7 @@ const childDBEnv = "COURIER_RELAY_TEST_CHILD_DB"
 // TestMain runs the test binary as a child relay when the environment
 // asks for one (crash test, idle-connection benchmark).
 func TestMain(m *testing.M) {
-	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild} {
+	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild, abuseChildEnv: runAbuseChild} {
 		if path := os.Getenv(env); path != "" {
 			err := child(path)
 			fmt.Fprintln(os.Stderr, "child relay:", err)
@@ -118,15 +118,23 @@ func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 // pointing at it (no server or store of its own) and the process.
 func startChild(t *testing.T, path string) (*env, *exec.Cmd) {
 	t.Helper()
-	return startChildEnv(t, path)
+	return startChildAs(t, childDBEnv, path, childConfig(path))
 }
 
 // startChildEnv is startChild with more environment variables for the
 // child ("NAME=value").
 func startChildEnv(t *testing.T, path string, vars ...string) (*env, *exec.Cmd) {
 	t.Helper()
+	return startChildAs(t, childDBEnv, path, childConfig(path), vars...)
+}
+
+// startChildAs runs the test binary as the child relay that envVar
+// selects (see TestMain), whose configuration is cfg, with more
+// environment variables for it ("NAME=value").
+func startChildAs(t *testing.T, envVar, path string, cfg relay.Config, vars ...string) (*env, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), childDBEnv+"="+path), vars...)
+	cmd.Env = append(append(os.Environ(), envVar+"="+path), vars...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -147,7 +155,7 @@ func startChildEnv(t *testing.T, path string, vars ...string) (*env, *exec.Cmd) 
 	if !ok {
 		t.Fatalf("child said %q", line)
 	}
-	return &env{t: t, cfg: childConfig(path), url: "ws://" + addr + "/", http: "http://" + addr}, cmd
+	return &env{t: t, cfg: cfg, url: "ws://" + addr + "/", http: "http://" + addr}, cmd
 }
 
 // TestCrashRestart kills a relay with SIGKILL while it works and reopens its

@@ -95,6 +95,7 @@ type Store struct {
 	stmts   [numStmts]*sql.Stmt // prepared on w
 	usage   map[string]usage    // committed unacked usage per key: key_usage, in memory
 	lastNow int64               // the newest stored_at written
+	recent  recentPuts          // where the latest puts are, for their acks
 	// unmarked: outcomes went to the announcer since its last marker.
 	unmarked bool
 

@@ -777,3 +777,31 @@ func TestHandoffLeaseReleasedAtOpen(t *testing.T) {
 		t.Errorf("after reopening, claimed %d hand-offs, want the 1 the old owner held", len(hs))
 	}
 }
+
+// TestRecipientAckTwice: acking a message again (the second ack finds it
+// among the recent puts too) changes neither the result nor the quota
+// usage; nor does an ack after it was swept.
+func TestRecipientAckTwice(t *testing.T) {
+	s, _ := openTest(t, Options{Quota: relay.Quota{MaxMessages: 2}})
+	p := storetest.NewPeer(1)
+	m1 := storetest.MustPut(t, s, storetest.NewMessage(p, "acked twice")).Message
+	storetest.MustPut(t, s, storetest.NewMessage(p, "not acked"))
+	for i := range 2 {
+		if r := storetest.MustAck(t, s, p.Sub(), m1.ID); !r.Found || !r.ByRecipient {
+			t.Fatalf("ack %d: %+v", i, r)
+		}
+		checkUsage(t, s)
+	}
+	// One unacked message: the quota has room for exactly one more.
+	storetest.MustPut(t, s, storetest.NewMessage(p, "fits"))
+	if r := storetest.Wait(t, s.Put(storetest.NewMessage(p, "does not fit"), nil)); !errors.Is(r.Err, relay.ErrOverQuota) {
+		t.Errorf("put over quota: %v", r.Err)
+	}
+	if _, err := s.Sweep(context.Background(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if r := storetest.MustAck(t, s, p.Sub(), m1.ID); r.Found {
+		t.Errorf("ack after the sweep: %+v, want not found", r)
+	}
+	checkUsage(t, s)
+}

@@ -41,6 +41,9 @@ type wtx struct {
 	// totals is the batch's change to the totals row, written once at the
 	// end of the transaction.
 	totals usage
+	// stored are the messages this transaction put, for Store.recent once
+	// it has committed.
+	stored []relay.Message
 }
 
 // usage counts messages (and their ciphertext bytes).
@@ -52,6 +55,7 @@ const (
 	stmtLookup
 	stmtAckRecipient
 	stmtAckMark
+	stmtAckRecent
 	stmtAckLookup
 	stmtAckInsert
 	stmtUsageSet
@@ -68,11 +72,13 @@ var stmtSQL = [numStmts]string{
 	// UPDATE … RETURNING costs twice as much with go-sqlite3.)
 	stmtAckRecipient: `SELECT seq, key, size FROM messages WHERE id = ? AND recipient = ? AND recipient_acked = 0`,
 	stmtAckMark:      `UPDATE messages SET recipient_acked = 1 WHERE seq = ?`,
-	stmtAckLookup:    `SELECT seq, recipient FROM messages WHERE id = ?`,
-	stmtAckInsert:    `INSERT INTO acks (seq, peer, user_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
-	stmtUsageSet:     `INSERT INTO key_usage (key, messages, bytes) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET messages = excluded.messages, bytes = excluded.bytes`,
-	stmtUsageDelete:  `DELETE FROM key_usage WHERE key = ?`,
-	stmtTotals:       `UPDATE totals SET messages = messages + ?, bytes = bytes + ? WHERE id = 1`,
+	// The same, for a message in Store.recent: the row is checked to be it.
+	stmtAckRecent:   `UPDATE messages SET recipient_acked = 1 WHERE seq = ? AND id = ? AND recipient = ? AND recipient_acked = 0`,
+	stmtAckLookup:   `SELECT seq, recipient FROM messages WHERE id = ?`,
+	stmtAckInsert:   `INSERT INTO acks (seq, peer, user_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+	stmtUsageSet:    `INSERT INTO key_usage (key, messages, bytes) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET messages = excluded.messages, bytes = excluded.bytes`,
+	stmtUsageDelete: `DELETE FROM key_usage WHERE key = ?`,
+	stmtTotals:      `UPDATE totals SET messages = messages + ?, bytes = bytes + ? WHERE id = 1`,
 }
 
 // stmt returns prepared statement i bound to the transaction.
@@ -244,7 +250,43 @@ func (s *Store) runTx(batch []write) (bad int, err error) {
 			s.usage[key] = u
 		}
 	}
+	for _, m := range t.stored {
+		s.recent.add(m)
+	}
 	return -1, nil
+}
+
+// recentPuts remembers where the last recentPutsMax messages put are, so
+// that the recipient's ack, which usually follows soon, needs no lookup
+// (see ackWrite.apply). A hint only: the ack's UPDATE checks the row it
+// names, and a stale entry (swept) just falls back to the lookup.
+// Writer-owned; entries are added once their transaction has committed.
+type recentPuts struct {
+	byID map[string]recentPut
+	ring []string // ids in put order; ring[next] is the oldest once full
+	next int
+}
+
+type recentPut struct {
+	seq  int64
+	key  string
+	size int64
+}
+
+const recentPutsMax = 8192
+
+func (r *recentPuts) add(m relay.Message) {
+	if r.byID == nil {
+		r.byID = make(map[string]recentPut, recentPutsMax)
+	}
+	if len(r.ring) < recentPutsMax {
+		r.ring = append(r.ring, m.ID)
+	} else {
+		delete(r.byID, r.ring[r.next])
+		r.ring[r.next] = m.ID
+		r.next = (r.next + 1) % recentPutsMax
+	}
+	r.byID[m.ID] = recentPut{seq: m.Seq, key: m.Key, size: int64(len(m.Ciphertext))}
 }
 
 // announcement is one put's outcome for the announcer (a copy: a batch
@@ -403,6 +445,7 @@ func (p *putWrite) applyPut(t *wtx) error {
 	t.totals.b += size
 	m.StoredAt = time.Unix(0, t.now)
 	p.res.Message = m
+	t.stored = append(t.stored, m)
 	p.announce(t)
 	return nil
 }
@@ -479,7 +522,22 @@ func (a *ackWrite) deliver(err error) {
 func (a *ackWrite) apply(t *wtx) error {
 	a.res = relay.AckResult{}
 	if a.sub.Peer {
-		// The common case first: the recipient's first ack.
+		// The common case first: the recipient's first ack of a message
+		// put lately, which needs no lookup.
+		if r, ok := t.s.recent.byID[a.id]; ok {
+			res, err := t.stmt(stmtAckRecent).ExecContext(t.ctx, r.seq, a.id, a.sub.ID)
+			if err != nil {
+				return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
+			} else if n == 1 {
+				a.res = relay.AckResult{Found: true, ByRecipient: true, Recipient: a.sub.ID}
+				t.addUsage(r.key, -1, -r.size)
+				return nil
+			}
+			// Acked before, swept, or another recipient's: look it up.
+		}
 		var (
 			key       string
 			size, seq int64
