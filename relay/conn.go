@@ -694,6 +694,7 @@ func (c *conn) replay() {
 			c.dmu.Unlock()
 		}
 	}
+	c.srv.metrics.replaysDone.Inc()
 	c.log.Debug("replayed", "count", count)
 	if c.level2 {
 		_ = c.q.pushWait(c.ctx, outFrame{b: wire.DrainedFrame(count)})
