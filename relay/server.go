@@ -240,6 +240,14 @@ type DescribedLimits struct {
 	MaxMessagesPerKey int64   `json:"max_messages_per_key"`
 	MaxBytesPerKey    int64   `json:"max_bytes_per_key"`
 	MaxConnections    int     `json:"max_connections"`
+	// The limits of issue 7: per client address and per peer.
+	MaxConnectionsPerIP     int     `json:"max_connections_per_ip"`
+	AnonymousPublishRate    float64 `json:"anonymous_publish_rate"`
+	AnonymousPublishBurst   int     `json:"anonymous_publish_burst"`
+	SubscribeRate           float64 `json:"subscribe_rate"`
+	SubscribeBurst          int     `json:"subscribe_burst"`
+	AnonymousReplayMessages int     `json:"anonymous_replay_messages"`
+	AnonymousReplayBytes    int64   `json:"anonymous_replay_bytes"`
 }
 
 // DescribedPinging is the server's keepalive.
@@ -271,6 +279,14 @@ func (s *Server) description() Description {
 			MaxMessagesPerKey: l.MaxMessagesPerKey,
 			MaxBytesPerKey:    l.MaxBytesPerKey,
 			MaxConnections:    l.MaxConnections,
+
+			MaxConnectionsPerIP:     l.MaxConnectionsPerIP,
+			AnonymousPublishRate:    l.AnonymousPublishRate,
+			AnonymousPublishBurst:   l.AnonymousPublishBurst,
+			SubscribeRate:           l.SubscribeRate,
+			SubscribeBurst:          l.SubscribeBurst,
+			AnonymousReplayMessages: l.AnonymousReplayMessages,
+			AnonymousReplayBytes:    l.AnonymousReplayBytes,
 		},
 		Keepalive: DescribedPinging{
 			PingInterval: s.cfg.Keepalive.PingInterval.String(),
