@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"errors"
 	"os"
 	"reflect"
 	"strings"
@@ -124,11 +123,43 @@ func TestValidateNamesTheKey(t *testing.T) {
 			t.Errorf("%s: Validate = %v", tt.key, err)
 		}
 	}
-	cfg := relay.DefaultConfig()
-	cfg.Store.Driver = "redis"
-	if err := cfg.Validate(); !errors.Is(err, relay.ErrNotSupported) || !strings.Contains(err.Error(), "store.driver") {
-		t.Errorf("redis: %v", err)
+	// Driver "redis": each problem names its key.
+	for _, tt := range []struct {
+		key    string
+		mutate func(*relay.StoreConfig)
+	}{
+		{"store.url", func(s *relay.StoreConfig) {}},
+		{"store.url", func(s *relay.StoreConfig) { s.URL = "http://127.0.0.1:6379" }},
+		{"store.url", func(s *relay.StoreConfig) { s.URL = "redis://" }},
+		{"store.url", func(s *relay.StoreConfig) { s.URL = "unix://" }},
+		{"store.url", func(s *relay.StoreConfig) {
+			s.URL, s.SentinelAddrs, s.MasterName = "redis://h:1", []string{"h:26379"}, "m"
+		}},
+		{"store.sentinel_addrs[1]", func(s *relay.StoreConfig) { s.SentinelAddrs, s.MasterName = []string{"h:26379", "nohost"}, "m" }},
+		{"store.master_name", func(s *relay.StoreConfig) { s.SentinelAddrs = []string{"h:26379"} }},
+		{"store.master_name", func(s *relay.StoreConfig) { s.URL, s.MasterName = "redis://h:1", "m" }},
+		{"store.namespace", func(s *relay.StoreConfig) { s.URL, s.Namespace = "redis://h:1", "a:{b}" }},
+	} {
+		cfg := relay.DefaultConfig()
+		cfg.Store.Driver = "redis"
+		tt.mutate(&cfg.Store)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "config: "+tt.key+": ") {
+			t.Errorf("redis %+v: Validate = %v, want an error naming %s", cfg.Store, err, tt.key)
+		}
 	}
+	for _, st := range []relay.StoreConfig{
+		{Driver: "redis", URL: "redis://127.0.0.1:6379/0"},
+		{Driver: "redis", URL: "rediss://user@redis.example.org:6380"},
+		{Driver: "redis", URL: "unix:///run/redis/redis.sock"},
+		{Driver: "redis", SentinelAddrs: []string{"10.0.0.1:26379", "[::1]:26379"}, MasterName: "courier"},
+	} {
+		cfg := relay.DefaultConfig()
+		cfg.Store = st
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("redis %+v: %v", st, err)
+		}
+	}
+	cfg := relay.DefaultConfig()
 	// Every problem at once.
 	cfg = relay.DefaultConfig()
 	cfg.Listen, cfg.Limits.SendQueue = "", 0

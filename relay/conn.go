@@ -392,7 +392,7 @@ func (c *conn) pushEarly(j job, r PutResult) {
 	m := r.Message
 	e := j.early
 	e.pushed, e.msg = true, m
-	if j.level2 && s.hub.peerConnected(m.Recipient) {
+	if j.level2 && (r.RecipientOnline || s.hub.peerConnected(m.Recipient)) {
 		// Registered before the push, so the recipient's ack cannot come first.
 		e.w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, false)
 	}
@@ -505,7 +505,7 @@ func (c *conn) finishPut(j job, r PutResult) {
 		return
 	}
 	var w *waiter
-	if j.level2 && s.hub.peerConnected(m.Recipient) {
+	if j.level2 && (r.RecipientOnline || s.hub.peerConnected(m.Recipient)) {
 		// Registered before the push, so the recipient's ack cannot come first.
 		w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, true)
 	}

@@ -286,6 +286,12 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
+	if rd, ok := s.store.(Readier); ok {
+		if err := rd.Ready(ctx); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+			return
+		}
+	}
 	st, err := s.store.Stats(ctx)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
