@@ -72,6 +72,7 @@ type conn struct {
 	sub    Subscriber
 	key    string
 	level2 bool
+	gen    int64 // a level-2 connection's generation from the Bus (0 without one)
 
 	// Delivery state: see deliver and replay.
 	dmu        sync.Mutex
@@ -116,6 +117,9 @@ func (c *conn) serve() {
 	c.q.requestClose(closeRequest{code: websocket.StatusNormalClosure})
 	if c.subscribed.Load() {
 		s.hub.unsubscribe(c)
+		if s.bus != nil && c.level2 {
+			s.bus.PeerDisconnected(c.sub.ID, c.key, c.gen)
+		}
 	}
 	if c.work != nil {
 		close(c.work)
@@ -308,6 +312,19 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 		return
 	}
 	c.key = s.SubscriptionKey
+	if c.level2 && c.srv.bus != nil {
+		// Announced to the other instances, which close the peer's older
+		// connections (4409); generations order them across instances.
+		gen, err := c.srv.bus.PeerConnected(c.ctx, c.sub.ID, c.key)
+		if err != nil {
+			c.srv.metrics.rejected.WithLabelValues(rejectAuth).Inc()
+			c.log.Error("announcing the connection failed", "err", err)
+			_ = c.q.push(outFrame{b: wire.ErrorFrame("the relay cannot reach its store; retry in a moment")})
+			c.closeWith(closeInternal, "store error", true, "store_error")
+			return
+		}
+		c.gen = gen
+	}
 	c.subscribed.Store(true)
 	c.subTimer.Stop()
 	if c.level2 {

@@ -150,6 +150,17 @@ func (h *hub) unsubscribe(c *conn) {
 	}
 }
 
+// replaceOlder closes the peer's connection if it is older than
+// generation gen (a newer one exists on another instance).
+func (h *hub) replaceOlder(peer string, gen int64) {
+	h.mu.RLock()
+	c := h.byPeer[peer]
+	h.mu.RUnlock()
+	if c != nil && c.gen < gen {
+		c.closeWith(wire.CloseReplaced, "replaced by a newer connection of the same peer", false, "replaced")
+	}
+}
+
 // peerConnected reports whether the peer has an authenticated connection.
 func (h *hub) peerConnected(canonical string) bool {
 	h.mu.RLock()

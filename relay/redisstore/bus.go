@@ -50,13 +50,15 @@ func (s *Store) Listen(ctx context.Context, h relay.BusHandler) error {
 	}
 	s.handler.Store(&h)
 	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.ctx, cancel) // the store closes
+	// Receive does not return on ctx alone: closing ps ends it.
+	unblock := context.AfterFunc(ctx, func() { ps.Close() })
 	s.wg.Add(1)
 	go func() {
-		<-s.ctx.Done() // the store closes
-		cancel()
-	}()
-	go func() {
 		defer s.wg.Done()
+		defer stop()
+		defer unblock()
+		defer cancel()
 		defer ps.Close()
 		s.listen(ctx, ps, h)
 	}()
