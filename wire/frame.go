@@ -526,6 +526,9 @@ func DeliveryFrame(id string, ciphertext []byte) []byte {
 // ChallengeFrame, PublishResultFrame, DrainedFrame and Level2ErrorFrame
 // encode the level-2 server frames.
 func ChallengeFrame(c AuthChallenge) []byte { return typedFrame(TypeAuthChallenge, c) }
+func DrainedFrame(count int) []byte         { return typedFrame(TypeDrained, Drained{Count: count}) }
+func Level2ErrorFrame(reason string) []byte { return typedFrame(TypeError, ErrorData{Reason: reason}) }
+
 func PublishResultFrame(r PublishResult) []byte {
 	if !plainJSON(r.ID) || !plainJSON(r.Ref) || !plainJSON(r.Status) || !plainJSON(r.Reason) {
 		return typedFrame(TypePublishResult, r)
@@ -556,8 +559,6 @@ func plainJSON(s string) bool {
 	}
 	return true
 }
-func DrainedFrame(count int) []byte         { return typedFrame(TypeDrained, Drained{Count: count}) }
-func Level2ErrorFrame(reason string) []byte { return typedFrame(TypeError, ErrorData{Reason: reason}) }
 
 func typedFrame(typ string, data any) []byte {
 	b, err := json.Marshal(struct {
