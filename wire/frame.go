@@ -529,6 +529,7 @@ func ChallengeFrame(c AuthChallenge) []byte { return typedFrame(TypeAuthChalleng
 func DrainedFrame(count int) []byte         { return typedFrame(TypeDrained, Drained{Count: count}) }
 func Level2ErrorFrame(reason string) []byte { return typedFrame(TypeError, ErrorData{Reason: reason}) }
 
+// PublishResultFrame encodes the answer to a level-2 publish.
 func PublishResultFrame(r PublishResult) []byte {
 	if !plainJSON(r.ID) || !plainJSON(r.Ref) || !plainJSON(r.Status) || !plainJSON(r.Reason) {
 		return typedFrame(TypePublishResult, r)
