@@ -87,11 +87,46 @@ type LimitsConfig struct {
 	// MaxConnections refuses WebSocket upgrades beyond this many open
 	// connections with HTTP 503. Default 10000; 0 is unlimited.
 	MaxConnections int `toml:"max_connections"`
-	// PublishRate is the sustained publishes per second one connection may
-	// make (token bucket). Default 100; 0 is unlimited.
+	// MaxConnectionsPerIP refuses WebSocket upgrades from a client address
+	// (an IPv4 address, or the /64 of an IPv6 one) that has this many open
+	// already, with HTTP 503 as at the global limit. Behind a reverse
+	// proxy every client has the proxy's address: raise it or set 0.
+	// Default 64; 0 is unlimited.
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// PublishRate is the sustained publishes per second of one
+	// authenticated peer, over all its connections (token bucket), and the
+	// ceiling of AnonymousPublishRate. Default 1000; 0 is unlimited.
 	PublishRate float64 `toml:"publish_rate"`
-	// PublishBurst is the token bucket's size. Default 1000.
+	// PublishBurst is that bucket's size: what a sidecar catching up on a
+	// queue may send at once. Default 20000.
 	PublishBurst int `toml:"publish_burst"`
+	// AnonymousPublishRate is the sustained publishes per second of one
+	// client address over its connections that have not authenticated
+	// (level 1). Default 100; 0 leaves only PublishRate.
+	AnonymousPublishRate float64 `toml:"anonymous_publish_rate"`
+	// AnonymousPublishBurst is that bucket's size. Default 1000.
+	AnonymousPublishBurst int `toml:"anonymous_publish_burst"`
+	// SubscribeRate is the sustained subscribes per second of one client
+	// address (both levels); a subscribe beyond is answered
+	// {"error": "rate_limited: …"} and closed with 1013. Default 2; 0 is
+	// unlimited.
+	SubscribeRate float64 `toml:"subscribe_rate"`
+	// SubscribeBurst is that bucket's size. Default 100.
+	SubscribeBurst int `toml:"subscribe_burst"`
+	// AnonymousReplayMessages bounds what the replay after one anonymous
+	// (level-1) subscribe sends; the rest comes with a later subscribe,
+	// once the first ones are acked. Default 1000; 0 is unlimited.
+	AnonymousReplayMessages int `toml:"anonymous_replay_messages"`
+	// AnonymousReplayBytes bounds the ciphertext bytes of that replay (at
+	// least one message is sent). Default 32 MiB; 0 is unlimited.
+	AnonymousReplayBytes int64 `toml:"anonymous_replay_bytes"`
+	// AckRate is the sustained acks per second one connection may send for
+	// messages it was not sent (recently) on that connection; acks of
+	// messages it was sent are not limited. An ack beyond is answered
+	// rate_limited and not recorded. Default 100; 0 is unlimited.
+	AckRate float64 `toml:"ack_rate"`
+	// AckBurst is that bucket's size. Default 1000.
+	AckBurst int `toml:"ack_burst"`
 	// MaxMessagesPerKey bounds the unacked messages one subscription key may
 	// hold; publishes beyond are rejected over_quota. Default 10000; 0 is unlimited.
 	MaxMessagesPerKey int64 `toml:"max_messages_per_key"`
@@ -112,6 +147,15 @@ type LimitsConfig struct {
 	// MaxInflight bounds one connection's publishes and acks that wait for
 	// their commit; the connection's reader pauses beyond. Default 256.
 	MaxInflight int `toml:"max_inflight"`
+	// MaxInflightBytesPerConnection bounds the ciphertext bytes of one
+	// connection's publishes that wait for their commit; the connection's
+	// reader pauses beyond. Default 16 MiB.
+	MaxInflightBytesPerConnection int64 `toml:"max_inflight_bytes_per_connection"`
+	// MaxInflightBytes bounds the ciphertext bytes of all publishes, on
+	// every connection, that wait for their commit; a reader that would go
+	// beyond pauses (back-pressure) until commits free room. Default: a
+	// sixteenth of the machine's memory, between 64 MiB and 1 GiB.
+	MaxInflightBytes int64 `toml:"max_inflight_bytes"`
 	// WriteTimeout is how long one frame write may take before the peer is
 	// dropped. Default 10s.
 	WriteTimeout time.Duration `toml:"write_timeout"`
@@ -140,20 +184,31 @@ func DefaultConfig() Config {
 			Synchronous: "full",
 		},
 		Limits: LimitsConfig{
-			MaxMessageBytes:   4 << 20,
-			MessageTTL:        336 * time.Hour,
-			DeliveryWait:      3 * time.Second,
-			MaxConnections:    10000,
-			PublishRate:       100,
-			PublishBurst:      1000,
-			MaxMessagesPerKey: 10000,
-			MaxBytesPerKey:    256 << 20,
-			SubscribeTimeout:  30 * time.Second,
-			NonceTTL:          60 * time.Second,
-			SendQueue:         1024,
-			SendQueueBytes:    32 << 20,
-			MaxInflight:       256,
-			WriteTimeout:      10 * time.Second,
+			MaxMessageBytes:               4 << 20,
+			MessageTTL:                    336 * time.Hour,
+			DeliveryWait:                  3 * time.Second,
+			MaxConnections:                10000,
+			MaxConnectionsPerIP:           64,
+			PublishRate:                   1000,
+			PublishBurst:                  20000,
+			AnonymousPublishRate:          100,
+			AnonymousPublishBurst:         1000,
+			SubscribeRate:                 2,
+			SubscribeBurst:                100,
+			AnonymousReplayMessages:       1000,
+			AnonymousReplayBytes:          32 << 20,
+			AckRate:                       100,
+			AckBurst:                      1000,
+			MaxMessagesPerKey:             10000,
+			MaxBytesPerKey:                256 << 20,
+			SubscribeTimeout:              30 * time.Second,
+			NonceTTL:                      60 * time.Second,
+			SendQueue:                     1024,
+			SendQueueBytes:                32 << 20,
+			MaxInflight:                   256,
+			MaxInflightBytesPerConnection: 16 << 20,
+			MaxInflightBytes:              defaultInflightBytes(),
+			WriteTimeout:                  10 * time.Second,
 		},
 		Keepalive: KeepaliveConfig{
 			PingInterval: 30 * time.Second,
@@ -265,6 +320,38 @@ func (c Config) Validate() error {
 	}
 	if l.PublishRate > 0 && l.PublishBurst < 1 {
 		bad("limits.publish_burst", "must be at least 1 when limits.publish_rate is set")
+	}
+	if l.MaxConnectionsPerIP < 0 {
+		bad("limits.max_connections_per_ip", "must not be negative (0 is unlimited)")
+	}
+	rateKeys := []struct {
+		rate, burst string
+		r           float64
+		b           int
+	}{
+		{"limits.anonymous_publish_rate", "limits.anonymous_publish_burst", l.AnonymousPublishRate, l.AnonymousPublishBurst},
+		{"limits.subscribe_rate", "limits.subscribe_burst", l.SubscribeRate, l.SubscribeBurst},
+		{"limits.ack_rate", "limits.ack_burst", l.AckRate, l.AckBurst},
+	}
+	for _, k := range rateKeys {
+		if k.r < 0 {
+			bad(k.rate, "must not be negative (0 is unlimited)")
+		}
+		if k.r > 0 && k.b < 1 {
+			bad(k.burst, "must be at least 1 when %s is set", k.rate)
+		}
+	}
+	if l.AnonymousReplayMessages < 0 {
+		bad("limits.anonymous_replay_messages", "must not be negative (0 is unlimited)")
+	}
+	if l.AnonymousReplayBytes < 0 {
+		bad("limits.anonymous_replay_bytes", "must not be negative (0 is unlimited)")
+	}
+	if l.MaxInflightBytesPerConnection < 1 {
+		bad("limits.max_inflight_bytes_per_connection", "must be at least 1 (a message larger than the budget waits for all of it)")
+	}
+	if l.MaxInflightBytes < 1 {
+		bad("limits.max_inflight_bytes", "must be at least 1 (a message larger than the budget waits for all of it)")
 	}
 	if l.MaxMessagesPerKey < 0 {
 		bad("limits.max_messages_per_key", "must not be negative (0 is unlimited)")

@@ -5,14 +5,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
@@ -33,12 +36,20 @@ const (
 const closeGrace = 2 * time.Second
 
 // A replay reads stored messages in pages of at most replayPage messages
-// and, after the first page of replayFirstPage, about replayPageBytes.
+// and at most replayPageBytes of ciphertext, counting every message at
+// the largest size allowed (limits.max_message_bytes): a page is loaded
+// before its sizes are known, and its bound must hold whatever was stored.
+// With the default 4 MiB limit that is 2 messages a page; with 32 KiB or
+// less, replayPage.
 const (
 	replayPage      = 256
-	replayFirstPage = 32
-	replayPageBytes = 4 << 20
+	replayPageBytes = 8 << 20
 )
+
+// replayLimit is the page size of a replay.
+func replayLimit(maxMessageBytes int) int {
+	return min(max(replayPageBytes/max(maxMessageBytes, 1), 1), replayPage)
+}
 
 // maxUserIDBytes bounds a level-1 userID.
 const maxUserIDBytes = 512
@@ -59,13 +70,16 @@ type conn struct {
 
 	subscribed atomic.Bool
 	subTimer   *time.Timer
+	addr       *clientState // the client address's limits, counted for max_connections_per_ip
 
 	// Reader-owned state.
-	work      chan job // to the processor; made with the first write
-	limiter   *rate.Limiter
-	nonce     string // the outstanding AuthChallenge nonce, "" when none
-	noncePeer string // canonical peer ID the nonce was issued for
-	nonceAt   time.Time
+	work       chan job     // to the processor; made with the first write
+	inflight   *byteBudget  // limits.max_inflight_bytes_per_connection; made with work
+	peerState  *clientState // the authenticated peer's limits; released by the server
+	ackLimiter *rate.Limiter
+	nonce      string // the outstanding AuthChallenge nonce, "" when none
+	noncePeer  string // canonical peer ID the nonce was issued for
+	nonceAt    time.Time
 
 	// Set by the reader at subscribe, before the hub or the replay see
 	// the connection; read-only afterwards.
@@ -79,6 +93,8 @@ type conn struct {
 	live       bool
 	missed     bool
 	replayedTo int64
+
+	sent sentIDs // messages sent on this connection and not acked yet
 }
 
 // job is a write the processor waits for, in the order the reader issued it.
@@ -86,6 +102,7 @@ type job struct {
 	put    <-chan PutResult
 	ack    <-chan AckResult
 	msg    Message // the message put, for a put
+	cost   int64   // in-flight bytes held for a put, on the connection and globally
 	id     string
 	ref    string
 	level2 bool // answer with a PublishResult
@@ -148,10 +165,45 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string, flush bool, m
 	}
 }
 
+// maxReasonBytes bounds an error reason sent to a client: reasons quote
+// client input (a parse error may name an unknown Type), and an answer
+// must not echo a large frame back.
+const maxReasonBytes = 256
+
+// clipReason cuts reason to maxReasonBytes, marking the cut.
+func clipReason(reason string) string {
+	if len(reason) <= maxReasonBytes {
+		return reason
+	}
+	cut := maxReasonBytes
+	for cut > 0 && !utf8.RuneStart(reason[cut]) {
+		cut--
+	}
+	return reason[:cut] + "…"
+}
+
+// isSubscribeAttempt reports whether a frame that failed to parse was
+// meant as a SubscribeMessage: its Type says so, or it has no Type and
+// carries the fields of the bare form. Only called on the error path.
+func isSubscribeAttempt(b []byte) bool {
+	var env struct {
+		Type            *string         `json:"Type"`
+		UserID          json.RawMessage `json:"userID"`
+		SubscriptionKey json.RawMessage `json:"subscriptionKey"`
+	}
+	if json.Unmarshal(b, &env) != nil {
+		return false
+	}
+	if env.Type != nil {
+		return *env.Type == wire.TypeSubscribe
+	}
+	return env.UserID != nil || env.SubscriptionKey != nil
+}
+
 // fail answers a subscribe failure with {"error": …} and closes.
 func (c *conn) fail(metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
-	_ = c.q.push(outFrame{b: wire.ErrorFrame(reason)})
+	_ = c.q.push(outFrame{b: wire.ErrorFrame(clipReason(reason))})
 	c.closeWith(closePolicy, "subscribe failed", true, "subscribe_failed")
 }
 
@@ -159,6 +211,7 @@ func (c *conn) fail(metric, reason string) {
 // level-1 connection, {"Type":"Error",…} for a level-2 one.
 func (c *conn) reject(metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	reason = clipReason(reason)
 	b := wire.ErrorFrame(reason)
 	if c.level2 {
 		b = wire.Level2ErrorFrame(reason)
@@ -232,6 +285,12 @@ func (c *conn) readFrame() error {
 func (c *conn) handle(b []byte) {
 	f, err := wire.ParseClientFrame(b)
 	if err != nil {
+		if !c.subscribed.Load() && isSubscribeAttempt(b) {
+			// A subscribe refused for any reason closes (PROTOCOL.md),
+			// also one whose fields have the wrong JSON types.
+			c.fail(rejectMalformed, wire.ReasonInvalid+err.Error())
+			return
+		}
 		c.reject(rejectMalformed, wire.ReasonInvalid+err.Error())
 		return
 	}
@@ -268,6 +327,13 @@ func (c *conn) handleAuthRequest(a *wire.AuthRequest) {
 func (c *conn) handleSubscribe(s *wire.Subscribe) {
 	if c.subscribed.Load() {
 		c.reject(rejectState, wire.ReasonInvalid+"already subscribed on this connection")
+		return
+	}
+	if l := c.addr.subscribe; l != nil && !l.Allow() {
+		c.srv.metrics.rejected.WithLabelValues(rejectRateLimited).Inc()
+		_ = c.q.push(outFrame{b: wire.ErrorFrame(wire.ReasonRateLimited + "more than " +
+			strconv.FormatFloat(c.srv.cfg.Limits.SubscribeRate, 'f', -1, 64) + " subscribes per second from your address; retry later")})
+		c.closeWith(closeSlow, "subscribe rate limited", true, "subscribe_rate_limited")
 		return
 	}
 	switch s.Protocol {
@@ -307,6 +373,7 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 		}
 		c.sub = Subscriber{Peer: true, ID: peer.Canonical()}
 		c.level2 = true
+		c.peerState = c.srv.clients.peer(c.sub.ID)
 	default:
 		c.fail(rejectInvalid, fmt.Sprintf("unknown protocol %d: this relay speaks 2, or none for level 1", s.Protocol))
 		return
@@ -352,21 +419,39 @@ func (c *conn) handleAck(a *wire.Ack) {
 		c.reject(rejectInvalid, wire.ReasonInvalid+"messageID is not a message ID (64 lowercase hex digits)")
 		return
 	}
+	// An ack of a message this connection was sent costs what the send
+	// cost; any other is rate-limited, so that a connection cannot make
+	// the relay write ack rows faster than it was sent messages.
+	if !c.sent.take(a.MessageID) {
+		lim := c.srv.cfg.Limits
+		if c.ackLimiter == nil && lim.AckRate > 0 {
+			c.ackLimiter = rate.NewLimiter(rate.Limit(lim.AckRate), lim.AckBurst)
+		}
+		if c.ackLimiter != nil && !c.ackLimiter.Allow() {
+			c.reject(rejectRateLimited, wire.ReasonRateLimited+"more than "+strconv.FormatFloat(lim.AckRate, 'f', -1, 64)+
+				" acks per second of messages not sent on this connection; this ack was not recorded, ack messages as they arrive")
+			return
+		}
+	}
 	c.enqueue(job{ack: c.srv.store.Ack(c.sub, a.MessageID), id: a.MessageID})
 }
 
 func (c *conn) handlePublish(p *wire.Publish) {
 	level2 := c.level2 // only a fully authenticated connection gets results
 	lim := c.srv.cfg.Limits
-	if lim.PublishRate > 0 {
-		if c.limiter == nil {
-			c.limiter = rate.NewLimiter(rate.Limit(lim.PublishRate), lim.PublishBurst)
-		}
-		if !c.limiter.Allow() {
-			c.publishRejected(level2, p.Ref, "", rejectRateLimited, wire.ReasonRateLimited+
-				"more than "+strconv.FormatFloat(lim.PublishRate, 'f', -1, 64)+" publishes per second on this connection; retry later")
-			return
-		}
+	// Limited per authenticated peer (over all its connections), else per
+	// client address: not per connection, which would cap a node's sidecar
+	// (one connection) like one light client.
+	limiter, who, r := c.addr.publish, "from your address", lim.PublishRate
+	if c.peerState != nil {
+		limiter, who = c.peerState.publish, "from your peer ID"
+	} else {
+		r, _ = lim.anonymousPublish()
+	}
+	if limiter != nil && !limiter.Allow() {
+		c.publishRejected(level2, p.Ref, "", rejectRateLimited, wire.ReasonRateLimited+
+			"more than "+strconv.FormatFloat(r, 'f', -1, 64)+" publishes per second "+who+"; retry later")
+		return
 	}
 	peer, err := wire.ParsePeerID(p.Recipient)
 	if err != nil {
@@ -382,13 +467,17 @@ func (c *conn) handlePublish(p *wire.Publish) {
 		c.publishRejected(level2, p.Ref, "", rejectInvalid, wire.ReasonInvalid+err.Error())
 		return
 	}
+	cost, ok := c.acquireInflight(int64(len(ct)))
+	if !ok {
+		return // torn down while waiting
+	}
 	m := Message{
 		ID:         wire.MessageID(ct),
 		Key:        peer.SubscriptionKey(wire.RelayPrefixBits),
 		Recipient:  peer.Canonical(),
 		Ciphertext: ct,
 	}
-	j := job{msg: m, id: m.ID, ref: p.Ref, level2: level2, early: new(earlyPut)}
+	j := job{msg: m, cost: cost, id: m.ID, ref: p.Ref, level2: level2, early: new(earlyPut)}
 	early := j // the callback's copy, without put (written below)
 	j.put = c.srv.store.Put(m, func(r PutResult) { c.pushEarly(early, r) })
 	c.enqueue(j)
@@ -419,6 +508,7 @@ func (c *conn) pushEarly(j job, r PutResult) {
 // publishRejected answers a publish that was not stored.
 func (c *conn) publishRejected(level2 bool, ref, id, metric, reason string) {
 	c.srv.metrics.rejected.WithLabelValues(metric).Inc()
+	reason = clipReason(reason)
 	if level2 {
 		c.publishResult(id, ref, wire.StatusRejected, reason)
 		return
@@ -432,15 +522,53 @@ func (c *conn) publishResult(id, ref, status, reason string) {
 	c.send(wire.PublishResultFrame(wire.PublishResult{ID: id, Ref: ref, Status: status, Reason: reason}))
 }
 
+// inflightOverhead is what a put holds besides its ciphertext (the
+// message's fields, the job, the store's write), counted so that tiny
+// messages are budgeted too.
+const inflightOverhead = 512
+
+// acquireInflight takes a put's bytes from the connection's and the
+// global in-flight budgets, waiting (the reader pauses: back-pressure)
+// until both have room. A publish is never dropped for want of budget:
+// the client only sees its publishes slow down, and an honest client that
+// waits for results gets them. It reports false when the connection was
+// torn down while waiting; it then holds nothing.
+func (c *conn) acquireInflight(size int64) (int64, bool) {
+	c.startProcessor()
+	// A message larger than a budget waits for all of it.
+	n := min(size+inflightOverhead, c.inflight.max, c.srv.budget.max)
+	if _, err := c.inflight.acquire(c.ctx, n); err != nil {
+		return 0, false
+	}
+	if _, err := c.srv.budget.acquire(c.ctx, n); err != nil {
+		c.inflight.release(n)
+		return 0, false
+	}
+	return n, true
+}
+
+// releaseInflight gives back what acquireInflight took, once the put's
+// result has arrived.
+func (c *conn) releaseInflight(n int64) {
+	c.inflight.release(n)
+	c.srv.budget.release(n)
+}
+
+// startProcessor starts the processor with the first write.
+func (c *conn) startProcessor() {
+	if c.work == nil {
+		c.work = make(chan job, c.srv.cfg.Limits.MaxInflight)
+		c.inflight = newByteBudget(c.srv.cfg.Limits.MaxInflightBytesPerConnection)
+		c.wg.Add(1)
+		go c.process()
+	}
+}
+
 // enqueue hands a write to the processor, starting it with the first one.
 // When MaxInflight writes wait for their commit, the reader waits here: the
 // client's own publishes are throttled, nobody else's.
 func (c *conn) enqueue(j job) {
-	if c.work == nil {
-		c.work = make(chan job, c.srv.cfg.Limits.MaxInflight)
-		c.wg.Add(1)
-		go c.process()
-	}
+	c.startProcessor()
 	c.work <- j
 }
 
@@ -452,7 +580,9 @@ func (c *conn) process() {
 	defer c.wg.Done()
 	for j := range c.work {
 		if j.put != nil {
-			c.finishPut(j, <-j.put)
+			r := <-j.put
+			c.releaseInflight(j.cost)
+			c.finishPut(j, r)
 		} else {
 			c.finishAck(j, <-j.ack)
 		}
@@ -552,7 +682,7 @@ func (c *conn) finishAck(j job, r AckResult) {
 // and the replay reads the store again; once live, a message the replay
 // sent already (Seq ≤ replayedTo) is skipped, unless force (a republish,
 // which the recipient is to get again).
-func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
+func (c *conn) deliver(seq int64, id string, frame func() []byte, force bool) {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	if !c.live {
@@ -562,7 +692,7 @@ func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
 	if seq <= c.replayedTo && !force {
 		return
 	}
-	c.pushLive(frame())
+	c.pushLive(id, frame())
 }
 
 // deliverEarly queues a message pushed before its commit (the hub holds
@@ -570,11 +700,11 @@ func (c *conn) deliver(seq int64, frame func() []byte, force bool) {
 // (hub.goLive), as the replay cannot read it yet. The commit may also have
 // finished before the push (the store announces while it commits) and a
 // replay read it: Seq ≤ replayedTo is skipped.
-func (c *conn) deliverEarly(seq int64, frame func() []byte) {
+func (c *conn) deliverEarly(seq int64, id string, frame func() []byte) {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	if c.live && seq > c.replayedTo {
-		c.pushLive(frame())
+		c.pushLive(id, frame())
 	}
 }
 
@@ -589,48 +719,74 @@ func (c *conn) committed() {
 	}
 }
 
-// pushLive queues a live delivery; c.dmu is held. A live subscriber whose
-// queue is full is disconnected; its messages stay stored for the next
-// replay.
-func (c *conn) pushLive(b []byte) {
+// pushLive queues a live delivery of message id; c.dmu is held. A live
+// subscriber whose queue is full is disconnected; its messages stay stored
+// for the next replay.
+func (c *conn) pushLive(id string, b []byte) {
+	c.sent.add(id)
 	if err := c.q.push(outFrame{b: b, kind: frameLive}); errors.Is(err, errQueueFull) {
 		c.closeWith(closeSlow, "too slow: send queue full; reconnect to get the rest", false, "slow_consumer")
 	}
 }
 
 // replay sends what is stored for the subscriber, oldest first, page by
-// page, then switches the connection to live pushes (see deliver). Pages
-// hold about replayPageBytes of ciphertext: up to replayPage small messages,
-// one at a time of the largest.
+// page (see replayLimit), then switches the connection to live pushes (see
+// deliver). It fills the send queue only to its low-water mark
+// (pushReplay).
 func (c *conn) replay() {
 	defer c.wg.Done()
 	var after int64
 	count := 0
-	limit := replayFirstPage
-	for {
-		msgs, err := c.srv.store.Pending(c.ctx, c.sub, c.key, after, limit)
+	lim := c.srv.cfg.Limits
+	limit := replayLimit(lim.MaxMessageBytes)
+	// What one anonymous subscribe may make the relay read and send.
+	maxCount, maxBytes := lim.AnonymousReplayMessages, lim.AnonymousReplayBytes
+	if c.sub.Peer || maxCount <= 0 {
+		maxCount = math.MaxInt
+	}
+	if c.sub.Peer || maxBytes <= 0 {
+		maxBytes = math.MaxInt64
+	}
+	var sentBytes int64
+	capped := false
+	for !capped {
+		msgs, err := c.srv.store.Pending(c.ctx, c.sub, c.key, after, min(limit, maxCount-count))
 		if err != nil {
 			if c.ctx.Err() == nil {
 				c.storeFailed("pending", err)
 			}
 			return
 		}
-		size := 0
 		for i, m := range msgs {
-			size += len(m.Ciphertext)
-			frame := wire.DeliveryFrame(m.ID, m.Ciphertext)
-			msgs[i] = Message{} // the frame is all we keep
-			if err := c.q.pushWait(c.ctx, outFrame{b: frame, kind: frameReplay}); err != nil {
+			if count > 0 && sentBytes+int64(len(m.Ciphertext)) > maxBytes {
+				capped = true
+				break
+			}
+			sentBytes += int64(len(m.Ciphertext))
+			c.sent.add(m.ID)
+			err := c.q.pushReplay(c.ctx, deliveryFrameBytes(len(m.ID), len(m.Ciphertext)), func() outFrame {
+				frame := wire.DeliveryFrame(m.ID, m.Ciphertext)
+				msgs[i] = Message{} // the frame is all we keep
+				return outFrame{b: frame, kind: frameReplay}
+			})
+			if err != nil {
 				return
 			}
 			after = m.Seq
 			count++
 		}
-		if len(msgs) < limit && c.srv.hub.goLive(c, after) {
+		if count >= maxCount {
+			capped = true
+		}
+		if capped {
+			// The anonymous replay's bound: live from here; what was
+			// not sent comes with a later subscribe.
+			c.srv.hub.goLive(c, after, true)
+			c.log.Debug("anonymous replay capped", "count", count, "bytes", sentBytes)
 			break
 		}
-		if len(msgs) > 0 {
-			limit = min(max(replayPageBytes/(size/len(msgs)+1), 1), replayPage)
+		if len(msgs) < limit && c.srv.hub.goLive(c, after, false) {
+			break
 		}
 	}
 	c.log.Debug("replayed", "count", count)
@@ -714,4 +870,76 @@ func (c *conn) abort() {
 	c.q.requestClose(closeRequest{code: websocket.StatusAbnormalClosure})
 	_ = c.ws.CloseNow()
 	c.cancel()
+}
+
+// deliveryFrameBytes is the size of wire.DeliveryFrame's result.
+func deliveryFrameBytes(idLen, ciphertextLen int) int {
+	return len(`{"id":"","encryptedMessage":""}`) + idLen + base64.StdEncoding.EncodedLen(ciphertextLen)
+}
+
+// sentIDs remembers the last messages sent on a connection that it has
+// not acked, by the first 8 bytes of their IDs: an ack of one of them is
+// not rate-limited (see handleAck). It remembers at most a send queue's
+// worth (limits.send_queue); older ones are forgotten in order. Safe for
+// concurrent use; it holds nothing until the first send.
+type sentIDs struct {
+	mu   sync.Mutex
+	max  int
+	ring []uint64 // in send order; ring[next] is the oldest once full
+	next int
+	set  map[uint64]int // how many times in ring and not acked
+}
+
+func sentKey(id string) (uint64, bool) {
+	if len(id) < 16 {
+		return 0, false
+	}
+	k, err := strconv.ParseUint(id[:16], 16, 64)
+	return k, err == nil
+}
+
+func (s *sentIDs) add(id string) {
+	k, ok := sentKey(id)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.set == nil {
+		s.set = make(map[uint64]int)
+	}
+	if len(s.ring) < s.max {
+		s.ring = append(s.ring, k)
+	} else {
+		old := s.ring[s.next]
+		if n := s.set[old]; n > 1 {
+			s.set[old] = n - 1
+		} else {
+			delete(s.set, old)
+		}
+		s.ring[s.next] = k
+		s.next = (s.next + 1) % s.max
+	}
+	s.set[k]++
+}
+
+// take reports whether id was sent and not acked yet, and forgets it.
+func (s *sentIDs) take(id string) bool {
+	k, ok := sentKey(id)
+	if !ok {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.set[k]
+	if n == 0 {
+		return false
+	}
+	// Its ring slot stays; evicting it later finds no count to drop.
+	if n > 1 {
+		s.set[k] = n - 1
+	} else {
+		delete(s.set, k)
+	}
+	return true
 }

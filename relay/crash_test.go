@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ const childDBEnv = "COURIER_RELAY_TEST_CHILD_DB"
 // TestMain runs the test binary as a child relay when the environment
 // asks for one (crash test, idle-connection benchmark).
 func TestMain(m *testing.M) {
-	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild} {
+	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild, abuseChildEnv: runAbuseChild} {
 		if path := os.Getenv(env); path != "" {
 			err := child(path)
 			fmt.Fprintln(os.Stderr, "child relay:", err)
@@ -82,17 +83,21 @@ func runChild(path string) error {
 // prints "ADDR host:port" for the parent, and serves until killed.
 func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 	opts.Logger = slog.New(slog.DiscardHandler)
-	var srv *relay.Server
-	opts.OnCommit = func(batch int, d time.Duration) { srv.ObserveCommit(batch, d) }
+	var srvp atomic.Pointer[relay.Server]
+	opts.OnCommit = func(batch int, d time.Duration) {
+		if s := srvp.Load(); s != nil { // the first sweep may commit while New runs
+			s.ObserveCommit(batch, d)
+		}
+	}
 	st, err := sqlitestore.Open(cfg.Store.Path, opts)
 	if err != nil {
 		return err
 	}
-	// No commit before New: nothing writes before the listener is served.
-	srv, err = relay.New(cfg, st, slog.New(slog.DiscardHandler))
+	srv, err := relay.New(cfg, st, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
+	srvp.Store(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -105,8 +110,15 @@ func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 // pointing at it (no server or store of its own) and the process.
 func startChild(t *testing.T, path string) (*env, *exec.Cmd) {
 	t.Helper()
+	return startChildAs(t, childDBEnv, path, childConfig(path))
+}
+
+// startChildAs runs the test binary as the child relay that envVar
+// selects (see TestMain), whose configuration is cfg.
+func startChildAs(t *testing.T, envVar, path string, cfg relay.Config) (*env, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childDBEnv+"="+path)
+	cmd.Env = append(os.Environ(), envVar+"="+path)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -127,7 +139,7 @@ func startChild(t *testing.T, path string) (*env, *exec.Cmd) {
 	if !ok {
 		t.Fatalf("child said %q", line)
 	}
-	return &env{t: t, cfg: childConfig(path), url: "ws://" + addr + "/", http: "http://" + addr}, cmd
+	return &env{t: t, cfg: cfg, url: "ws://" + addr + "/", http: "http://" + addr}, cmd
 }
 
 // TestCrashRestart kills a relay with SIGKILL while it works and reopens its

@@ -138,6 +138,15 @@ func newEnvOn(t testing.TB, cfg relay.Config, st *sqlitestore.Store) *env {
 	return e
 }
 
+// in returns a copy of e whose clients and failures belong to t: a
+// subtest uses it, so that one failing subtest does not stop the others.
+// The server stays the parent's.
+func (e *env) in(t testing.TB) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
 // client is a test WebSocket client whose reader goroutine queues every
 // frame it receives, so that pings are answered while the test waits.
 type client struct {

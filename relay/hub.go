@@ -73,7 +73,7 @@ func (h *hub) pushEarly(m Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.inflight[seqKey{m.Key, m.Seq}] = e
-	h.forSubscribers(m, func(c *conn) { c.deliverEarly(m.Seq, e.frame) })
+	h.forSubscribers(m, func(c *conn) { c.deliverEarly(m.Seq, m.ID, e.frame) })
 }
 
 // settle drops a message pushed early from inflight once its commit has
@@ -86,18 +86,19 @@ func (h *hub) settle(m Message) {
 }
 
 // goLive switches c from replaying to live, having replayed up to Seq
-// after, unless a commit settled meanwhile (missed): then the replay reads
-// again and goLive reports false. Going live, c gets the messages pushed
+// after, unless a commit settled meanwhile (missed) and not force: then
+// the replay reads again and goLive reports false. Going live, c gets the messages pushed
 // before their commit that the replay could not see, oldest first.
-func (h *hub) goLive(c *conn, after int64) bool {
+func (h *hub) goLive(c *conn, after int64, force bool) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
-	if c.missed {
+	if c.missed && !force {
 		c.missed = false
 		return false
 	}
+	c.missed = false
 	c.live = true
 	c.replayedTo = after
 	var mine []*inflightMsg
@@ -108,7 +109,7 @@ func (h *hub) goLive(c *conn, after int64) bool {
 	}
 	slices.SortFunc(mine, func(a, b *inflightMsg) int { return cmp.Compare(a.m.Seq, b.m.Seq) })
 	for _, e := range mine {
-		c.pushLive(e.frame())
+		c.pushLive(e.m.ID, e.frame())
 	}
 	return true
 }
@@ -185,11 +186,11 @@ func (h *hub) push(m Message, existing bool) {
 	defer h.mu.RUnlock()
 	if !existing {
 		for c := range h.byKey[m.Key] {
-			c.deliver(m.Seq, enc, false)
+			c.deliver(m.Seq, m.ID, enc, false)
 		}
 	}
 	if c := h.byPeer[m.Recipient]; c != nil {
-		c.deliver(m.Seq, enc, existing)
+		c.deliver(m.Seq, m.ID, enc, existing)
 	}
 }
 

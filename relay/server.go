@@ -31,6 +31,8 @@ type Server struct {
 	waiters *waiters
 	bus     Bus // nil for a store of one instance
 	handler http.Handler
+	clients *clients    // per-address and per-peer limits
+	budget  *byteBudget // limits.max_inflight_bytes
 
 	ctx    context.Context // ends at Shutdown
 	cancel context.CancelFunc
@@ -67,6 +69,8 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 		hub:     newHub(),
 		waiters: newWaiters(),
 		conns:   make(map[*conn]struct{}),
+		clients: newClients(cfg.Limits),
+		budget:  newByteBudget(cfg.Limits.MaxInflightBytes),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	now := time.Now
@@ -352,6 +356,15 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	addr, ok := s.clients.openConn(addrKey(r.RemoteAddr))
+	if !ok {
+		s.nconns.Add(-1)
+		s.metrics.connsRefused.WithLabelValues("max_connections_per_ip").Inc()
+		w.Header().Set("Retry-After", "30")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many connections from your address: this relay serves at most %d per address; retry later", s.cfg.Limits.MaxConnectionsPerIP))
+		return
+	}
+
 	id := s.nextID.Add(1)
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
@@ -361,11 +374,14 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		ctx:    ctx,
 		cancel: cancel,
 		q:      newSendQueue(s.cfg.Limits.SendQueue, s.cfg.Limits.SendQueueBytes),
+		addr:   addr,
+		sent:   sentIDs{max: s.cfg.Limits.SendQueue},
 	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		cancel()
+		s.clients.closeConn(addr)
 		s.nconns.Add(-1)
 		s.metrics.connsRefused.WithLabelValues("shutting_down").Inc()
 		writeError(w, http.StatusServiceUnavailable, "shutting down; retry in a moment")
@@ -379,6 +395,10 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
+		s.clients.closeConn(addr)
+		if c.peerState != nil {
+			s.clients.releasePeer(c.peerState)
+		}
 		s.nconns.Add(-1)
 		s.wg.Done()
 	}

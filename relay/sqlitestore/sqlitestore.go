@@ -75,6 +75,9 @@ const (
 	// burst of large messages makes several commits, not one huge one.
 	maxBatchBytes = 64 << 20
 	readConns     = 8
+	// walCheckpointPages is the WAL size (in pages of 4 KiB) at which the
+	// writer checkpoints: about 40 MiB.
+	walCheckpointPages = 10000
 )
 
 // Store is a relay.Store on SQLite. Create it with Open.
@@ -92,6 +95,9 @@ type Store struct {
 	stmts   [numStmts]*sql.Stmt // prepared on w
 	usage   map[string]usage    // committed unacked usage per key: key_usage, in memory
 	lastNow int64               // the newest stored_at written
+	recent  recentPuts          // where the latest puts are, for their acks
+	// unmarked: outcomes went to the announcer since its last marker.
+	unmarked bool
 
 	mu     sync.Mutex
 	cond   *sync.Cond // signalled when queue grows or closed is set
@@ -125,8 +131,9 @@ func Open(path string, opts Options) (*Store, error) {
 		sweepChunk: sweepChunk,
 		batchBytes: maxBatchBytes,
 		usage:      make(map[string]usage),
-		// One batch may wait while the announcer works on the previous one.
-		announcements: make(chan announcement, 1),
+		// Room for a batch's outcomes: the writer rarely waits for the
+		// announcer.
+		announcements: make(chan announcement, 1024),
 		announcerDone: make(chan struct{}),
 		done:          make(chan struct{}),
 	}
@@ -203,6 +210,13 @@ func (s *Store) open() error {
 	}
 	version, err := migrate(ctx, s.w, ms)
 	if err != nil {
+		return err
+	}
+	// The writer checkpoints every walCheckpointPages of WAL instead of
+	// SQLite's 1000: pages that every commit touches (the tails of the
+	// table and its indexes, the totals) are copied into the database
+	// once per checkpoint, so fewer checkpoints copy less.
+	if _, err := s.w.ExecContext(ctx, fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walCheckpointPages)); err != nil {
 		return err
 	}
 	for i, q := range stmtSQL {

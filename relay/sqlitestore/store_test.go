@@ -469,6 +469,54 @@ func TestPoisonedWrite(t *testing.T) {
 	checkUsage(t, s)
 }
 
+// TestPoisonedWriteEarlyOutcomes: a put announced early, in a batch that
+// runs again without a failed write, is announced once, with the Seq it
+// ends with.
+func TestPoisonedWriteEarlyOutcomes(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	poison := storetest.NewPeer(666)
+	if _, err := s.w.Exec(fmt.Sprintf(`CREATE TEMP TRIGGER poison BEFORE INSERT ON messages
+		WHEN NEW.recipient = '%s' BEGIN SELECT RAISE(ABORT, 'poisoned'); END`, poison.ID)); err != nil {
+		t.Fatal(err)
+	}
+	p := storetest.NewPeer(1)
+	var (
+		mu    sync.Mutex
+		heard []relay.PutResult
+	)
+	early := func(r relay.PutResult) {
+		mu.Lock()
+		heard = append(heard, r)
+		mu.Unlock()
+	}
+	s.mu.Lock()
+	var chans []chan relay.PutResult
+	for _, m := range []relay.Message{
+		storetest.NewMessage(p, "before"),
+		storetest.NewMessage(poison, "poison"),
+		storetest.NewMessage(p, "after"),
+	} {
+		ch := make(chan relay.PutResult, 1)
+		s.queue = append(s.queue, &putWrite{m: m, ch: ch, early: early})
+		chans = append(chans, ch)
+	}
+	s.cond.Signal()
+	s.mu.Unlock()
+	before, bad, after := storetest.Wait(t, chans[0]), storetest.Wait(t, chans[1]), storetest.Wait(t, chans[2])
+	if before.Err != nil || bad.Err == nil || after.Err != nil {
+		t.Fatalf("results: %v, %v, %v", before.Err, bad.Err, after.Err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(heard) != 2 || heard[0].Message.Seq != before.Message.Seq || heard[1].Message.Seq != after.Message.Seq {
+		var seqs []int64
+		for _, r := range heard {
+			seqs = append(seqs, r.Message.Seq)
+		}
+		t.Errorf("early outcomes with Seqs %v, want once each: %d, %d", seqs, before.Message.Seq, after.Message.Seq)
+	}
+}
+
 // TestCommitFailure: when the commit itself fails, every write of the batch
 // gets the error and none is applied; the store goes on working.
 func TestCommitFailure(t *testing.T) {
@@ -696,3 +744,31 @@ func (u *usageSnapshot) apply(t *wtx) error {
 	return nil
 }
 func (u *usageSnapshot) deliver(err error) { u.ch <- u.mem }
+
+// TestRecipientAckTwice: acking a message again (the second ack finds it
+// among the recent puts too) changes neither the result nor the quota
+// usage; nor does an ack after it was swept.
+func TestRecipientAckTwice(t *testing.T) {
+	s, _ := openTest(t, Options{Quota: relay.Quota{MaxMessages: 2}})
+	p := storetest.NewPeer(1)
+	m1 := storetest.MustPut(t, s, storetest.NewMessage(p, "acked twice")).Message
+	storetest.MustPut(t, s, storetest.NewMessage(p, "not acked"))
+	for i := range 2 {
+		if r := storetest.MustAck(t, s, p.Sub(), m1.ID); !r.Found || !r.ByRecipient {
+			t.Fatalf("ack %d: %+v", i, r)
+		}
+		checkUsage(t, s)
+	}
+	// One unacked message: the quota has room for exactly one more.
+	storetest.MustPut(t, s, storetest.NewMessage(p, "fits"))
+	if r := storetest.Wait(t, s.Put(storetest.NewMessage(p, "does not fit"), nil)); !errors.Is(r.Err, relay.ErrOverQuota) {
+		t.Errorf("put over quota: %v", r.Err)
+	}
+	if _, err := s.Sweep(context.Background(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if r := storetest.MustAck(t, s, p.Sub(), m1.ID); r.Found {
+		t.Errorf("ack after the sweep: %+v, want not found", r)
+	}
+	checkUsage(t, s)
+}

@@ -41,9 +41,9 @@ type wtx struct {
 	// totals is the batch's change to the totals row, written once at the
 	// end of the transaction.
 	totals usage
-	// early are the puts whose outcome the batch has decided and whose
-	// Put asked to hear it before the commit.
-	early []*putWrite
+	// stored are the messages this transaction put, for Store.recent once
+	// it has committed.
+	stored []relay.Message
 }
 
 // usage counts messages (and their ciphertext bytes).
@@ -54,6 +54,8 @@ const (
 	stmtInsert = iota
 	stmtLookup
 	stmtAckRecipient
+	stmtAckMark
+	stmtAckRecent
 	stmtAckLookup
 	stmtAckInsert
 	stmtUsageSet
@@ -66,9 +68,12 @@ var stmtSQL = [numStmts]string{
 	stmtInsert: `INSERT INTO messages (id, key, recipient, stored_at, size, ciphertext) VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`,
 	stmtLookup: `SELECT seq, key, recipient, stored_at, recipient_acked, ciphertext FROM messages WHERE id = ?`,
-	// The recipient's first ack of a message, in one statement.
-	stmtAckRecipient: `UPDATE messages SET recipient_acked = 1 WHERE id = ? AND recipient = ? AND recipient_acked = 0
-		RETURNING key, size`,
+	// The recipient's first ack of a message: found, then marked. (One
+	// UPDATE … RETURNING costs twice as much with go-sqlite3.)
+	stmtAckRecipient: `SELECT seq, key, size FROM messages WHERE id = ? AND recipient = ? AND recipient_acked = 0`,
+	stmtAckMark:      `UPDATE messages SET recipient_acked = 1 WHERE seq = ?`,
+	// The same, for a message in Store.recent: the row is checked to be it.
+	stmtAckRecent:   `UPDATE messages SET recipient_acked = 1 WHERE seq = ? AND id = ? AND recipient = ? AND recipient_acked = 0`,
 	stmtAckLookup:   `SELECT seq, recipient FROM messages WHERE id = ?`,
 	stmtAckInsert:   `INSERT INTO acks (seq, peer, user_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
 	stmtUsageSet:    `INSERT INTO key_usage (key, messages, bytes) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET messages = excluded.messages, bytes = excluded.bytes`,
@@ -226,11 +231,15 @@ func (s *Store) runTx(batch []write) (bad int, err error) {
 			return -1, fmt.Errorf("sqlitestore: update totals: %w", err)
 		}
 	}
-	// The outcomes are decided: the puts that asked hear them while the
-	// commit runs, and before their results (see Put).
-	announced := s.announce(t.early)
 	err = tx.Commit()
-	<-announced
+	if s.unmarked {
+		// Every early outcome is out before any result (see Put),
+		// including those of an earlier attempt at this batch.
+		done := make(chan struct{})
+		s.announcements <- announcement{done: done}
+		<-done
+		s.unmarked = false
+	}
 	if err != nil {
 		return -1, fmt.Errorf("sqlitestore: commit: %w", err)
 	}
@@ -241,36 +250,65 @@ func (s *Store) runTx(batch []write) (bad int, err error) {
 			s.usage[key] = u
 		}
 	}
+	for _, m := range t.stored {
+		s.recent.add(m)
+	}
 	return -1, nil
 }
 
-// announce hands the early outcomes of a batch to the announcer goroutine
-// and returns a channel closed once it has called them all.
-func (s *Store) announce(puts []*putWrite) <-chan struct{} {
-	done := make(chan struct{})
-	if len(puts) == 0 {
-		close(done)
-		return done
+// recentPuts remembers where the last recentPutsMax messages put are, so
+// that the recipient's ack, which usually follows soon, needs no lookup
+// (see ackWrite.apply). A hint only: the ack's UPDATE checks the row it
+// names, and a stale entry (swept) just falls back to the lookup.
+// Writer-owned; entries are added once their transaction has committed.
+type recentPuts struct {
+	byID map[string]recentPut
+	ring []string // ids in put order; ring[next] is the oldest once full
+	next int
+}
+
+type recentPut struct {
+	seq  int64
+	key  string
+	size int64
+}
+
+const recentPutsMax = 8192
+
+func (r *recentPuts) add(m relay.Message) {
+	if r.byID == nil {
+		r.byID = make(map[string]recentPut, recentPutsMax)
 	}
-	s.announcements <- announcement{puts: puts, done: done}
-	return done
+	if len(r.ring) < recentPutsMax {
+		r.ring = append(r.ring, m.ID)
+	} else {
+		delete(r.byID, r.ring[r.next])
+		r.ring[r.next] = m.ID
+		r.next = (r.next + 1) % recentPutsMax
+	}
+	r.byID[m.ID] = recentPut{seq: m.Seq, key: m.Key, size: int64(len(m.Ciphertext))}
 }
 
+// announcement is one put's outcome for the announcer (a copy: a batch
+// that runs again rewrites the put's own), or (early nil) a marker that it
+// closes done at.
 type announcement struct {
-	puts []*putWrite
-	done chan struct{}
+	early func(relay.PutResult)
+	res   relay.PutResult
+	done  chan struct{}
 }
 
-// announceLoop calls the early callbacks of Put, batch after batch, in
-// Put order, while the writer commits. It ends once the writer has exited
-// (it closes announcements).
+// announceLoop calls the early callbacks of Put in Put order, while the
+// writer applies and commits. It ends once the writer has exited (it
+// closes announcements).
 func (s *Store) announceLoop() {
 	defer close(s.announcerDone)
 	for a := range s.announcements {
-		for _, p := range a.puts {
-			p.early(p.res)
+		if a.early != nil {
+			a.early(a.res)
+		} else {
+			close(a.done)
 		}
-		close(a.done)
 	}
 }
 
@@ -338,10 +376,11 @@ func (s *Store) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 }
 
 type putWrite struct {
-	m     relay.Message
-	ch    chan relay.PutResult
-	early func(relay.PutResult)
-	res   relay.PutResult
+	m         relay.Message
+	ch        chan relay.PutResult
+	early     func(relay.PutResult)
+	announced bool // early has the outcome (writer-owned)
+	res       relay.PutResult
 }
 
 func (p *putWrite) kind() string { return "put" }
@@ -397,16 +436,24 @@ func (p *putWrite) apply(t *wtx) error {
 	t.totals.b += size
 	m.StoredAt = time.Unix(0, t.now)
 	p.res.Message = m
+	t.stored = append(t.stored, m)
 	p.announce(t)
 	return nil
 }
 
-// announce queues p's outcome for its early callback, if it has one and
-// the outcome is not an error.
+// announce hands p's outcome to the announcer at once, if p has an early
+// callback and the outcome is not an error: the message can be passed on
+// while the rest of the batch is applied and committed. When a later
+// write of the batch fails and the batch runs again without it (commit),
+// p is applied again, to the same outcome (same order, same starting
+// point), and not announced twice.
 func (p *putWrite) announce(t *wtx) {
-	if p.early != nil && p.res.Err == nil {
-		t.early = append(t.early, p)
+	if p.early == nil || p.res.Err != nil || p.announced {
+		return
 	}
+	p.announced = true
+	t.s.unmarked = true
+	t.s.announcements <- announcement{early: p.early, res: p.res}
 }
 
 // existing sets the result to the stored message with p's ID, if any.
@@ -466,12 +513,30 @@ func (a *ackWrite) deliver(err error) {
 func (a *ackWrite) apply(t *wtx) error {
 	a.res = relay.AckResult{}
 	if a.sub.Peer {
-		// The common case first: the recipient's first ack.
+		// The common case first: the recipient's first ack of a message
+		// put lately, which needs no lookup.
+		if r, ok := t.s.recent.byID[a.id]; ok {
+			res, err := t.stmt(stmtAckRecent).ExecContext(t.ctx, r.seq, a.id, a.sub.ID)
+			if err != nil {
+				return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
+			} else if n == 1 {
+				a.res = relay.AckResult{Found: true, ByRecipient: true, Recipient: a.sub.ID}
+				t.addUsage(r.key, -1, -r.size)
+				return nil
+			}
+			// Acked before, swept, or another recipient's: look it up.
+		}
 		var (
-			key  string
-			size int64
+			key       string
+			size, seq int64
 		)
-		err := t.stmt(stmtAckRecipient).QueryRowContext(t.ctx, a.id, a.sub.ID).Scan(&key, &size)
+		err := t.stmt(stmtAckRecipient).QueryRowContext(t.ctx, a.id, a.sub.ID).Scan(&seq, &key, &size)
+		if err == nil {
+			_, err = t.stmt(stmtAckMark).ExecContext(t.ctx, seq)
+		}
 		switch {
 		case err == nil:
 			a.res = relay.AckResult{Found: true, ByRecipient: true, Recipient: a.sub.ID}
