@@ -456,6 +456,10 @@ func TestInflightBudgetWaitsNotDrops(t *testing.T) {
 	}
 	b := e.dial()
 	b.auth2(bob, pubs*each)
+	// Every result is in: the budget is whole again.
+	if got := e.metric("courier_relay_inflight_bytes"); got != 0 {
+		t.Errorf("%v in-flight bytes held after every result", got)
+	}
 }
 
 // TestAcksAreLimited (hole 4): acks of messages a connection was not sent
