@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -46,12 +47,26 @@ type Config struct {
 
 // StoreConfig selects and tunes the message store.
 type StoreConfig struct {
-	// Driver is "sqlite" (default) or "redis" (not supported yet).
+	// Driver is "sqlite" (default: one instance) or "redis" (any number of
+	// instances sharing one Redis 7 or Valkey).
 	Driver string `toml:"driver"`
 	// Path is the SQLite database file. Default "courier-relay.db".
 	Path string `toml:"path"`
-	// URL is the Redis URL, for driver "redis".
+	// URL is the Redis server, for driver "redis": redis://[user@]host:port/db,
+	// rediss:// for TLS, or unix:///path/to/redis.sock. Give either URL or
+	// SentinelAddrs with MasterName.
 	URL string `toml:"url"`
+	// SentinelAddrs are the host:port addresses of the Redis Sentinels that
+	// watch the primary named MasterName (Redis high availability).
+	SentinelAddrs []string `toml:"sentinel_addrs"`
+	// MasterName is the Sentinel name of the Redis primary.
+	MasterName string `toml:"master_name"`
+	// PasswordFile, if set, holds the Redis password (one line), kept out
+	// of the configuration file. It overrides a password in URL.
+	PasswordFile string `toml:"password_file"`
+	// Namespace prefixes every Redis key of this relay. Default "courier".
+	// Instances with the same Redis and namespace are one relay.
+	Namespace string `toml:"namespace"`
 	// Synchronous is SQLite's synchronous setting: "full" (default: every
 	// group commit is fsynced) or "normal" (faster; a power cut may lose the
 	// last commits, a process crash does not).
@@ -347,7 +362,7 @@ func (c Config) Validate() error {
 			bad("store.max_batch", "must not be negative")
 		}
 	case "redis":
-		errs = append(errs, fmt.Errorf("config: store.driver: %q is %w; use \"sqlite\"", c.Store.Driver, ErrNotSupported))
+		c.Store.validateRedis(bad)
 	default:
 		bad("store.driver", "must be \"sqlite\" or \"redis\", got %q", c.Store.Driver)
 	}
@@ -461,6 +476,42 @@ func (c Config) offlineAfter() time.Duration {
 		return c.Offline.After
 	}
 	return c.Limits.DeliveryWait
+}
+
+func (st StoreConfig) validateRedis(bad func(key, format string, args ...any)) {
+	switch {
+	case st.URL == "" && len(st.SentinelAddrs) == 0:
+		bad("store.url", "driver \"redis\" needs store.url (such as \"redis://127.0.0.1:6379/0\") or store.sentinel_addrs with store.master_name")
+	case st.URL != "" && len(st.SentinelAddrs) > 0:
+		bad("store.url", "give either store.url or store.sentinel_addrs, not both")
+	case st.URL != "":
+		u, err := url.Parse(st.URL)
+		switch {
+		case err != nil:
+			bad("store.url", "not a URL: %v", err)
+		case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
+			bad("store.url", "scheme must be redis://, rediss:// (TLS) or unix://, got %q", u.Scheme+"://")
+		case u.Scheme == "unix" && u.Path == "":
+			bad("store.url", "unix:// needs the socket's path, such as unix:///run/redis/redis.sock")
+		case u.Scheme != "unix" && u.Host == "":
+			bad("store.url", "needs a host, such as redis://127.0.0.1:6379/0")
+		}
+	default:
+		for i, a := range st.SentinelAddrs {
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				bad(fmt.Sprintf("store.sentinel_addrs[%d]", i), "must be host:port, such as \"10.0.0.1:26379\", got %q", a)
+			}
+		}
+		if st.MasterName == "" {
+			bad("store.master_name", "must name the primary the Sentinels watch (their \"sentinel monitor <name> …\")")
+		}
+	}
+	if st.MasterName != "" && len(st.SentinelAddrs) == 0 {
+		bad("store.master_name", "is used only with store.sentinel_addrs")
+	}
+	if st.Namespace != "" && strings.ContainsAny(st.Namespace, "{}: \t\r\n") {
+		bad("store.namespace", "must not contain braces, colons or spaces, got %q", st.Namespace)
+	}
 }
 
 // Quota is the per-key quota the limits ask the store to enforce.

@@ -86,6 +86,7 @@ type conn struct {
 	sub    Subscriber
 	key    string
 	level2 bool
+	gen    int64 // a level-2 connection's generation from the Bus (0 without one)
 
 	// Delivery state: see deliver and replay.
 	dmu        sync.Mutex
@@ -138,6 +139,9 @@ func (c *conn) serve() {
 	c.q.requestClose(closeRequest{code: websocket.StatusNormalClosure})
 	if c.subscribed.Load() {
 		s.hub.unsubscribe(c)
+		if s.bus != nil && c.level2 {
+			s.bus.PeerDisconnected(c.sub.ID, c.key, c.gen)
+		}
 	}
 	if c.work != nil {
 		close(c.work)
@@ -380,6 +384,19 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 		return
 	}
 	c.key = s.SubscriptionKey
+	if c.level2 && c.srv.bus != nil {
+		// Announced to the other instances, which close the peer's older
+		// connections (4409); generations order them across instances.
+		gen, err := c.srv.bus.PeerConnected(c.ctx, c.sub.ID, c.key)
+		if err != nil {
+			c.srv.metrics.rejected.WithLabelValues(rejectAuth).Inc()
+			c.log.Error("announcing the connection failed", "err", err)
+			_ = c.q.push(outFrame{b: wire.ErrorFrame("the relay cannot reach its store; retry in a moment")})
+			c.closeWith(closeInternal, "store error", true, "store_error")
+			return
+		}
+		c.gen = gen
+	}
 	c.subscribed.Store(true)
 	c.subTimer.Stop()
 	if c.level2 {
@@ -543,7 +560,7 @@ func (c *conn) pushEarly(j job, r PutResult) {
 	m := r.Message
 	e := j.early
 	e.pushed, e.msg = true, m
-	if j.level2 && s.hub.peerConnected(m.Recipient) {
+	if j.level2 && (r.RecipientOnline || s.hub.peerConnected(m.Recipient)) {
 		// Registered before the push, so the recipient's ack cannot come first.
 		e.w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, false, nil)
 	}
@@ -702,7 +719,7 @@ func (c *conn) finishPut(j job, r PutResult) {
 		return
 	}
 	var w *waiter
-	if j.level2 && s.hub.peerConnected(m.Recipient) {
+	if j.level2 && (r.RecipientOnline || s.hub.peerConnected(m.Recipient)) {
 		// Registered before the push, so the recipient's ack cannot come first.
 		w = s.waiters.add(c, j.id, j.ref, s.cfg.Limits.DeliveryWait, true, c.afterWait(j, r))
 	}

@@ -24,7 +24,15 @@ type hub struct {
 	mu       sync.RWMutex
 	byKey    map[string]map[*conn]struct{} // level-1 (anonymous) subscribers
 	byPeer   map[string]*conn              // level-2 subscribers, by canonical peer ID
-	inflight map[int64]*inflightMsg        // pushed, commit not settled, by Seq
+	inflight map[seqKey]*inflightMsg       // pushed, commit not settled
+}
+
+// seqKey names a message by its subscription key and Seq: a store shared
+// by instances numbers each key on its own (Seq increases per key), so a
+// Seq alone is not unique, and Seqs are compared only within a key.
+type seqKey struct {
+	key string
+	seq int64
 }
 
 // inflightMsg is a message pushed before its commit.
@@ -37,7 +45,7 @@ func newHub() *hub {
 	return &hub{
 		byKey:    make(map[string]map[*conn]struct{}),
 		byPeer:   make(map[string]*conn),
-		inflight: make(map[int64]*inflightMsg),
+		inflight: make(map[seqKey]*inflightMsg),
 	}
 }
 
@@ -64,7 +72,7 @@ func (h *hub) pushEarly(m Message) {
 	}}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.inflight[m.Seq] = e
+	h.inflight[seqKey{m.Key, m.Seq}] = e
 	h.forSubscribers(m, func(c *conn) { c.deliverEarly(m.Seq, m.ID, e.frame) })
 }
 
@@ -73,7 +81,7 @@ func (h *hub) pushEarly(m Message) {
 func (h *hub) settle(m Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.inflight, m.Seq)
+	delete(h.inflight, seqKey{m.Key, m.Seq})
 	h.forSubscribers(m, (*conn).committed)
 }
 
@@ -94,8 +102,8 @@ func (h *hub) goLive(c *conn, after int64, force bool) bool {
 	c.live = true
 	c.replayedTo = after
 	var mine []*inflightMsg
-	for seq, e := range h.inflight {
-		if seq > after && (e.m.Recipient == c.sub.ID && c.sub.Peer || !c.sub.Peer && e.m.Key == c.key) {
+	for _, e := range h.inflight {
+		if e.m.Seq > after && (e.m.Recipient == c.sub.ID && c.sub.Peer || !c.sub.Peer && e.m.Key == c.key) {
 			mine = append(mine, e)
 		}
 	}
@@ -140,6 +148,17 @@ func (h *hub) unsubscribe(c *conn) {
 		if len(set) == 0 {
 			delete(h.byKey, c.key)
 		}
+	}
+}
+
+// replaceOlder closes the peer's connection if it is older than
+// generation gen (a newer one exists on another instance).
+func (h *hub) replaceOlder(peer string, gen int64) {
+	h.mu.RLock()
+	c := h.byPeer[peer]
+	h.mu.RUnlock()
+	if c != nil && c.gen < gen {
+		c.closeWith(wire.CloseReplaced, "replaced by a newer connection of the same peer", false, "replaced")
 	}
 }
 

@@ -31,6 +31,7 @@ type Server struct {
 	hub     *hub
 	waiters *waiters
 	bridge  *bridge // the OFFLINE bridge; nil when [offline] is not configured
+	bus     Bus     // nil for a store of one instance
 	handler http.Handler
 	clients *clients    // per-address and per-peer limits
 	budget  *byteBudget // limits.max_inflight_bytes
@@ -104,12 +105,44 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 	}
 	s.handler = mux
 
+	if b, ok := store.(Bus); ok {
+		// Listening before the first connection: every event committed
+		// from now on reaches this instance's subscribers.
+		if err := b.Listen(s.ctx, busHandler{s}); err != nil {
+			s.cancel()
+			return nil, fmt.Errorf("relay: listen to the other instances: %w", err)
+		}
+		s.bus = b
+	}
+
 	s.wg.Add(1)
 	go s.sweepLoop()
 	if s.bridge != nil {
 		s.bridge.start(s.ctx)
 	}
 	return s, nil
+}
+
+// busHandler applies the other instances' events to this one.
+type busHandler struct{ s *Server }
+
+// Stored pushes a message another instance committed to this instance's
+// subscribers, as a commit of its own would be.
+func (h busHandler) Stored(m Message, existing bool) { h.s.hub.push(m, existing) }
+
+// RecipientAcked answers delivered to the publishes waiting here for id.
+func (h busHandler) RecipientAcked(id string) { h.s.waiters.resolve(id) }
+
+// PeerConnected replaces this instance's older connection of peer.
+func (h busHandler) PeerConnected(peer string, gen int64) { h.s.hub.replaceOlder(peer, gen) }
+
+// Resync closes every subscriber with 1012: events may have been lost,
+// and a reconnect replays from the store.
+func (h busHandler) Resync(reason string) {
+	h.s.log.Warn("closing subscribers so that they replay", "reason", reason)
+	h.s.hub.each(func(c *conn) {
+		c.closeWith(wire.CloseServiceRestart, "relay resync: reconnect", false, "resync")
+	})
 }
 
 // Handler returns the server's HTTP handler: the WebSocket endpoint at /
@@ -348,6 +381,12 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
+	if rd, ok := s.store.(Readier); ok {
+		if err := rd.Ready(ctx); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+			return
+		}
+	}
 	st, err := s.store.Stats(ctx)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())

@@ -35,6 +35,10 @@ type PutResult struct {
 	Existing bool
 	// RecipientAcked is set when the recipient peer has acked the message.
 	RecipientAcked bool
+	// RecipientOnline is set by a store shared by several relay instances
+	// when the recipient peer is connected to one of them (maybe another
+	// instance than this one), so a level-2 publish waits for its ack.
+	RecipientOnline bool
 	// Handoff is the message's state with the OFFLINE bridge after the
 	// put; only HandoffStore.PutHandoff sets it.
 	Handoff HandoffState
@@ -97,6 +101,12 @@ type Store interface {
 	Stats(ctx context.Context) (Stats, error)
 	// Close commits what is queued, then closes. It is idempotent.
 	Close() error
+}
+
+// Readier is implemented by a store that can tell whether it is usable
+// now (its server answers): /readyz reports it.
+type Readier interface {
+	Ready(ctx context.Context) error
 }
 
 // Stats is a snapshot of a store's contents.

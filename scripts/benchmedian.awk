@@ -1,7 +1,7 @@
 # benchmedian.awk: medians of `go test -bench` metrics over -count runs,
 # next to the relay's targets (issue 7). Input: go test -bench output.
 #   awk -f scripts/benchmedian.awk bench-output.txt
-/^Benchmark/ && NF >= 4 {
+/^Benchmark/ && $2 ~ /^[0-9]+$/ && $4 == "ns/op" {
 	name = $1
 	sub(/-[0-9]+$/, "", name) # the GOMAXPROCS suffix
 	if (!(name in seen)) { seen[name] = 1; order[++nnames] = name }

@@ -538,10 +538,41 @@ func DeliveryFrame(id string, ciphertext []byte) []byte {
 
 // ChallengeFrame, PublishResultFrame, DrainedFrame and Level2ErrorFrame
 // encode the level-2 server frames.
-func ChallengeFrame(c AuthChallenge) []byte     { return typedFrame(TypeAuthChallenge, c) }
-func PublishResultFrame(r PublishResult) []byte { return typedFrame(TypePublishResult, r) }
-func DrainedFrame(count int) []byte             { return typedFrame(TypeDrained, Drained{Count: count}) }
-func Level2ErrorFrame(reason string) []byte     { return typedFrame(TypeError, ErrorData{Reason: reason}) }
+func ChallengeFrame(c AuthChallenge) []byte { return typedFrame(TypeAuthChallenge, c) }
+func DrainedFrame(count int) []byte         { return typedFrame(TypeDrained, Drained{Count: count}) }
+func Level2ErrorFrame(reason string) []byte { return typedFrame(TypeError, ErrorData{Reason: reason}) }
+
+// PublishResultFrame encodes the answer to a level-2 publish.
+func PublishResultFrame(r PublishResult) []byte {
+	if !plainJSON(r.ID) || !plainJSON(r.Ref) || !plainJSON(r.Status) || !plainJSON(r.Reason) {
+		return typedFrame(TypePublishResult, r)
+	}
+	// One per publish: built by hand, byte for byte what typedFrame makes.
+	b := make([]byte, 0, 64+len(r.ID)+len(r.Ref)+len(r.Status)+len(r.Reason))
+	b = append(b, `{"Type":"PublishResult","Data":{"id":"`...)
+	b = append(b, r.ID...)
+	b = append(b, `","ref":"`...)
+	b = append(b, r.Ref...)
+	b = append(b, `","status":"`...)
+	b = append(b, r.Status...)
+	if r.Reason != "" {
+		b = append(b, `","reason":"`...)
+		b = append(b, r.Reason...)
+	}
+	return append(b, `"}}`...)
+}
+
+// plainJSON reports whether encoding/json writes s as is between quotes:
+// printable ASCII without the characters it escapes.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
 
 func typedFrame(typ string, data any) []byte {
 	b, err := json.Marshal(struct {

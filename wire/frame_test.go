@@ -171,6 +171,20 @@ func TestParseFastTakesOrdinaryFrames(t *testing.T) {
 	}
 }
 
+// FuzzPublishResultFrame: the hand-built PublishResult frame is exactly
+// what encoding/json makes.
+func FuzzPublishResultFrame(f *testing.F) {
+	f.Add(MessageID([]byte("x")), "ref-1", StatusQueued, "")
+	f.Add(MessageID([]byte("x")), "", StatusRejected, ReasonInvalid+"recipient: not a peer ID")
+	f.Add("id", "<&>", "s", "\"quoted\" \\ é \x00")
+	f.Fuzz(func(t *testing.T, id, ref, status, reason string) {
+		r := PublishResult{ID: id, Ref: ref, Status: status, Reason: reason}
+		if got, want := PublishResultFrame(r), typedFrame(TypePublishResult, r); !bytes.Equal(got, want) {
+			t.Fatalf("PublishResultFrame(%+v) = %s, encoding/json makes %s", r, got, want)
+		}
+	})
+}
+
 func BenchmarkParseClientFrame(b *testing.B) {
 	frame := ClientFrameBytes(TypePublish, Publish{
 		EncryptedMessage: base64.StdEncoding.EncodeToString(make([]byte, 1024)),

@@ -43,8 +43,10 @@ const excerptChars = 64
 // with an ellipsis and the input's length when longer, so an error never
 // echoes a large input.
 func Excerpt(s string) string {
-	if q := strconv.Quote(s); len(q) <= excerptChars+2 {
-		return q
+	if len(s) <= excerptChars {
+		if q := strconv.Quote(s); len(q) <= excerptChars+2 {
+			return q
+		}
 	}
 	cut := min(len(s), excerptChars)
 	for {

@@ -220,7 +220,7 @@ func TestFlags(t *testing.T) {
 	for _, tt := range []struct{ name, body, want string }{
 		{"unknown key", "[limits]\nmax_conections = 5", "limits.max_conections"},
 		{"bad value", "[keepalive]\nping_interval = \"-1s\"", "keepalive.ping_interval"},
-		{"redis", "[store]\ndriver = \"redis\"", "not supported yet"},
+		{"redis without a server", "[store]\ndriver = \"redis\"", "store.url"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			// Were the config wrongly accepted, the relay would serve: on a
