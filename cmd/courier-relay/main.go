@@ -195,7 +195,7 @@ func (m *Main) Open() error {
 		}
 	}
 	m.Logger.Info("courier-relay listening", "addr", ln.Addr().String(), "version", version,
-		"public_host", cfg.PublicHost, "store", where)
+		"public_host", cfg.PublicHost, "store", where, "offline_bridge", cfg.Offline != nil)
 	return nil
 }
 

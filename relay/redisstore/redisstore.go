@@ -82,6 +82,7 @@ type Store struct {
 	inst string // this instance's random ID, to skip its own bus events
 
 	expiryKey, totalsKey, channel string
+	handoffKey, handoffOwnerKey   string // see handoff.go
 
 	mu     sync.RWMutex // closed, and sends on ops
 	closed bool
@@ -129,9 +130,12 @@ func Open(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Store,
 		expiryKey: "{" + opts.Namespace + "}:expiry",
 		totalsKey: "{" + opts.Namespace + "}:totals",
 		channel:   opts.Namespace + ":bus",
-		ops:       make(chan *op, 4*opts.MaxBatch),
-		done:      make(chan struct{}),
-		presence:  make(map[presenceKey]struct{}),
+
+		handoffKey:      "{" + opts.Namespace + "}:handoffs",
+		handoffOwnerKey: "{" + opts.Namespace + "}:handoff-owners",
+		ops:             make(chan *op, 4*opts.MaxBatch),
+		done:            make(chan struct{}),
+		presence:        make(map[presenceKey]struct{}),
 	}
 	if err := s.loadScripts(ctx); err != nil {
 		return nil, fmt.Errorf("redisstore: %w", err)
@@ -144,7 +148,7 @@ func Open(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Store,
 }
 
 func (s *Store) loadScripts(ctx context.Context) error {
-	for _, sc := range []*redis.Script{putScript, ackScript, sweepScript, pendingScript, connectScript, presenceScript, dropIndexScript} {
+	for _, sc := range append([]*redis.Script{putScript, ackScript, sweepScript, pendingScript, connectScript, presenceScript, dropIndexScript}, handoffScripts...) {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load scripts: %w", err)
 		}
@@ -167,6 +171,9 @@ type op struct {
 	early func(relay.PutResult)
 	pres  chan relay.PutResult
 	now   int64 // µs, for the expiry index
+	// handoff: PutHandoff, due at due (ms).
+	handoff bool
+	due     int64
 
 	sub  relay.Subscriber
 	id   string
@@ -354,8 +361,15 @@ func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mism
 				pipe.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(o.now), Member: m.Key}}})
 				pipe.Set(ctx, s.indexKey(m.ID), m.Key, 0)
 				q := s.opts.Quota
+				handoff := ""
+				if o.handoff {
+					// The index first: it may name a hand-off that is
+					// not pending (a claim drops it), never miss one.
+					handoff = "1"
+					pipe.ZAddArgs(ctx, s.handoffKey, redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: float64(o.due), Member: handoffEntry(m.Key, m.ID)}}})
+				}
 				cmds[i] = putScript.EvalSha(ctx, pipe, []string{p + "m"},
-					p, m.ID, m.Recipient, m.Ciphertext, q.MaxMessages, q.MaxBytes, s.channel, s.inst, m.Key)
+					p, m.ID, m.Recipient, m.Ciphertext, q.MaxMessages, q.MaxBytes, s.channel, s.inst, m.Key, handoff)
 				continue
 			}
 			if keys[i] == "" {
@@ -434,7 +448,7 @@ func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
 		return
 	}
 	vals, err := cmd.Slice()
-	if err != nil || len(vals) != 5 {
+	if err != nil || len(vals) < 5 {
 		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %v (%d values)", m.ID, err, len(vals))}
 		return
 	}
@@ -454,6 +468,10 @@ func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
 	online, _ := vals[4].(int64)
 	m.Seq, m.StoredAt = seq, time.UnixMicro(at)
 	r := relay.PutResult{Message: m, Existing: status == 1, RecipientAcked: acked == 1, RecipientOnline: online == 1}
+	if len(vals) > 5 {
+		hs, _ := vals[5].(int64)
+		r.Handoff = relay.HandoffState(hs)
+	}
 	if o.early != nil {
 		o.early(r)
 	}
@@ -582,6 +600,9 @@ func (s *Store) sweepKey(ctx context.Context, key, lim string) (int, error) {
 			for _, v := range vals[3:] {
 				id, _ := v.(string)
 				dropIndexScript.Run(ctx, pipe, []string{s.indexKey(id)}, key)
+				// Its hand-off went with it (the sweep script).
+				pipe.ZRem(ctx, s.handoffKey, handoffEntry(key, id))
+				pipe.HDel(ctx, s.handoffOwnerKey, handoffEntry(key, id))
 			}
 		}
 		if oldest != "" {

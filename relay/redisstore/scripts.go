@@ -20,6 +20,7 @@ import "github.com/redis/go-redis/v9"
 //	P.."s"        hash    n, b: messages and bytes not acked by their recipient (the quota)
 //	P.."g:"..peer string  the peer's connection generation (INCR), for 4409 across instances
 //	P.."o:"..peer string  the generation of the peer's live connection, with a TTL: presence
+//	P.."h"        hash    message ID -> its OFFLINE hand-off: "p <failed attempts>" pending, "d" done
 //
 // Bus events are PUBLISHed from inside the scripts, so that the order of
 // the events on the channel is the order of the commits, across instances.
@@ -33,11 +34,13 @@ end
 `
 
 // putScript: ARGV = P, id, recipient, ciphertext, max messages, max bytes,
-// bus channel ("" for none), instance, subscription key.
-// Returns {status, seq, storedAt, recipientAcked, recipientOnline}:
+// bus channel ("" for none), instance, subscription key, hand-off ("1":
+// record a pending hand-off unless the recipient acked or it has one).
+// Returns {status, seq, storedAt, recipientAcked, recipientOnline,
+// hand-off state (0 none, 1 pending, 2 done; 0 without ARGV[10])}:
 // status 0 stored, 1 existing, -1 over quota (seq, storedAt = usage n, b),
 // -2 stored for another recipient.
-var putScript = redis.NewScript(luaMeta + `
+var putScript = redis.NewScript(luaMeta + luaHandoff + `
 local P, id, rcpt, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ch, inst, key = ARGV[7], ARGV[8], ARGV[9]
 local online = redis.call('EXISTS', P..'o:'..rcpt)
@@ -50,7 +53,12 @@ if v then
   if acked == 0 and ch ~= '' then
     redis.call('PUBLISH', ch, 'R\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct)
   end
-  return {1, seq, at, acked, online}
+  local hs = 0
+  if ARGV[10] == '1' then
+    if acked == 0 then redis.call('HSETNX', P..'h', id, 'p 0') end
+    hs = handoffState(redis.call('HGET', P..'h', id))
+  end
+  return {1, seq, at, acked, online, hs}
 end
 local size = string.len(ct)
 local maxN, maxB = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -74,7 +82,12 @@ redis.call('HINCRBY', P..'s', 'b', size)
 if ch ~= '' then
   redis.call('PUBLISH', ch, 'M\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct)
 end
-return {0, seq, at, 0, online}
+local hs = 0
+if ARGV[10] == '1' then
+  redis.call('HSET', P..'h', id, 'p 0')
+  hs = 1
+end
+return {0, seq, at, 0, online, hs}
 `)
 
 // ackScript: ARGV = P, id, acker tag, peer ID when the subscriber is a
@@ -119,6 +132,7 @@ for _, id in ipairs(ids) do
     redis.call('HDEL', P..'b', id)
     redis.call('ZREM', P..'q', id)
     redis.call('DEL', P..'a:'..id)
+    redis.call('HDEL', P..'h', id)
     count = count + 1
     bytes = bytes + size
     out[#out + 1] = id

@@ -45,6 +45,7 @@ func TestStore(t *testing.T) {
 	storetest.RunQuota(t, func(t *testing.T, q relay.Quota) relay.Store {
 		return openTest(t, srv, Options{Quota: q})
 	})
+	storetest.RunHandoff(t, func(t *testing.T) relay.HandoffStore { return openTest(t, srv, Options{}) })
 }
 
 func TestStoreSmallBatches(t *testing.T) {
