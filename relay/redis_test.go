@@ -209,3 +209,96 @@ func TestCrossInstanceQueuedThenReplayed(t *testing.T) {
 		return pub2.next().PublishResult.Status == wire.StatusDelivered
 	})
 }
+
+// TestRedisBridgeInstances: with three instances on one Redis and the
+// OFFLINE bridge on in each, every message is handed off by exactly one of
+// them, wherever it was published; a fallback publish is answered offline
+// whichever instance made the hand-off.
+func TestRedisBridgeInstances(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	node := newTestNode(t)
+	ns := newNamespace()
+	bridge := withBridge(node, func(o *relay.OfflineConfig) { o.Timeout = 2 * time.Second })
+	var es []*env
+	for range 3 {
+		e, _ := newRedisEnv(t, rs, ns, bridge)
+		es = append(es, e)
+	}
+	bob := newIdentity(t, 1)
+	const n = 30
+	var ids []string
+	for i := range n {
+		ct := ciphertext(100, fmt.Sprintf("from instance %d, message %d", i%3, i))
+		ids = append(ids, wire.MessageID(ct))
+		es[i%3].dial().publish(ct, bob.ID(), "")
+	}
+	pub := level2Publisher(t, es[0], 100)
+	fb := ciphertext(100, "fallback on instance 0")
+	pub.publishFallback(fb, bob.ID(), "fb", wire.FallbackRelay)
+	pub.expectResult(wire.StatusOffline)
+	ids = append(ids, wire.MessageID(fb))
+	for _, id := range ids {
+		node.waitHandedOff(id)
+	}
+	var total float64
+	for _, e := range es {
+		total += e.handoffs("handed_off")
+	}
+	eventually(t, "every hand-off counted", func() bool {
+		total = 0
+		for _, e := range es {
+			total += e.handoffs("handed_off")
+		}
+		return total >= float64(len(ids))
+	})
+	for _, id := range ids {
+		if _, ok := node.attempts(id); ok != 1 {
+			t.Errorf("%s handed off %d times, want exactly once", id[:12], ok)
+		}
+	}
+	if total != float64(len(ids)) {
+		t.Errorf("the instances counted %v hand-offs, want %d", total, len(ids))
+	}
+}
+
+// TestRedisBridgeTakesOverDeadInstance: a hand-off claimed by an instance
+// that died is made by another once the claim's lease has run out, not
+// before, and once.
+func TestRedisBridgeTakesOverDeadInstance(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	node := newTestNode(t)
+	ns := newNamespace()
+	// The dead instance: its store claimed the hand-off, then nothing.
+	cfg := testConfig(t)
+	cfg.Store = relay.StoreConfig{Driver: "redis", URL: rs.URL(), Namespace: ns}
+	rdb, err := redisstore.NewClient(cfg.Store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := redisstore.Open(context.Background(), rdb, redisstore.Options{Namespace: ns, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob := newIdentity(t, 1)
+	ct := ciphertext(100, "claimed by an instance that died")
+	m := relay.Message{ID: wire.MessageID(ct), Key: bob.Key(), Recipient: bob.ID(), Ciphertext: ct}
+	if r := <-dead.PutHandoff(m, time.Now(), nil); r.Err != nil || r.Handoff != relay.HandoffPending {
+		t.Fatalf("PutHandoff: %+v", r)
+	}
+	const lease = 1500 * time.Millisecond
+	claimed := time.Now()
+	if hs, err := dead.ClaimHandoffs(context.Background(), "dead-instance", claimed, lease, 10); err != nil || len(hs) != 1 {
+		t.Fatalf("claim: %d, %v", len(hs), err)
+	}
+	dead.Close()
+
+	e, _ := newRedisEnv(t, rs, ns, withBridge(node, nil))
+	r := node.waitHandedOff(m.ID)
+	if waited := r.At.Sub(claimed); waited < lease {
+		t.Errorf("taken over %v after the claim, within its lease (%v)", waited, lease)
+	}
+	eventually(t, "handed_off counted", func() bool { return e.handoffs("handed_off") == 1 })
+	if _, ok := node.attempts(m.ID); ok != 1 {
+		t.Errorf("handed off %d times", ok)
+	}
+}
