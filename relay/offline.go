@@ -175,6 +175,9 @@ func (b *bridge) attempt(ctx context.Context, h Handoff) {
 		}
 		b.s.metrics.handoffs.WithLabelValues(handoffDroppedAcked).Inc()
 		b.log.Debug("hand-off dropped: the recipient acked", "id", m.ID)
+		// A fallback publish still waiting (its ack came on another
+		// instance, or between its two waits) learns it here.
+		b.s.waiters.resolve(m.ID)
 		return
 	}
 	if time.Since(m.StoredAt) >= b.ttl {

@@ -657,3 +657,37 @@ func TestBridgeCredentials(t *testing.T) {
 		}
 	}
 }
+
+// TestBridgeUnreadableCredentials: New refuses credential files it cannot
+// read, naming the key.
+func TestBridgeUnreadableCredentials(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	empty := filepath.Join(t.TempDir(), ".cookie")
+	if err := os.WriteFile(empty, []byte("OpenBazaar_Auth_Cookie=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	node := newTestNode(t)
+	for _, tt := range []struct {
+		key    string
+		mutate func(o *relay.OfflineConfig)
+	}{
+		{"offline.password_file", func(o *relay.OfflineConfig) { o.Username, o.PasswordFile = "ob", missing }},
+		{"offline.cookie_file", func(o *relay.OfflineConfig) { o.CookieFile = missing }},
+		{"offline.cookie_file", func(o *relay.OfflineConfig) { o.CookieFile = empty }},
+	} {
+		cfg := testConfig(t)
+		withBridge(node, tt.mutate)(&cfg)
+		st, err := sqlitestore.Open(cfg.Store.Path, sqlitestore.Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := relay.New(cfg, st, testLogger(t))
+		if err == nil {
+			srv.Close()
+			t.Errorf("%s: New accepted it", tt.key)
+		} else if !strings.Contains(err.Error(), tt.key) {
+			t.Errorf("%s: New = %v", tt.key, err)
+		}
+		st.Close()
+	}
+}
