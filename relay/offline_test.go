@@ -337,7 +337,8 @@ func TestBridgeLevel2WithoutFallback(t *testing.T) {
 // the recipient's peer ID as its userID.
 func TestBridgeRecipientAcks(t *testing.T) {
 	node := newTestNode(t)
-	e := newEnv(t, withBridge(node, serial))
+	// The acks must commit within offline.after: generous on a loaded machine.
+	e := newEnv(t, withBridge(node, func(o *relay.OfflineConfig) { serial(o); o.After = 3 * time.Second }))
 	bob := newIdentity(t, 1)
 	b := e.dial()
 	b.auth2(bob, 0)
