@@ -105,7 +105,8 @@ type LimitsConfig struct {
 	// least one message is sent). Default 32 MiB; 0 is unlimited.
 	AnonymousReplayBytes int64 `toml:"anonymous_replay_bytes"`
 	// AckRate is the sustained acks per second one connection may send for
-	// messages it was not sent (recently) on that connection; acks of
+	// messages it was not sent on that connection (among its last 4 x
+	// SendQueue deliveries, at least 4096); acks of
 	// messages it was sent are not limited. An ack beyond is answered
 	// rate_limited and not recorded. Default 100; 0 is unlimited.
 	AckRate float64 `toml:"ack_rate"`

@@ -47,6 +47,13 @@ delivery_wait = "3s"                # how long a level-2 publish waits for the r
 
 // The example file at the repository root documents every key with its
 // default value.
+func TestDefaultInflightBytesIsRelativeToTheMachine(t *testing.T) {
+	got := relay.DefaultConfig().Limits.MaxInflightBytes
+	if got < 64<<20 || got > 1<<30 {
+		t.Errorf("default max_inflight_bytes %d, want between 64 MiB and 1 GiB", got)
+	}
+}
+
 func TestExampleFileIsTheDefaults(t *testing.T) {
 	f, err := os.Open("../courier-relay.example.toml")
 	if err != nil {
@@ -113,6 +120,17 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"limits.send_queue_bytes", func(c *relay.Config) { c.Limits.SendQueueBytes = 0 }},
 		{"limits.max_inflight", func(c *relay.Config) { c.Limits.MaxInflight = 0 }},
 		{"limits.write_timeout", func(c *relay.Config) { c.Limits.WriteTimeout = 0 }},
+		{"limits.max_connections_per_ip", func(c *relay.Config) { c.Limits.MaxConnectionsPerIP = -1 }},
+		{"limits.anonymous_publish_rate", func(c *relay.Config) { c.Limits.AnonymousPublishRate = -1 }},
+		{"limits.anonymous_publish_burst", func(c *relay.Config) { c.Limits.AnonymousPublishBurst = 0 }},
+		{"limits.subscribe_rate", func(c *relay.Config) { c.Limits.SubscribeRate = -1 }},
+		{"limits.subscribe_burst", func(c *relay.Config) { c.Limits.SubscribeBurst = 0 }},
+		{"limits.ack_rate", func(c *relay.Config) { c.Limits.AckRate = -1 }},
+		{"limits.ack_burst", func(c *relay.Config) { c.Limits.AckBurst = 0 }},
+		{"limits.anonymous_replay_messages", func(c *relay.Config) { c.Limits.AnonymousReplayMessages = -1 }},
+		{"limits.anonymous_replay_bytes", func(c *relay.Config) { c.Limits.AnonymousReplayBytes = -1 }},
+		{"limits.max_inflight_bytes_per_connection", func(c *relay.Config) { c.Limits.MaxInflightBytesPerConnection = 0 }},
+		{"limits.max_inflight_bytes", func(c *relay.Config) { c.Limits.MaxInflightBytes = 0 }},
 		{"keepalive.ping_interval", func(c *relay.Config) { c.Keepalive.PingInterval = 0 }},
 		{"keepalive.ping_timeout", func(c *relay.Config) { c.Keepalive.PingTimeout = 0 }},
 	}

@@ -772,6 +772,7 @@ func (c *conn) replay() {
 			break
 		}
 	}
+	c.srv.metrics.replaysDone.Inc()
 	c.log.Debug("replayed", "count", count)
 	if c.level2 {
 		_ = c.q.pushWait(c.ctx, outFrame{b: wire.DrainedFrame(count)})
@@ -862,9 +863,11 @@ func deliveryFrameBytes(idLen, ciphertextLen int) int {
 
 // sentIDs remembers the last messages sent on a connection that it has
 // not acked, by the first 8 bytes of their IDs: an ack of one of them is
-// not rate-limited (see handleAck). It remembers at most a send queue's
-// worth (limits.send_queue); older ones are forgotten in order. Safe for
-// concurrent use; it holds nothing until the first send.
+// not rate-limited (see handleAck). It remembers the last four send
+// queues' worth (4 x limits.send_queue, at least 4096: frames queued, in
+// the sockets' buffers and in the client's hands before its ack comes
+// back); older ones are forgotten in order. Safe for concurrent use; it
+// holds nothing until the first send, and at most about 200 KiB.
 type sentIDs struct {
 	mu   sync.Mutex
 	max  int

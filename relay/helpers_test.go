@@ -157,6 +157,14 @@ type client struct {
 	err    error // the read error that ended the connection; set before done closes
 }
 
+// in returns a view of c whose failures belong to t (a subtest using a
+// client its parent dialled). It shares the connection and its frames.
+func (c *client) in(t testing.TB) *client {
+	v := *c
+	v.t = t
+	return &v
+}
+
 func (e *env) dial() *client {
 	e.t.Helper()
 	c, err := e.tryDial()

@@ -43,12 +43,15 @@ func TestPublishQueued(t *testing.T) {
 	pub := level2Publisher(t, e, 100)
 
 	t.Run("recipient not connected", func(t *testing.T) {
+		pub := pub.in(t)
 		pub.publish(ciphertext(10, "offline"), bob.ID(), "a")
 		if r := pub.expectResult(wire.StatusQueued); r.Ref != "a" || r.ID != wire.MessageID(ciphertext(10, "offline")) {
 			t.Fatalf("result %+v", r)
 		}
 	})
 	t.Run("only anonymous subscribers", func(t *testing.T) {
+		e := e.in(t)
+		pub := pub.in(t)
 		anon := e.dial()
 		anon.subscribe1(bob.ID(), bob.Key()) // an anonymous userID that equals bob's peer ID is still anonymous
 		anon.expectDelivery()
@@ -172,6 +175,7 @@ func TestPublishRejected(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			pub := pub.in(t)
 			pub.send([]byte(tt.frame))
 			r := pub.expectResult(wire.StatusRejected)
 			if !strings.HasPrefix(r.Reason, tt.prefix) || r.Ref != "x" {
@@ -180,6 +184,8 @@ func TestPublishRejected(t *testing.T) {
 		})
 	}
 	t.Run("over quota", func(t *testing.T) {
+		e := e.in(t)
+		pub := pub.in(t)
 		pub.publish(ciphertext(10, "q1"), bob.ID(), "1")
 		pub.expectResult(wire.StatusQueued)
 		pub.publish(ciphertext(10, "q2"), bob.ID(), "2")
@@ -480,6 +486,7 @@ func TestAuthRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			e := e.in(t)
 			c := e.dial()
 			nonce := c.challenge(tt.peer)
 			c.sendFrame(wire.TypeSubscribe, tt.answer(nonce))
@@ -489,6 +496,7 @@ func TestAuthRejects(t *testing.T) {
 	}
 
 	t.Run("nonce of another connection", func(t *testing.T) {
+		e := e.in(t)
 		first := e.dial()
 		stolen := first.challenge(bob.ID())
 		c := e.dial()
@@ -498,6 +506,7 @@ func TestAuthRejects(t *testing.T) {
 		c.expectClose(websocket.StatusPolicyViolation)
 	})
 	t.Run("reused nonce", func(t *testing.T) {
+		e := e.in(t)
 		c := e.dial()
 		nonce := c.challenge(bob.ID())
 		good := bob.signedSubscribe(testHost, nonce, bob.qm)

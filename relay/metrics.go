@@ -35,6 +35,7 @@ type metrics struct {
 	deliveredLive   prometheus.Counter
 	deliveredReplay prometheus.Counter
 	acked           prometheus.Counter
+	replaysDone     prometheus.Counter
 	expired         prometheus.Counter
 	publishResults  *prometheus.CounterVec
 	rejected        *prometheus.CounterVec
@@ -78,6 +79,10 @@ func newMetrics() *metrics {
 			Namespace: ns, Name: "messages_acked_total",
 			Help: "Acks of stored messages committed.",
 		}),
+		replaysDone: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "replays_finished_total",
+			Help: "Replays after a subscribe that finished and went live (capped anonymous ones included).",
+		}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "messages_expired_total",
 			Help: "Messages deleted by the TTL sweep.",
@@ -103,7 +108,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(
 		m.connections, m.connsRefused, m.disconnects, m.subscriptions,
-		m.stored, m.republished, m.delivered, m.acked, m.expired,
+		m.stored, m.republished, m.delivered, m.acked, m.replaysDone, m.expired,
 		m.publishResults, m.rejected, m.commitSeconds, m.commitBatch,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"courier/wire"
@@ -71,6 +72,10 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 		clients: newClients(cfg.Limits),
 		budget:  newByteBudget(cfg.Limits.MaxInflightBytes),
 	}
+	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "courier_relay", Name: "inflight_bytes",
+		Help: "Bytes of publishes waiting for their commit, held from limits.max_inflight_bytes.",
+	}, func() float64 { return float64(s.budget.inUse()) }))
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	now := time.Now
 	s.clock.Store(&now)
@@ -240,6 +245,14 @@ type DescribedLimits struct {
 	MaxMessagesPerKey int64   `json:"max_messages_per_key"`
 	MaxBytesPerKey    int64   `json:"max_bytes_per_key"`
 	MaxConnections    int     `json:"max_connections"`
+	// The limits of issue 7: per client address and per peer.
+	MaxConnectionsPerIP     int     `json:"max_connections_per_ip"`
+	AnonymousPublishRate    float64 `json:"anonymous_publish_rate"`
+	AnonymousPublishBurst   int     `json:"anonymous_publish_burst"`
+	SubscribeRate           float64 `json:"subscribe_rate"`
+	SubscribeBurst          int     `json:"subscribe_burst"`
+	AnonymousReplayMessages int     `json:"anonymous_replay_messages"`
+	AnonymousReplayBytes    int64   `json:"anonymous_replay_bytes"`
 }
 
 // DescribedPinging is the server's keepalive.
@@ -271,6 +284,14 @@ func (s *Server) description() Description {
 			MaxMessagesPerKey: l.MaxMessagesPerKey,
 			MaxBytesPerKey:    l.MaxBytesPerKey,
 			MaxConnections:    l.MaxConnections,
+
+			MaxConnectionsPerIP:     l.MaxConnectionsPerIP,
+			AnonymousPublishRate:    l.AnonymousPublishRate,
+			AnonymousPublishBurst:   l.AnonymousPublishBurst,
+			SubscribeRate:           l.SubscribeRate,
+			SubscribeBurst:          l.SubscribeBurst,
+			AnonymousReplayMessages: l.AnonymousReplayMessages,
+			AnonymousReplayBytes:    l.AnonymousReplayBytes,
 		},
 		Keepalive: DescribedPinging{
 			PingInterval: s.cfg.Keepalive.PingInterval.String(),
@@ -308,12 +329,12 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 // response are not kept for the life of the connection (idle connections
 // are cheap).
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	max := int64(s.cfg.Limits.MaxConnections)
-	if n := s.nconns.Add(1); max > 0 && n > max {
+	maxConns := int64(s.cfg.Limits.MaxConnections)
+	if n := s.nconns.Add(1); maxConns > 0 && n > maxConns {
 		s.nconns.Add(-1)
 		s.metrics.connsRefused.WithLabelValues("max_connections").Inc()
 		w.Header().Set("Retry-After", "30")
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many connections: this relay serves at most %d; retry later", max))
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many connections: this relay serves at most %d; retry later", maxConns))
 		return
 	}
 
@@ -336,7 +357,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		cancel: cancel,
 		q:      newSendQueue(s.cfg.Limits.SendQueue, s.cfg.Limits.SendQueueBytes),
 		addr:   addr,
-		sent:   sentIDs{max: s.cfg.Limits.SendQueue},
+		sent:   sentIDs{max: max(4*s.cfg.Limits.SendQueue, 4096)},
 	}
 	s.mu.Lock()
 	if s.closing {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/mr-tron/base58"
@@ -34,20 +35,32 @@ var marshalledEd25519Prefix = []byte{0x08, 0x01, 0x12, 0x20}
 // grow into without letting a hostile client buy seconds of CPU.
 const MaxPeerIDChars = 128
 
-// excerptChars is how much of a client's input an error message quotes.
+// excerptChars bounds how much of a client's input an error message
+// quotes: the quoted text (escapes included) is at most this long.
 const excerptChars = 64
 
 // Excerpt quotes s for an error message, cut to a few dozen characters
-// with an ellipsis when longer, so an error never echoes a large input.
+// with an ellipsis and the input's length when longer, so an error never
+// echoes a large input.
 func Excerpt(s string) string {
 	if len(s) <= excerptChars {
-		return fmt.Sprintf("%q", s)
+		if q := strconv.Quote(s); len(q) <= excerptChars+2 {
+			return q
+		}
 	}
-	cut := excerptChars
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	cut := min(len(s), excerptChars)
+	for {
+		for cut > 0 && cut < len(s) && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		if q := strconv.Quote(s[:cut]); len(q) <= excerptChars+2 || cut == 0 {
+			return fmt.Sprintf("%s… (%d bytes)", q, len(s))
+		}
+		cut -= 4
+		if cut < 0 {
+			cut = 0
+		}
 	}
-	return fmt.Sprintf("%q… (%d bytes)", s[:cut], len(s))
 }
 
 // ErrInvalidPeerID is wrapped by every peer ID parse error.

@@ -156,3 +156,37 @@ func TestExcerpt(t *testing.T) {
 		t.Errorf("Excerpt of 200 bytes = %s", got)
 	}
 }
+
+// FuzzParsePeerID: no input panics; over-long input is refused whatever it
+// holds; whatever parses has a canonical form that parses to the same
+// subscription key; errors quote a bounded part of the input.
+func FuzzParsePeerID(f *testing.F) {
+	_, pub := testKey(f, 1)
+	ident, _ := IdentityPeerID(pub)
+	for _, s := range []string{
+		"QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg", ident.String(),
+		"QmaGLQjHHdeZ3wKtKqHS9etMwSUDnckHnAYS6eqvAgp2Hf", "", "1", "0OIl",
+		strings.Repeat("z", MaxPeerIDChars+1), strings.Repeat("1", 4000),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePeerID(s)
+		if keyErr := ValidSubscriptionKey(s); keyErr != nil && len(keyErr.Error()) > 300 {
+			t.Fatalf("subscription key error of %d bytes", len(keyErr.Error()))
+		}
+		if err != nil {
+			if len(err.Error()) > 300 {
+				t.Fatalf("error of %d bytes", len(err.Error()))
+			}
+			return
+		}
+		if len(s) > MaxPeerIDChars {
+			t.Fatalf("parsed %d characters", len(s))
+		}
+		c, err := ParsePeerID(p.Canonical())
+		if err != nil || c.SubscriptionKey(RelayPrefixBits) != p.SubscriptionKey(RelayPrefixBits) {
+			t.Fatalf("canonical %q of %q: %v", p.Canonical(), s, err)
+		}
+	})
+}

@@ -223,7 +223,13 @@ func TestFlags(t *testing.T) {
 		{"redis", "[store]\ndriver = \"redis\"", "not supported yet"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := run(context.Background(), []string{"-config", writeConfig(t, tt.body)}, &out, &out)
+			// Were the config wrongly accepted, the relay would serve: on a
+			// free port, with its database in a temporary directory, and
+			// only until the deadline, so the test fails fast.
+			t.Chdir(t.TempDir())
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			err := run(ctx, []string{"-config", writeConfig(t, tt.body), "-listen", "127.0.0.1:0"}, &out, &out)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("run = %v, want an error naming %q", err, tt.want)
 			}

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -208,6 +211,11 @@ func TestEndToEnd(t *testing.T) {
 	// the relay hands frames to the store in order and the store commits in
 	// call order, so the acks are durable now that the publish arrived.
 	t.Log("acks: another userID gets a replay, the page's userID does not")
+	// The sentinel below must reach the second connection of the page's
+	// userID live: if it were published while that connection's replay
+	// still ran, the page could ack it first and the replay would rightly
+	// skip it. So wait for both replays started here to finish.
+	replays := metric(t, base, "courier_relay_replays_finished_total")
 	other := dial(t, wsURL)
 	other.subscribe("someone-else", browserKey)
 	for _, want := range [][]byte{text, binary} {
@@ -217,6 +225,13 @@ func TestEndToEnd(t *testing.T) {
 	}
 	same := dial(t, wsURL)
 	same.subscribe(browserPeer.String(), browserKey) // the page's userID defaults to its peer ID
+	deadline := time.Now().Add(30 * time.Second)
+	for metric(t, base, "courier_relay_replays_finished_total") < replays+2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the replays of the two new subscriptions did not finish")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	sentinel := []byte("sentinel after reconnect")
 	publisher.publish(browserPeer.String(), sentinel)
 	if id, msg := same.next(); !bytes.Equal(msg, sentinel) {
@@ -259,4 +274,29 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", path)
+}
+
+// metric reads one unlabelled sample of the relay's /metrics.
+func metric(t *testing.T, base, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
 }
