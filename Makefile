@@ -52,6 +52,7 @@ install: build
 	install -D -m 0755 bin/courier-relay $(DESTDIR)$(BINDIR)/courier-relay
 	install -D -m 0644 systemd/courier.service $(DESTDIR)$(UNITDIR)/courier.service
 	install -D -m 0644 systemd/courier-relay.service $(DESTDIR)$(UNITDIR)/courier-relay.service
+	install -D -m 0644 systemd/courier-relay@.service $(DESTDIR)$(UNITDIR)/courier-relay@.service
 	@# Never overwrite an operator's edited config.
 	@for f in courier.toml:config.example.toml courier-relay.toml:courier-relay.example.toml; do \
 		dst=$(DESTDIR)$(SYSCONFDIR)/courier/$${f%%:*}; src=$${f##*:}; \

@@ -30,6 +30,11 @@ type Config struct {
 	SweepInterval time.Duration `toml:"sweep_interval"`
 	// ShutdownTimeout bounds a graceful shutdown of courier-relay. Default 10s.
 	ShutdownTimeout time.Duration `toml:"shutdown_timeout"`
+	// DrainDelay is how long courier-relay, on SIGTERM, reports not ready
+	// (/readyz 503) while still serving, so that a front such as HAProxy
+	// stops sending it new connections, before it closes its connections
+	// with 1012 and exits. Default 5s; 0 closes at once.
+	DrainDelay time.Duration `toml:"drain_delay"`
 
 	Store     StoreConfig     `toml:"store"`
 	Limits    LimitsConfig    `toml:"limits"`
@@ -235,6 +240,7 @@ func DefaultConfig() Config {
 		LogLevel:        "info",
 		SweepInterval:   10 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
+		DrainDelay:      5 * time.Second,
 		Store: StoreConfig{
 			Driver:      "sqlite",
 			Path:        "courier-relay.db",
@@ -313,7 +319,7 @@ func ParseConfig(r io.Reader) (Config, error) {
 // durationKeys are the keys ParseConfig wants as strings: TOML would take
 // a bare integer as nanoseconds.
 var durationKeys = map[string]bool{
-	"sweep_interval": true, "shutdown_timeout": true,
+	"sweep_interval": true, "shutdown_timeout": true, "drain_delay": true,
 	"limits.message_ttl": true, "limits.delivery_wait": true, "limits.subscribe_timeout": true,
 	"limits.nonce_ttl": true, "limits.write_timeout": true,
 	"keepalive.ping_interval": true, "keepalive.ping_timeout": true,
@@ -347,6 +353,9 @@ func (c Config) Validate() error {
 	}
 	positiveDur("sweep_interval", c.SweepInterval)
 	positiveDur("shutdown_timeout", c.ShutdownTimeout)
+	if c.DrainDelay < 0 || c.DrainDelay > 10*time.Minute {
+		bad("drain_delay", "must be between \"0s\" and \"10m\", got %v", c.DrainDelay)
+	}
 
 	switch c.Store.Driver {
 	case "sqlite":

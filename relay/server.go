@@ -42,6 +42,8 @@ type Server struct {
 	clock  atomic.Pointer[func() time.Time] // time.Now, replaced by tests
 	nconns atomic.Int64                     // open WebSocket connections, for max_connections
 	nextID atomic.Uint64
+	// draining: /readyz answers 503 (Drain), the server still serves.
+	draining atomic.Bool
 
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
@@ -195,6 +197,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		s.waiters.close()
 		return fmt.Errorf("relay shutdown: %w", ctx.Err())
+	}
+}
+
+// Drain makes /readyz answer 503 from now on while the server keeps
+// serving, so that a front stops sending it new connections before
+// Shutdown closes the ones it has (a rolling restart). It is idempotent.
+func (s *Server) Drain() {
+	if s.draining.CompareAndSwap(false, true) {
+		s.log.Info("draining: /readyz now answers 503")
 	}
 }
 
@@ -377,6 +388,10 @@ func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 	if s.isClosing() {
 		writeError(w, http.StatusServiceUnavailable, "shutting down")
+		return
+	}
+	if s.draining.Load() {
+		writeError(w, http.StatusServiceUnavailable, "draining: this instance is shutting down; connect to another")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

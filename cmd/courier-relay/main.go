@@ -61,7 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		m.Logger.Info("signal received: shutting down")
+		m.Logger.Info("signal received: draining, then shutting down", "drain_delay", m.Config.DrainDelay)
+		m.Drain(m.Config.DrainDelay)
 	case serveErr = <-m.ServeErr():
 		m.Logger.Error("serving failed: shutting down", "err", serveErr)
 	}
@@ -237,6 +238,17 @@ func (m *Main) openStore(onCommit func(int, time.Duration)) (relay.Store, error)
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	return st, nil
+}
+
+// Drain reports not ready (/readyz 503) for d while still serving, so
+// that the front (HAProxy) takes this instance out of rotation before its
+// connections are closed.
+func (m *Main) Drain(d time.Duration) {
+	if m.srv == nil || d <= 0 {
+		return
+	}
+	m.srv.Drain()
+	time.Sleep(d)
 }
 
 // Addr is the bound address, once Open has succeeded.
