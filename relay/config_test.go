@@ -257,3 +257,32 @@ func TestValidateOfflineNamesTheKey(t *testing.T) {
 		}
 	}
 }
+
+// TestExampleOfflineSection: the example's commented [offline] section,
+// uncommented, is the bridge's defaults with its publish_url.
+func TestExampleOfflineSection(t *testing.T) {
+	b, err := os.ReadFile("../courier-relay.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n# [offline]\n")
+	if !ok {
+		t.Fatal("the example has no commented [offline] section")
+	}
+	var lines []string
+	for _, l := range strings.Split(section, "\n") {
+		lines = append(lines, strings.TrimPrefix(l, "# "))
+	}
+	cfg, err := relay.ParseConfig(strings.NewReader("[offline]\n" + strings.Join(lines, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := relay.DefaultOfflineConfig()
+	want.PublishURL = "http://127.0.0.1:4002/courier/offline"
+	if cfg.Offline == nil || *cfg.Offline != want {
+		t.Errorf("example [offline] = %+v, want %+v", cfg.Offline, want)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Error(err)
+	}
+}
