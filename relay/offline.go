@@ -245,7 +245,8 @@ type offlineRequest struct {
 // post hands m to the node: nil when it answered 2xx. Errors never quote
 // the credentials.
 func (b *bridge) post(ctx context.Context, m Message) error {
-	body, err := json.Marshal(offlineRequest{Recipient: m.Recipient, Ciphertext: base64.StdEncoding.EncodeToString(m.Ciphertext)})
+	b64 := base64.StdEncoding.EncodeToString(m.Ciphertext)
+	body, err := json.Marshal(offlineRequest{Recipient: m.Recipient, Ciphertext: b64})
 	if err != nil {
 		return err
 	}
@@ -278,6 +279,10 @@ func (b *bridge) post(ctx context.Context, m Message) error {
 	}
 	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
 		b.creds.stale()
+	}
+	if len(b64) >= 16 && bytes.Contains(snippet, []byte(b64[:16])) {
+		// The node quotes the request: no ciphertext in logs.
+		return fmt.Errorf("the node answered %s (its body quotes the ciphertext; not logged)", resp.Status)
 	}
 	return fmt.Errorf("the node answered %s: %s", resp.Status, printable(snippet))
 }

@@ -32,6 +32,7 @@ type testNode struct {
 	mu      sync.Mutex
 	status  int  // the answer; 0 is 202
 	hang    bool // hold requests until the client gives up
+	echo    bool // answer with the request's body
 	creds   func(r *http.Request) bool
 	reqs    []nodeReq
 	hung    chan struct{} // a held request was given up by the relay
@@ -64,7 +65,8 @@ func (n *testNode) serve(w http.ResponseWriter, r *http.Request) {
 		Recipient  string `json:"recipient"`
 		Ciphertext string `json:"ciphertext"`
 	}
-	if r.Method != http.MethodPost || r.URL.Path != "/courier/offline" || json.NewDecoder(r.Body).Decode(&body) != nil {
+	raw, _ := io.ReadAll(r.Body)
+	if r.Method != http.MethodPost || r.URL.Path != "/courier/offline" || json.Unmarshal(raw, &body) != nil {
 		http.Error(w, "bad request", http.StatusBadRequest)
 		return
 	}
@@ -79,7 +81,7 @@ func (n *testNode) serve(w http.ResponseWriter, r *http.Request) {
 		req.Cookie = c.Value
 	}
 	n.mu.Lock()
-	status, hang, creds := n.status, n.hang, n.creds
+	status, hang, creds, echo := n.status, n.hang, n.creds, n.echo
 	n.mu.Unlock()
 	if hang {
 		n.holding <- struct{}{}
@@ -101,6 +103,10 @@ func (n *testNode) serve(w http.ResponseWriter, r *http.Request) {
 	req.Status = status
 	n.record(req)
 	w.WriteHeader(status)
+	if echo {
+		w.Write(raw)
+		return
+	}
 	io.WriteString(w, `{"error":"node says no"}`)
 }
 
@@ -690,5 +696,39 @@ func TestBridgeUnreadableCredentials(t *testing.T) {
 			t.Errorf("%s: New = %v", tt.key, err)
 		}
 		st.Close()
+	}
+}
+
+// TestBridgeNeverLogsCiphertext: a node whose error answer quotes the
+// request does not get the ciphertext into the relay's logs; its status
+// does.
+func TestBridgeNeverLogsCiphertext(t *testing.T) {
+	node := newTestNode(t)
+	node.mu.Lock()
+	node.status, node.echo = http.StatusBadRequest, true
+	node.mu.Unlock()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := testConfig(t)
+	withBridge(node, nil)(&cfg)
+	st, err := sqlitestore.Open(cfg.Store.Path, sqlitestore.Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	e := newEnvLogged(t, cfg, st, logger)
+	ct := ciphertext(300, "secret sealed bytes")
+	e.dial().publish(ct, newIdentity(t, 1).ID(), "")
+	eventually(t, "two failed attempts", func() bool { return e.handoffs("failed_attempt") >= 2 })
+	if err := e.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "400 Bad Request") {
+		t.Errorf("the logs lack the node's answer:\n%s", out)
+	}
+	b64 := base64.StdEncoding.EncodeToString(ct)
+	if strings.Contains(out, b64[:16]) {
+		t.Errorf("the logs contain the ciphertext:\n%s", out)
 	}
 }
