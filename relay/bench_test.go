@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -80,26 +83,154 @@ func BenchmarkPublishDeliverLatency(b *testing.B) {
 }
 
 // BenchmarkThroughput: one level-2 publisher pipelining 1 KiB messages as
-// fast as the relay takes them; msgs/s counts messages received by the
+// fast as the relay takes them, to a relay in a child process (durability
+// on: synchronous=full), so that the relay's CPU time is measured apart
+// from the load clients': cpu-µs/msg is the child's user+system time over
+// the run divided by the messages. msgs/s counts messages received by the
 // subscriber. In ack-each the subscriber is authenticated and acks every
-// message (two durable writes per message: the put and the ack; the
-// publisher's results are "delivered"). In no-acks it is an anonymous
-// level-1 subscriber that does not ack (one write per message; results are
-// "queued"), with the per-key quota raised out of the way.
+// message (two durable writes per message: the put and the ack) and every
+// PublishResult must be "delivered"; in no-acks it is an anonymous level-1
+// subscriber that does not ack (one write per message; results are
+// "queued"), with the per-key quota raised out of the way. p50/p99 are
+// from the publisher's write to the subscriber's receipt: under a flood
+// they measure the queues, not the relay (see BenchmarkSustained).
 func BenchmarkThroughput(b *testing.B) {
-	b.Run("ack-each", func(b *testing.B) { benchThroughput(b, true) })
-	b.Run("no-acks", func(b *testing.B) { benchThroughput(b, false) })
+	b.Run("ack-each", func(b *testing.B) { benchLoad(b, true, 0) })
+	b.Run("no-acks", func(b *testing.B) { benchLoad(b, false, 0) })
 }
 
-func benchThroughput(b *testing.B, acking bool) {
-	e := newEnv(b, func(c *relay.Config) {
-		c.Store.Synchronous = "full"
-		c.Limits.PublishRate = 0
-		if !acking {
-			c.Limits.MaxMessagesPerKey = 1 << 40
-			c.Limits.MaxBytesPerKey = 1 << 50
+// BenchmarkSustained is BenchmarkThroughput's ack-each load at a steady
+// rate (COURIER_BENCH_RATE messages per second, default 15000, the
+// target), as a client that publishes evenly does: msgs/s is the rate
+// achieved, p50/p99 the publish-to-delivery latency at that rate, and
+// every result must be "delivered".
+func BenchmarkSustained(b *testing.B) {
+	rate := 15000.0
+	if v := os.Getenv("COURIER_BENCH_RATE"); v != "" {
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || r <= 0 {
+			b.Fatalf("COURIER_BENCH_RATE=%q: want a positive number of messages per second", v)
+		}
+		rate = r
+	}
+	b.Run(fmt.Sprintf("ack-each-%.0f", rate), func(b *testing.B) { benchLoad(b, true, rate) })
+}
+
+// benchChildEnv makes the test binary the relay child of benchLoad (see
+// TestMain); benchNoQuotaEnv raises its per-key quota out of the way;
+// benchProfileEnv names a file for the child's CPU profile, written when
+// it gets SIGTERM (go tool pprof reads it with the test binary).
+const (
+	benchChildEnv   = "COURIER_RELAY_BENCH_DB"
+	benchNoQuotaEnv = "COURIER_RELAY_BENCH_NOQUOTA"
+	benchProfileEnv = "COURIER_RELAY_BENCH_CPUPROFILE"
+)
+
+func runBenchChild(path string) error {
+	cfg := relay.DefaultConfig()
+	cfg.PublicHost = testHost
+	cfg.Store.Path = path
+	cfg.Store.Synchronous = "full"
+	cfg.Limits.PublishRate = 0
+	// The subscriber reads as fast as it can and acks from another
+	// goroutine: under load it can fall further behind in its acks than
+	// the relay remembers messages as sent on the connection, and acks of
+	// older ones would meet limits.ack_rate.
+	cfg.Limits.AckRate = 0
+	if os.Getenv(benchNoQuotaEnv) != "" {
+		cfg.Limits.MaxMessagesPerKey = 1 << 40
+		cfg.Limits.MaxBytesPerKey = 1 << 50
+	}
+	if prof := os.Getenv(benchProfileEnv); prof != "" {
+		f, err := os.Create(prof)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM)
+		go func() {
+			<-sig
+			pprof.StopCPUProfile()
+			f.Close()
+			os.Exit(0)
+		}()
+	}
+	return serveChild(cfg, sqlitestore.Options{Synchronous: "full", Quota: cfg.Limits.Quota()})
+}
+
+// cpuTicks returns the user+system CPU time of process pid so far, in
+// clock ticks (USER_HZ: 100 per second on Linux).
+func cpuTicks(b *testing.B, pid int) int64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The command name (field 2) may hold spaces: count from its ')'.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	if len(f) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, data)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, data)
+	}
+	return utime + stime
+}
+
+const userHZ = 100
+
+// startBenchChild starts a relay child for benchLoad and returns an env
+// pointing at it and its process id.
+func startBenchChild(b *testing.B, noQuota bool) (*env, int) {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "relay.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), benchChildEnv+"="+path)
+	if noQuota {
+		cmd.Env = append(cmd.Env, benchNoQuotaEnv+"=1")
+	}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		// SIGTERM lets a profiling child write its profile.
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
 		}
 	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		b.Fatalf("child relay did not start: %v", err)
+	}
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ADDR ")
+	if !ok {
+		b.Fatalf("child said %q", line)
+	}
+	return &env{t: b, url: "ws://" + addr + "/", http: "http://" + addr}, cmd.Process.Pid
+}
+
+// benchLoad runs b.N 1 KiB messages from one level-2 publisher to one
+// subscriber through a child relay, as fast as it goes (rate 0) or evenly
+// at rate messages per second, and reports msgs/s, the relay's CPU per
+// message and the publish-to-delivery latency.
+func benchLoad(b *testing.B, acking bool, rate float64) {
+	e, pid := startBenchChild(b, !acking)
 	bob := newIdentity(b, 1)
 	sub := e.dial()
 	if acking {
@@ -113,23 +244,35 @@ func benchThroughput(b *testing.B, acking bool) {
 	// channels, which are deep enough not to push back.
 
 	frames := make([][]byte, b.N)
+	index := make(map[string]int, b.N)
 	ct := make([]byte, 1024)
 	for i := range frames {
-		copy(ct, fmt.Sprintf("%d throughput %d %v", i, b.N, acking))
+		copy(ct, fmt.Sprintf("%d load %d %v %v %d", i, b.N, acking, rate, time.Now().UnixNano()))
+		index[wire.MessageID(ct)] = i
 		frames[i] = wire.ClientFrameBytes(wire.TypePublish, wire.Publish{
 			EncryptedMessage: base64.StdEncoding.EncodeToString(ct), Recipient: bob.ID(),
 		})
 	}
+	sent := make([]atomic.Int64, b.N) // unix nanoseconds of each write
+	lat := make([]time.Duration, 0, b.N)
 	ctx := context.Background()
 	b.SetBytes(1024)
+	cpu0 := cpuTicks(b, pid)
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	errs := make(chan error, 3)
+	var notDelivered atomic.Int64
 	go func() { // publisher
 		defer wg.Done()
-		for _, f := range frames {
+		for i, f := range frames {
+			if rate > 0 {
+				if d := time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))); d > 0 {
+					time.Sleep(d)
+				}
+			}
+			sent[i].Store(time.Now().UnixNano())
 			if err := pub.ws.Write(ctx, websocket.MessageText, f); err != nil {
 				errs <- err
 				return
@@ -145,6 +288,9 @@ func benchThroughput(b *testing.B, acking bool) {
 				if err != nil || f.Kind != wire.KindPublishResult || f.PublishResult.Status == wire.StatusRejected {
 					errs <- fmt.Errorf("publisher got %s", raw)
 					return
+				}
+				if acking && f.PublishResult.Status != wire.StatusDelivered {
+					notDelivered.Add(1)
 				}
 			case <-time.After(waitTimeout):
 				errs <- fmt.Errorf("publisher: no result within %v", waitTimeout)
@@ -168,10 +314,16 @@ func benchThroughput(b *testing.B, acking bool) {
 	for range b.N {
 		select {
 		case raw := <-sub.frames:
+			now := time.Now().UnixNano()
 			f, err := wire.ParseServerFrame(raw)
 			if err != nil || f.Kind != wire.KindDelivery {
 				b.Fatalf("subscriber got %s", raw)
 			}
+			i, ok := index[f.Delivery.ID]
+			if !ok {
+				b.Fatalf("subscriber got unknown message %s", f.Delivery.ID)
+			}
+			lat = append(lat, time.Duration(now-sent[i].Load()))
 			if acking {
 				acks <- f.Delivery.ID
 			}
@@ -182,16 +334,25 @@ func benchThroughput(b *testing.B, acking bool) {
 		}
 	}
 	elapsed := time.Since(start)
-	b.StopTimer()
 	close(acks)
 	<-ackDone
 	wg.Wait()
+	b.StopTimer()
 	select {
 	case err := <-errs:
 		b.Fatal(err)
 	default:
 	}
+	// The relay's CPU up to the last result (the acks' commits included).
+	cpu := cpuTicks(b, pid) - cpu0
+	slices.Sort(lat)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64(cpu)*1e6/userHZ/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(micros(percentile(lat, 0.50)), "p50-µs")
+	b.ReportMetric(micros(percentile(lat, 0.99)), "p99-µs")
+	if acking {
+		b.ReportMetric(float64(notDelivered.Load()), "not-delivered")
+	}
 	if commits := e.metric("courier_relay_store_commit_seconds_count"); commits > 0 {
 		b.ReportMetric(e.metric("courier_relay_store_commit_batch_sum")/commits, "writes/commit")
 		b.ReportMetric(e.metric("courier_relay_store_commit_seconds_sum")/elapsed.Seconds(), "store-busy")
@@ -206,6 +367,8 @@ func runIdleChild(path string) error {
 	cfg := relay.DefaultConfig()
 	cfg.Store.Path = path
 	cfg.Limits.MaxConnections = 0
+	cfg.Limits.MaxConnectionsPerIP = 0 // every connection comes from 127.0.0.1
+	cfg.Limits.SubscribeRate = 0
 	return serveChild(cfg, sqlitestore.Options{})
 }
 

@@ -6,6 +6,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -28,10 +30,18 @@ type Config struct {
 	SweepInterval time.Duration `toml:"sweep_interval"`
 	// ShutdownTimeout bounds a graceful shutdown of courier-relay. Default 10s.
 	ShutdownTimeout time.Duration `toml:"shutdown_timeout"`
+	// DrainDelay is how long courier-relay, on SIGTERM, reports not ready
+	// (/readyz 503) while still serving, so that a front such as HAProxy
+	// stops sending it new connections, before it closes its connections
+	// with 1012 and exits. Default 5s; 0 closes at once.
+	DrainDelay time.Duration `toml:"drain_delay"`
 
 	Store     StoreConfig     `toml:"store"`
 	Limits    LimitsConfig    `toml:"limits"`
 	Keepalive KeepaliveConfig `toml:"keepalive"`
+	// Offline is the OFFLINE bridge: nil (the [offline] section absent)
+	// turns it off.
+	Offline *OfflineConfig `toml:"offline"`
 
 	// Client, when set, is served at /client/ (the browser client). It is
 	// not read from TOML.
@@ -42,12 +52,26 @@ type Config struct {
 
 // StoreConfig selects and tunes the message store.
 type StoreConfig struct {
-	// Driver is "sqlite" (default) or "redis" (not supported yet).
+	// Driver is "sqlite" (default: one instance) or "redis" (any number of
+	// instances sharing one Redis 7 or Valkey).
 	Driver string `toml:"driver"`
 	// Path is the SQLite database file. Default "courier-relay.db".
 	Path string `toml:"path"`
-	// URL is the Redis URL, for driver "redis".
+	// URL is the Redis server, for driver "redis": redis://[user@]host:port/db,
+	// rediss:// for TLS, or unix:///path/to/redis.sock. Give either URL or
+	// SentinelAddrs with MasterName.
 	URL string `toml:"url"`
+	// SentinelAddrs are the host:port addresses of the Redis Sentinels that
+	// watch the primary named MasterName (Redis high availability).
+	SentinelAddrs []string `toml:"sentinel_addrs"`
+	// MasterName is the Sentinel name of the Redis primary.
+	MasterName string `toml:"master_name"`
+	// PasswordFile, if set, holds the Redis password (one line), kept out
+	// of the configuration file. It overrides a password in URL.
+	PasswordFile string `toml:"password_file"`
+	// Namespace prefixes every Redis key of this relay. Default "courier".
+	// Instances with the same Redis and namespace are one relay.
+	Namespace string `toml:"namespace"`
 	// Synchronous is SQLite's synchronous setting: "full" (default: every
 	// group commit is fsynced) or "normal" (faster; a power cut may lose the
 	// last commits, a process crash does not).
@@ -71,11 +95,47 @@ type LimitsConfig struct {
 	// MaxConnections refuses WebSocket upgrades beyond this many open
 	// connections with HTTP 503. Default 10000; 0 is unlimited.
 	MaxConnections int `toml:"max_connections"`
-	// PublishRate is the sustained publishes per second one connection may
-	// make (token bucket). Default 100; 0 is unlimited.
+	// MaxConnectionsPerIP refuses WebSocket upgrades from a client address
+	// (an IPv4 address, or the /64 of an IPv6 one) that has this many open
+	// already, with HTTP 503 as at the global limit. Behind a reverse
+	// proxy every client has the proxy's address: raise it or set 0.
+	// Default 64; 0 is unlimited.
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// PublishRate is the sustained publishes per second of one
+	// authenticated peer, over all its connections (token bucket), and the
+	// ceiling of AnonymousPublishRate. Default 1000; 0 is unlimited.
 	PublishRate float64 `toml:"publish_rate"`
-	// PublishBurst is the token bucket's size. Default 1000.
+	// PublishBurst is that bucket's size: what a sidecar catching up on a
+	// queue may send at once. Default 20000.
 	PublishBurst int `toml:"publish_burst"`
+	// AnonymousPublishRate is the sustained publishes per second of one
+	// client address over its connections that have not authenticated
+	// (level 1). Default 100; 0 leaves only PublishRate.
+	AnonymousPublishRate float64 `toml:"anonymous_publish_rate"`
+	// AnonymousPublishBurst is that bucket's size. Default 1000.
+	AnonymousPublishBurst int `toml:"anonymous_publish_burst"`
+	// SubscribeRate is the sustained subscribes per second of one client
+	// address (both levels); a subscribe beyond is answered
+	// {"error": "rate_limited: …"} and closed with 1013. Default 2; 0 is
+	// unlimited.
+	SubscribeRate float64 `toml:"subscribe_rate"`
+	// SubscribeBurst is that bucket's size. Default 100.
+	SubscribeBurst int `toml:"subscribe_burst"`
+	// AnonymousReplayMessages bounds what the replay after one anonymous
+	// (level-1) subscribe sends; the rest comes with a later subscribe,
+	// once the first ones are acked. Default 1000; 0 is unlimited.
+	AnonymousReplayMessages int `toml:"anonymous_replay_messages"`
+	// AnonymousReplayBytes bounds the ciphertext bytes of that replay (at
+	// least one message is sent). Default 32 MiB; 0 is unlimited.
+	AnonymousReplayBytes int64 `toml:"anonymous_replay_bytes"`
+	// AckRate is the sustained acks per second one connection may send for
+	// messages it was not sent on that connection (among its last 4 x
+	// SendQueue deliveries, at least 4096); acks of
+	// messages it was sent are not limited. An ack beyond is answered
+	// rate_limited and not recorded. Default 100; 0 is unlimited.
+	AckRate float64 `toml:"ack_rate"`
+	// AckBurst is that bucket's size. Default 1000.
+	AckBurst int `toml:"ack_burst"`
 	// MaxMessagesPerKey bounds the unacked messages one subscription key may
 	// hold; publishes beyond are rejected over_quota. Default 10000; 0 is unlimited.
 	MaxMessagesPerKey int64 `toml:"max_messages_per_key"`
@@ -96,6 +156,15 @@ type LimitsConfig struct {
 	// MaxInflight bounds one connection's publishes and acks that wait for
 	// their commit; the connection's reader pauses beyond. Default 256.
 	MaxInflight int `toml:"max_inflight"`
+	// MaxInflightBytesPerConnection bounds the ciphertext bytes of one
+	// connection's publishes that wait for their commit; the connection's
+	// reader pauses beyond. Default 16 MiB.
+	MaxInflightBytesPerConnection int64 `toml:"max_inflight_bytes_per_connection"`
+	// MaxInflightBytes bounds the ciphertext bytes of all publishes, on
+	// every connection, that wait for their commit; a reader that would go
+	// beyond pauses (back-pressure) until commits free room. Default: a
+	// sixteenth of the machine's memory, between 64 MiB and 1 GiB.
+	MaxInflightBytes int64 `toml:"max_inflight_bytes"`
 	// WriteTimeout is how long one frame write may take before the peer is
 	// dropped. Default 10s.
 	WriteTimeout time.Duration `toml:"write_timeout"`
@@ -110,6 +179,59 @@ type KeepaliveConfig struct {
 	PingTimeout time.Duration `toml:"ping_timeout"`
 }
 
+// OfflineConfig is the [offline] section: the relay's OFFLINE bridge
+// (PROTOCOL.md, "The relay's OFFLINE bridge"), which hands the messages of
+// light clients to the operator's OpenBazaar node when their recipient
+// does not take them in time. Its defaults are DefaultOfflineConfig's.
+type OfflineConfig struct {
+	// PublishURL is the operator's node's OFFLINE publish endpoint, the
+	// sidecar's node.offline_publish_url contract: POST
+	// {"recipient","ciphertext"}, 2xx when the node has taken it. Required.
+	PublishURL string `toml:"publish_url"`
+	// Username and PasswordFile are the node API's HTTP basic auth (a file
+	// holding the plain password). Set both or neither. Default: none.
+	Username     string `toml:"username"`
+	PasswordFile string `toml:"password_file"`
+	// CookieFile is openbazaar-go's auth cookie file, holding
+	// "OpenBazaar_Auth_Cookie=<value>", sent as that cookie. It is read
+	// again every few seconds and after a 401 or 403 (the node writes a
+	// new one at every start). Default: none.
+	CookieFile string `toml:"cookie_file"`
+	// After is how long the recipient's authenticated connection has to
+	// ack a message before it is handed off. Default 0: limits.delivery_wait.
+	After time.Duration `toml:"after"`
+	// Timeout bounds one attempt (the POST to the node). Default 10s.
+	Timeout time.Duration `toml:"timeout"`
+	// RetryMin and RetryMax bound the wait between attempts: capped
+	// exponential backoff with full jitter, the n-th retry waiting a random
+	// time up to min(RetryMax, RetryMin·2ⁿ⁻¹). Defaults 1s and 5m.
+	// Attempts go on until one succeeds or the message expires
+	// (limits.message_ttl).
+	RetryMin time.Duration `toml:"retry_min"`
+	RetryMax time.Duration `toml:"retry_max"`
+	// PollInterval is the longest the bridge sleeps before it looks for
+	// hand-offs due again: for those of other instances whose lease ran
+	// out, and for retries. Default 5s.
+	PollInterval time.Duration `toml:"poll_interval"`
+	// Concurrency is how many hand-offs run at once. Default 8.
+	Concurrency int `toml:"concurrency"`
+	// UnreadyAfter: /readyz fails once this many attempts in a row have
+	// failed, until one succeeds. Default 5.
+	UnreadyAfter int `toml:"unready_after"`
+}
+
+// DefaultOfflineConfig is what an [offline] section leaves out.
+func DefaultOfflineConfig() OfflineConfig {
+	return OfflineConfig{
+		Timeout:      10 * time.Second,
+		RetryMin:     time.Second,
+		RetryMax:     5 * time.Minute,
+		PollInterval: 5 * time.Second,
+		Concurrency:  8,
+		UnreadyAfter: 5,
+	}
+}
+
 // DefaultConfig returns the configuration used for every key a file leaves out.
 func DefaultConfig() Config {
 	return Config{
@@ -118,26 +240,38 @@ func DefaultConfig() Config {
 		LogLevel:        "info",
 		SweepInterval:   10 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
+		DrainDelay:      5 * time.Second,
 		Store: StoreConfig{
 			Driver:      "sqlite",
 			Path:        "courier-relay.db",
 			Synchronous: "full",
 		},
 		Limits: LimitsConfig{
-			MaxMessageBytes:   4 << 20,
-			MessageTTL:        336 * time.Hour,
-			DeliveryWait:      3 * time.Second,
-			MaxConnections:    10000,
-			PublishRate:       100,
-			PublishBurst:      1000,
-			MaxMessagesPerKey: 10000,
-			MaxBytesPerKey:    256 << 20,
-			SubscribeTimeout:  30 * time.Second,
-			NonceTTL:          60 * time.Second,
-			SendQueue:         1024,
-			SendQueueBytes:    32 << 20,
-			MaxInflight:       256,
-			WriteTimeout:      10 * time.Second,
+			MaxMessageBytes:               4 << 20,
+			MessageTTL:                    336 * time.Hour,
+			DeliveryWait:                  3 * time.Second,
+			MaxConnections:                10000,
+			MaxConnectionsPerIP:           64,
+			PublishRate:                   1000,
+			PublishBurst:                  20000,
+			AnonymousPublishRate:          100,
+			AnonymousPublishBurst:         1000,
+			SubscribeRate:                 2,
+			SubscribeBurst:                100,
+			AnonymousReplayMessages:       1000,
+			AnonymousReplayBytes:          32 << 20,
+			AckRate:                       100,
+			AckBurst:                      1000,
+			MaxMessagesPerKey:             10000,
+			MaxBytesPerKey:                256 << 20,
+			SubscribeTimeout:              30 * time.Second,
+			NonceTTL:                      60 * time.Second,
+			SendQueue:                     1024,
+			SendQueueBytes:                32 << 20,
+			MaxInflight:                   256,
+			MaxInflightBytesPerConnection: 16 << 20,
+			MaxInflightBytes:              defaultInflightBytes(),
+			WriteTimeout:                  10 * time.Second,
 		},
 		Keepalive: KeepaliveConfig{
 			PingInterval: 30 * time.Second,
@@ -150,6 +284,8 @@ func DefaultConfig() Config {
 // are errors naming the key. It does not call Validate.
 func ParseConfig(r io.Reader) (Config, error) {
 	cfg := DefaultConfig()
+	off := DefaultOfflineConfig()
+	cfg.Offline = &off // decoded into when the file has [offline]
 	md, err := toml.NewDecoder(r).Decode(&cfg)
 	if err != nil {
 		var pe toml.ParseError
@@ -174,16 +310,21 @@ func ParseConfig(r io.Reader) (Config, error) {
 		}
 		return Config{}, fmt.Errorf("config: unknown key %s", strings.Join(keys, ", "))
 	}
+	if !md.IsDefined("offline") {
+		cfg.Offline = nil
+	}
 	return cfg, nil
 }
 
 // durationKeys are the keys ParseConfig wants as strings: TOML would take
 // a bare integer as nanoseconds.
 var durationKeys = map[string]bool{
-	"sweep_interval": true, "shutdown_timeout": true,
+	"sweep_interval": true, "shutdown_timeout": true, "drain_delay": true,
 	"limits.message_ttl": true, "limits.delivery_wait": true, "limits.subscribe_timeout": true,
 	"limits.nonce_ttl": true, "limits.write_timeout": true,
 	"keepalive.ping_interval": true, "keepalive.ping_timeout": true,
+	"offline.after": true, "offline.timeout": true, "offline.retry_min": true,
+	"offline.retry_max": true, "offline.poll_interval": true,
 }
 
 // ErrNotSupported is wrapped by Validate for a store driver that exists in
@@ -212,6 +353,9 @@ func (c Config) Validate() error {
 	}
 	positiveDur("sweep_interval", c.SweepInterval)
 	positiveDur("shutdown_timeout", c.ShutdownTimeout)
+	if c.DrainDelay < 0 || c.DrainDelay > 10*time.Minute {
+		bad("drain_delay", "must be between \"0s\" and \"10m\", got %v", c.DrainDelay)
+	}
 
 	switch c.Store.Driver {
 	case "sqlite":
@@ -227,7 +371,7 @@ func (c Config) Validate() error {
 			bad("store.max_batch", "must not be negative")
 		}
 	case "redis":
-		errs = append(errs, fmt.Errorf("config: store.driver: %q is %w; use \"sqlite\"", c.Store.Driver, ErrNotSupported))
+		c.Store.validateRedis(bad)
 	default:
 		bad("store.driver", "must be \"sqlite\" or \"redis\", got %q", c.Store.Driver)
 	}
@@ -250,6 +394,38 @@ func (c Config) Validate() error {
 	if l.PublishRate > 0 && l.PublishBurst < 1 {
 		bad("limits.publish_burst", "must be at least 1 when limits.publish_rate is set")
 	}
+	if l.MaxConnectionsPerIP < 0 {
+		bad("limits.max_connections_per_ip", "must not be negative (0 is unlimited)")
+	}
+	rateKeys := []struct {
+		rate, burst string
+		r           float64
+		b           int
+	}{
+		{"limits.anonymous_publish_rate", "limits.anonymous_publish_burst", l.AnonymousPublishRate, l.AnonymousPublishBurst},
+		{"limits.subscribe_rate", "limits.subscribe_burst", l.SubscribeRate, l.SubscribeBurst},
+		{"limits.ack_rate", "limits.ack_burst", l.AckRate, l.AckBurst},
+	}
+	for _, k := range rateKeys {
+		if k.r < 0 {
+			bad(k.rate, "must not be negative (0 is unlimited)")
+		}
+		if k.r > 0 && k.b < 1 {
+			bad(k.burst, "must be at least 1 when %s is set", k.rate)
+		}
+	}
+	if l.AnonymousReplayMessages < 0 {
+		bad("limits.anonymous_replay_messages", "must not be negative (0 is unlimited)")
+	}
+	if l.AnonymousReplayBytes < 0 {
+		bad("limits.anonymous_replay_bytes", "must not be negative (0 is unlimited)")
+	}
+	if l.MaxInflightBytesPerConnection < 1 {
+		bad("limits.max_inflight_bytes_per_connection", "must be at least 1 (a message larger than the budget waits for all of it)")
+	}
+	if l.MaxInflightBytes < 1 {
+		bad("limits.max_inflight_bytes", "must be at least 1 (a message larger than the budget waits for all of it)")
+	}
 	if l.MaxMessagesPerKey < 0 {
 		bad("limits.max_messages_per_key", "must not be negative (0 is unlimited)")
 	}
@@ -267,7 +443,84 @@ func (c Config) Validate() error {
 	}
 	positiveDur("keepalive.ping_interval", c.Keepalive.PingInterval)
 	positiveDur("keepalive.ping_timeout", c.Keepalive.PingTimeout)
+	if o := c.Offline; o != nil {
+		o.validate(bad, positiveDur)
+	}
 	return errors.Join(errs...)
+}
+
+func (o *OfflineConfig) validate(bad func(key, format string, args ...any), positiveDur func(string, time.Duration)) {
+	if o.PublishURL == "" {
+		bad("offline.publish_url", "must be the operator's node's OFFLINE endpoint, such as \"http://127.0.0.1:4002/courier/offline\" (delete the [offline] section to turn the bridge off)")
+	} else if u, err := url.Parse(o.PublishURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("offline.publish_url", "must be an http:// or https:// URL with a host, such as \"http://127.0.0.1:4002/courier/offline\"")
+	} else if u.User != nil {
+		bad("offline.publish_url", "must not hold credentials; use offline.username with offline.password_file, or offline.cookie_file")
+	}
+	if (o.Username == "") != (o.PasswordFile == "") {
+		bad("offline.password_file", "offline.username and offline.password_file go together: set both or neither")
+	}
+	if o.After < 0 {
+		bad("offline.after", "must not be negative (0 is limits.delivery_wait), got %v", o.After)
+	}
+	positiveDur("offline.timeout", o.Timeout)
+	positiveDur("offline.retry_min", o.RetryMin)
+	positiveDur("offline.retry_max", o.RetryMax)
+	positiveDur("offline.poll_interval", o.PollInterval)
+	if o.RetryMax < o.RetryMin {
+		bad("offline.retry_max", "must be at least offline.retry_min (%v), got %v", o.RetryMin, o.RetryMax)
+	}
+	if o.Concurrency < 1 || o.Concurrency > 1024 {
+		bad("offline.concurrency", "must be between 1 and 1024, got %d", o.Concurrency)
+	}
+	if o.UnreadyAfter < 1 {
+		bad("offline.unready_after", "must be at least 1, got %d", o.UnreadyAfter)
+	}
+}
+
+// after is how long a message waits for its recipient's ack before it is
+// handed off.
+func (c Config) offlineAfter() time.Duration {
+	if c.Offline != nil && c.Offline.After > 0 {
+		return c.Offline.After
+	}
+	return c.Limits.DeliveryWait
+}
+
+func (st StoreConfig) validateRedis(bad func(key, format string, args ...any)) {
+	switch {
+	case st.URL == "" && len(st.SentinelAddrs) == 0:
+		bad("store.url", "driver \"redis\" needs store.url (such as \"redis://127.0.0.1:6379/0\") or store.sentinel_addrs with store.master_name")
+	case st.URL != "" && len(st.SentinelAddrs) > 0:
+		bad("store.url", "give either store.url or store.sentinel_addrs, not both")
+	case st.URL != "":
+		u, err := url.Parse(st.URL)
+		switch {
+		case err != nil:
+			bad("store.url", "not a URL: %v", err)
+		case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
+			bad("store.url", "scheme must be redis://, rediss:// (TLS) or unix://, got %q", u.Scheme+"://")
+		case u.Scheme == "unix" && u.Path == "":
+			bad("store.url", "unix:// needs the socket's path, such as unix:///run/redis/redis.sock")
+		case u.Scheme != "unix" && u.Host == "":
+			bad("store.url", "needs a host, such as redis://127.0.0.1:6379/0")
+		}
+	default:
+		for i, a := range st.SentinelAddrs {
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				bad(fmt.Sprintf("store.sentinel_addrs[%d]", i), "must be host:port, such as \"10.0.0.1:26379\", got %q", a)
+			}
+		}
+		if st.MasterName == "" {
+			bad("store.master_name", "must name the primary the Sentinels watch (their \"sentinel monitor <name> …\")")
+		}
+	}
+	if st.MasterName != "" && len(st.SentinelAddrs) == 0 {
+		bad("store.master_name", "is used only with store.sentinel_addrs")
+	}
+	if st.Namespace != "" && strings.ContainsAny(st.Namespace, "{}: \t\r\n") {
+		bad("store.namespace", "must not contain braces, colons or spaces, got %q", st.Namespace)
+	}
 }
 
 // Quota is the per-key quota the limits ask the store to enforce.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ const childDBEnv = "COURIER_RELAY_TEST_CHILD_DB"
 // TestMain runs the test binary as a child relay when the environment
 // asks for one (crash test, idle-connection benchmark).
 func TestMain(m *testing.M) {
-	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild} {
+	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild, abuseChildEnv: runAbuseChild} {
 		if path := os.Getenv(env); path != "" {
 			err := child(path)
 			fmt.Fprintln(os.Stderr, "child relay:", err)
@@ -69,6 +70,14 @@ func childConfig(path string) relay.Config {
 	cfg.Store.Path = path
 	cfg.Limits.PublishRate = 0
 	cfg.Limits.DeliveryWait = 200 * time.Millisecond
+	if url := os.Getenv(childOfflineEnv); url != "" {
+		off := relay.DefaultOfflineConfig()
+		off.PublishURL = url
+		off.RetryMin = 20 * time.Millisecond
+		off.RetryMax = 100 * time.Millisecond
+		off.PollInterval = 100 * time.Millisecond
+		cfg.Offline = &off
+	}
 	return cfg
 }
 
@@ -82,6 +91,12 @@ func runChild(path string) error {
 // prints "ADDR host:port" for the parent, and serves until killed.
 func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 	opts.Logger = slog.New(slog.DiscardHandler)
+	var srvp atomic.Pointer[relay.Server]
+	opts.OnCommit = func(batch int, d time.Duration) {
+		if s := srvp.Load(); s != nil { // the first sweep may commit while New runs
+			s.ObserveCommit(batch, d)
+		}
+	}
 	st, err := sqlitestore.Open(cfg.Store.Path, opts)
 	if err != nil {
 		return err
@@ -90,6 +105,7 @@ func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 	if err != nil {
 		return err
 	}
+	srvp.Store(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -102,8 +118,23 @@ func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
 // pointing at it (no server or store of its own) and the process.
 func startChild(t *testing.T, path string) (*env, *exec.Cmd) {
 	t.Helper()
+	return startChildAs(t, childDBEnv, path, childConfig(path))
+}
+
+// startChildEnv is startChild with more environment variables for the
+// child ("NAME=value").
+func startChildEnv(t *testing.T, path string, vars ...string) (*env, *exec.Cmd) {
+	t.Helper()
+	return startChildAs(t, childDBEnv, path, childConfig(path), vars...)
+}
+
+// startChildAs runs the test binary as the child relay that envVar
+// selects (see TestMain), whose configuration is cfg, with more
+// environment variables for it ("NAME=value").
+func startChildAs(t *testing.T, envVar, path string, cfg relay.Config, vars ...string) (*env, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childDBEnv+"="+path)
+	cmd.Env = append(append(os.Environ(), envVar+"="+path), vars...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -124,7 +155,7 @@ func startChild(t *testing.T, path string) (*env, *exec.Cmd) {
 	if !ok {
 		t.Fatalf("child said %q", line)
 	}
-	return &env{t: t, cfg: childConfig(path), url: "ws://" + addr + "/", http: "http://" + addr}, cmd
+	return &env{t: t, cfg: cfg, url: "ws://" + addr + "/", http: "http://" + addr}, cmd
 }
 
 // TestCrashRestart kills a relay with SIGKILL while it works and reopens its

@@ -15,6 +15,14 @@
 // send queue, and after a subscribe a replay of what is stored. A
 // subscriber that cannot keep up is disconnected, never waited for.
 //
+// With Config.Offline set, the server runs the OFFLINE bridge (offline.go):
+// level-1 publishes and level-2 ones with "fallback":"relay" are stored
+// with a pending hand-off (HandoffStore.PutHandoff, in the same commit),
+// which the bridge claims once offline.after has passed and POSTs to the
+// operator's node, with capped exponential backoff and full jitter, until
+// the node takes it, the recipient's authenticated connection acks it, or
+// the message expires.
+//
 // Close codes the server sends:
 //
 //	1008  subscribe failed (after an {"error": …} frame), or no subscribe in time

@@ -123,7 +123,13 @@ func newEnv(t testing.TB, mutate func(*relay.Config)) *env {
 // newEnvOn serves a relay on an open store; the caller closes the store.
 func newEnvOn(t testing.TB, cfg relay.Config, st *sqlitestore.Store) *env {
 	t.Helper()
-	srv, err := relay.New(cfg, st, testLogger(t))
+	return newEnvLogged(t, cfg, st, testLogger(t))
+}
+
+// newEnvLogged is newEnvOn with the server's logger given.
+func newEnvLogged(t testing.TB, cfg relay.Config, st *sqlitestore.Store, logger *slog.Logger) *env {
+	t.Helper()
+	srv, err := relay.New(cfg, st, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +144,15 @@ func newEnvOn(t testing.TB, cfg relay.Config, st *sqlitestore.Store) *env {
 	return e
 }
 
+// in returns a copy of e whose clients and failures belong to t: a
+// subtest uses it, so that one failing subtest does not stop the others.
+// The server stays the parent's.
+func (e *env) in(t testing.TB) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
 // client is a test WebSocket client whose reader goroutine queues every
 // frame it receives, so that pings are answered while the test waits.
 type client struct {
@@ -146,6 +161,14 @@ type client struct {
 	frames chan []byte
 	done   chan struct{}
 	err    error // the read error that ended the connection; set before done closes
+}
+
+// in returns a view of c whose failures belong to t (a subtest using a
+// client its parent dialled). It shares the connection and its frames.
+func (c *client) in(t testing.TB) *client {
+	v := *c
+	v.t = t
+	return &v
 }
 
 func (e *env) dial() *client {

@@ -1,25 +1,117 @@
 package relay
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"time"
 
 	"courier/wire"
 )
 
-// hub knows which connections are subscribed to what, and pushes committed
-// messages to them.
+// hub knows which connections are subscribed to what, and pushes messages
+// to them: new ones while their commit runs (pushEarly), republished ones
+// once committed (push).
+//
+// A connection is first replaying (reading the store), then live. The
+// replay cannot see a message whose commit has not finished, so the hub
+// keeps the messages pushed before their commit in inflight until their
+// commit is settled; goLive hands a connection the ones it needs under
+// the same lock as pushEarly, and settle makes a replay that has not
+// gone live read the store again. Each message reaches each connection
+// once: pushed live, handed over at goLive, or read by the replay.
 type hub struct {
-	mu     sync.RWMutex
-	byKey  map[string]map[*conn]struct{} // level-1 (anonymous) subscribers
-	byPeer map[string]*conn              // level-2 subscribers, by canonical peer ID
+	mu       sync.RWMutex
+	byKey    map[string]map[*conn]struct{} // level-1 (anonymous) subscribers
+	byPeer   map[string]*conn              // level-2 subscribers, by canonical peer ID
+	inflight map[seqKey]*inflightMsg       // pushed, commit not settled
+}
+
+// seqKey names a message by its subscription key and Seq: a store shared
+// by instances numbers each key on its own (Seq increases per key), so a
+// Seq alone is not unique, and Seqs are compared only within a key.
+type seqKey struct {
+	key string
+	seq int64
+}
+
+// inflightMsg is a message pushed before its commit.
+type inflightMsg struct {
+	m     Message
+	frame func() []byte // its delivery frame, encoded once, under hub.mu
 }
 
 func newHub() *hub {
 	return &hub{
-		byKey:  make(map[string]map[*conn]struct{}),
-		byPeer: make(map[string]*conn),
+		byKey:    make(map[string]map[*conn]struct{}),
+		byPeer:   make(map[string]*conn),
+		inflight: make(map[seqKey]*inflightMsg),
 	}
+}
+
+// forSubscribers calls f for the subscribers of m: the anonymous ones of its key and
+// the authenticated connection of its recipient. h.mu is held.
+func (h *hub) forSubscribers(m Message, f func(*conn)) {
+	for c := range h.byKey[m.Key] {
+		f(c)
+	}
+	if c := h.byPeer[m.Recipient]; c != nil {
+		f(c)
+	}
+}
+
+// pushEarly hands a new message to its live subscribers while its commit
+// runs, and keeps it for the ones still replaying until settle.
+func (h *hub) pushEarly(m Message) {
+	var frame []byte
+	e := &inflightMsg{m: m, frame: func() []byte {
+		if frame == nil {
+			frame = wire.DeliveryFrame(m.ID, m.Ciphertext)
+		}
+		return frame
+	}}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.inflight[seqKey{m.Key, m.Seq}] = e
+	h.forSubscribers(m, func(c *conn) { c.deliverEarly(m.Seq, m.ID, e.frame) })
+}
+
+// settle drops a message pushed early from inflight once its commit has
+// an outcome; a connection still replaying then reads the store again.
+func (h *hub) settle(m Message) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.inflight, seqKey{m.Key, m.Seq})
+	h.forSubscribers(m, (*conn).committed)
+}
+
+// goLive switches c from replaying to live, having replayed up to Seq
+// after, unless a commit settled meanwhile (missed) and not force: then
+// the replay reads again and goLive reports false. Going live, c gets the messages pushed
+// before their commit that the replay could not see, oldest first.
+func (h *hub) goLive(c *conn, after int64, force bool) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.missed && !force {
+		c.missed = false
+		return false
+	}
+	c.missed = false
+	c.live = true
+	c.replayedTo = after
+	var mine []*inflightMsg
+	for _, e := range h.inflight {
+		if e.m.Seq > after && (e.m.Recipient == c.sub.ID && c.sub.Peer || !c.sub.Peer && e.m.Key == c.key) {
+			mine = append(mine, e)
+		}
+	}
+	slices.SortFunc(mine, func(a, b *inflightMsg) int { return cmp.Compare(a.m.Seq, b.m.Seq) })
+	for _, e := range mine {
+		c.pushLive(e.m.ID, e.frame())
+	}
+	return true
 }
 
 // subscribe registers c, in replay mode (see conn.deliver). For a level-2
@@ -59,6 +151,17 @@ func (h *hub) unsubscribe(c *conn) {
 	}
 }
 
+// replaceOlder closes the peer's connection if it is older than
+// generation gen (a newer one exists on another instance).
+func (h *hub) replaceOlder(peer string, gen int64) {
+	h.mu.RLock()
+	c := h.byPeer[peer]
+	h.mu.RUnlock()
+	if c != nil && c.gen < gen {
+		c.closeWith(wire.CloseReplaced, "replaced by a newer connection of the same peer", false, "replaced")
+	}
+}
+
 // peerConnected reports whether the peer has an authenticated connection.
 func (h *hub) peerConnected(canonical string) bool {
 	h.mu.RLock()
@@ -83,11 +186,11 @@ func (h *hub) push(m Message, existing bool) {
 	defer h.mu.RUnlock()
 	if !existing {
 		for c := range h.byKey[m.Key] {
-			c.deliver(m.Seq, enc, false)
+			c.deliver(m.Seq, m.ID, enc, false)
 		}
 	}
 	if c := h.byPeer[m.Recipient]; c != nil {
-		c.deliver(m.Seq, enc, existing)
+		c.deliver(m.Seq, m.ID, enc, existing)
 	}
 }
 
@@ -105,11 +208,13 @@ func (h *hub) each(f func(*conn)) {
 	}
 }
 
-// waiters holds the level-2 publishes that wait for their recipient's ack.
+// waiters holds the level-2 publishes that wait for their recipient's ack,
+// and the "fallback":"relay" publishes that wait for their hand-off.
 type waiters struct {
-	mu     sync.Mutex
-	byID   map[string][]*waiter
-	closed bool
+	mu       sync.Mutex
+	byID     map[string][]*waiter
+	handoffs map[string][]*handoffWait
+	closed   bool
 }
 
 type waiter struct {
@@ -117,16 +222,34 @@ type waiter struct {
 	id    string
 	ref   string
 	timer *time.Timer
+	// Under waiters.mu. committed: the publish has committed, so queued
+	// may be answered. expired: the wait ended before the commit; queued
+	// is answered at the commit (waiters.committed). then, if set, is
+	// called instead of answering queued (a fallback publish goes on to
+	// wait for its hand-off).
+	committed, expired bool
+	then               func()
+}
+
+// handoffWait is a "fallback":"relay" publish that waits for the outcome
+// of its hand-off.
+type handoffWait struct {
+	c     *conn
+	id    string
+	ref   string
+	timer *time.Timer
 }
 
 func newWaiters() *waiters {
-	return &waiters{byID: make(map[string][]*waiter)}
+	return &waiters{byID: make(map[string][]*waiter), handoffs: make(map[string][]*handoffWait)}
 }
 
 // add registers a wait for message id on behalf of publisher c. After d
-// without an ack, c is answered queued.
-func (ws *waiters) add(c *conn, id, ref string, d time.Duration) *waiter {
-	w := &waiter{c: c, id: id, ref: ref}
+// without an ack, c is answered queued (or then is called): at once if the
+// publish has committed, else once it has (committed). An ack resolves it
+// delivered, committed or not.
+func (ws *waiters) add(c *conn, id, ref string, d time.Duration, committed bool, then func()) *waiter {
+	w := &waiter{c: c, id: id, ref: ref, committed: committed, then: then}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	if ws.closed {
@@ -134,20 +257,58 @@ func (ws *waiters) add(c *conn, id, ref string, d time.Duration) *waiter {
 	}
 	ws.byID[id] = append(ws.byID[id], w)
 	w.timer = time.AfterFunc(d, func() {
-		if ws.remove(w) {
-			w.c.publishResult(w.id, w.ref, wire.StatusQueued, "")
+		ws.mu.Lock()
+		if !ws.removeLocked(w) {
+			ws.mu.Unlock()
+			return
+		}
+		answer := w.committed
+		w.expired = !answer
+		then := w.then
+		ws.mu.Unlock()
+		if answer {
+			w.answerQueued(then)
 		}
 	})
 	return w
 }
 
-// remove unregisters w and reports whether it was still waiting.
+func (w *waiter) answerQueued(then func()) {
+	if then != nil {
+		then()
+		return
+	}
+	w.c.publishResult(w.id, w.ref, wire.StatusQueued, "")
+}
+
+// committed notes that w's publish has committed, and what to do instead
+// of answering queued (then, may be nil); if its wait has expired, that
+// happens now.
+func (ws *waiters) committed(w *waiter, then func()) {
+	ws.mu.Lock()
+	w.committed = true
+	w.then = then
+	answer := w.expired
+	w.expired = false
+	ws.mu.Unlock()
+	if answer {
+		w.answerQueued(then)
+	}
+}
+
+// remove unregisters w, which is answered nothing, and reports whether it
+// was still waiting.
 func (ws *waiters) remove(w *waiter) bool {
 	if w == nil {
 		return false
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	w.expired = false
+	return ws.removeLocked(w)
+}
+
+func (ws *waiters) removeLocked(w *waiter) bool {
 	list := ws.byID[w.id]
 	for i, x := range list {
 		if x == w {
@@ -173,9 +334,75 @@ func (ws *waiters) resolve(id string) {
 	for _, w := range list {
 		w.timer.Stop()
 	}
+	hl := ws.takeHandoffsLocked(id)
 	ws.mu.Unlock()
 	for _, w := range list {
 		w.c.publishResult(w.id, w.ref, wire.StatusDelivered, "")
+	}
+	for _, h := range hl {
+		h.c.publishResult(h.id, h.ref, wire.StatusDelivered, "")
+	}
+}
+
+// awaitHandoff registers a fallback publish of message id that waits for
+// the outcome of its hand-off (handedOff) or its recipient's ack
+// (resolve). If neither comes within d, check says what to answer (the
+// hand-off may have been made by another instance).
+func (ws *waiters) awaitHandoff(c *conn, id, ref string, d time.Duration, check func() string) {
+	h := &handoffWait{c: c, id: id, ref: ref}
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.closed {
+		return
+	}
+	ws.handoffs[id] = append(ws.handoffs[id], h)
+	h.timer = time.AfterFunc(d, func() {
+		ws.mu.Lock()
+		found := false
+		list := ws.handoffs[id]
+		for i, x := range list {
+			if x == h {
+				found = true
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(ws.handoffs, id)
+		} else {
+			ws.handoffs[id] = list
+		}
+		ws.mu.Unlock()
+		if found {
+			h.c.publishResult(h.id, h.ref, check(), "")
+		}
+	})
+}
+
+// takeHandoffsLocked removes and returns the hand-off waits for id,
+// their timers stopped; ws.mu is held.
+func (ws *waiters) takeHandoffsLocked(id string) []*handoffWait {
+	list := ws.handoffs[id]
+	delete(ws.handoffs, id)
+	for _, h := range list {
+		h.timer.Stop()
+	}
+	return list
+}
+
+// handedOff answers the fallback publishes waiting for message id's
+// hand-off: offline when it was handed off, else queued (an attempt
+// failed; the bridge goes on in the background).
+func (ws *waiters) handedOff(id string, ok bool) {
+	ws.mu.Lock()
+	list := ws.takeHandoffsLocked(id)
+	ws.mu.Unlock()
+	status := wire.StatusQueued
+	if ok {
+		status = wire.StatusOffline
+	}
+	for _, h := range list {
+		h.c.publishResult(h.id, h.ref, status, "")
 	}
 }
 
@@ -189,5 +416,8 @@ func (ws *waiters) close() {
 			w.timer.Stop()
 		}
 		delete(ws.byID, id)
+	}
+	for id := range ws.handoffs {
+		ws.takeHandoffsLocked(id)
 	}
 }

@@ -20,6 +20,7 @@ func TestSubscribeAnswersExactBytes(t *testing.T) {
 		{"bare", `{"userID":"bare","subscriptionKey":%q}`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			e := e.in(t)
 			bob := newIdentity(t, len(tt.name)) // a key of its own
 			tt.frame = fmt.Sprintf(tt.frame, bob.Key())
 			c := e.dial()
@@ -53,6 +54,7 @@ func TestSubscribeFailuresAnswerErrorAndClose(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			e := e.in(t)
 			c := e.dial()
 			c.send([]byte(tt.frame))
 			c.expectError(tt.want)
@@ -66,11 +68,13 @@ func TestSubscribeDeadline(t *testing.T) {
 	bob := newIdentity(t, 1)
 
 	t.Run("silent", func(t *testing.T) {
+		e := e.in(t)
 		c := e.dial()
 		c.expectError("no SubscribeMessage within 1s")
 		c.expectClose(websocket.StatusPolicyViolation)
 	})
 	t.Run("send-only publisher", func(t *testing.T) {
+		e := e.in(t)
 		c := e.dial()
 		c.publish(ciphertext(10, "send-only"), bob.ID(), "")
 		c.expectError("no SubscribeMessage")
@@ -83,6 +87,7 @@ func TestSubscribeDeadline(t *testing.T) {
 		}
 	})
 	t.Run("subscribed in time", func(t *testing.T) {
+		e := e.in(t)
 		c := e.dial()
 		silent := e.dial() // connected at the same time, never subscribes
 		c.subscribe1("u2", bob.Key())
@@ -372,7 +377,12 @@ func FuzzClientFrames(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	e := newEnv(f, func(c *relay.Config) { c.Limits.MaxMessageBytes = 1 << 10 })
+	e := newEnv(f, func(c *relay.Config) {
+		c.Limits.MaxMessageBytes = 1 << 10
+		// Every input is a new connection from 127.0.0.1.
+		c.Limits.MaxConnectionsPerIP = 0
+		c.Limits.SubscribeRate = 0
+	})
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		if len(frame) == 0 {
 			return // coder/websocket sends no empty text frame we could read

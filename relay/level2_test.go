@@ -43,12 +43,15 @@ func TestPublishQueued(t *testing.T) {
 	pub := level2Publisher(t, e, 100)
 
 	t.Run("recipient not connected", func(t *testing.T) {
+		pub := pub.in(t)
 		pub.publish(ciphertext(10, "offline"), bob.ID(), "a")
 		if r := pub.expectResult(wire.StatusQueued); r.Ref != "a" || r.ID != wire.MessageID(ciphertext(10, "offline")) {
 			t.Fatalf("result %+v", r)
 		}
 	})
 	t.Run("only anonymous subscribers", func(t *testing.T) {
+		e := e.in(t)
+		pub := pub.in(t)
 		anon := e.dial()
 		anon.subscribe1(bob.ID(), bob.Key()) // an anonymous userID that equals bob's peer ID is still anonymous
 		anon.expectDelivery()
@@ -77,6 +80,84 @@ func TestDeliveryWaitTimesOutQueued(t *testing.T) {
 	b.barrier()
 }
 
+// TestAnonymousAckIsNotDelivery: the recipient is connected and
+// authenticated but does not ack; an anonymous subscriber of the same key
+// (its userID even equal to the recipient's peer ID) acks. The publish is
+// queued after delivery_wait, never delivered.
+func TestAnonymousAckIsNotDelivery(t *testing.T) {
+	const wait = 2 * time.Second
+	e := newEnv(t, func(c *relay.Config) { c.Limits.DeliveryWait = wait })
+	bob := newIdentity(t, 1)
+	b := e.dial()
+	b.auth2(bob, 0)
+	anon := e.dial()
+	anon.subscribe1(bob.ID(), bob.Key())
+	pub := level2Publisher(t, e, 100)
+
+	ct := ciphertext(10, "seen by both")
+	start := time.Now()
+	pub.publish(ct, bob.ID(), "a")
+	if d := b.expectDelivery(); d.ID != wire.MessageID(ct) {
+		t.Fatalf("bob got %s", d.ID)
+	}
+	anon.ack(anon.expectDelivery().ID)
+	// The anonymous ack has committed; bob's never comes.
+	eventually(t, "the anonymous ack committed", func() bool { return e.metric("courier_relay_messages_acked_total") == 1 })
+	if time.Since(start) >= wait {
+		t.Skipf("the ack took longer than delivery_wait (%v) to commit: the machine is too slow for this check", wait)
+	}
+	r := pub.expectResult(wire.StatusQueued)
+	if r.Ref != "a" {
+		t.Fatalf("result %+v", r)
+	}
+	if el := time.Since(start); el < wait {
+		t.Errorf("queued after %v, before delivery_wait %v: the recipient was connected", el, wait)
+	}
+}
+
+// TestDeliveryWaitIsHonoured: a 200 ms delivery_wait answers queued well
+// before the 3 s default would.
+func TestDeliveryWaitIsHonoured(t *testing.T) {
+	const wait = 200 * time.Millisecond
+	e := newEnv(t, func(c *relay.Config) { c.Limits.DeliveryWait = wait })
+	bob := newIdentity(t, 1)
+	b := e.dial()
+	b.auth2(bob, 0)
+	pub := level2Publisher(t, e, 100)
+	start := time.Now()
+	pub.publish(ciphertext(10, "never acked"), bob.ID(), "w")
+	b.expectDelivery()
+	pub.expectResult(wire.StatusQueued)
+	el := time.Since(start)
+	if el < wait {
+		t.Errorf("queued after %v, before delivery_wait %v", el, wait)
+	}
+	if el > 2*time.Second {
+		t.Errorf("queued after %v with a delivery_wait of %v", el, wait)
+	}
+}
+
+// TestRepublishIsNotPushedToAnonymous: an anonymous subscriber gets a
+// message once; republishing it pushes it to nobody but the recipient's
+// authenticated connection (light clients would see duplicates).
+func TestRepublishIsNotPushedToAnonymous(t *testing.T) {
+	e := newEnv(t, nil)
+	bob := newIdentity(t, 1)
+	anon := e.dial()
+	anon.subscribe1("light", bob.Key())
+	pub := level2Publisher(t, e, 100)
+	ct := ciphertext(10, "once for light clients")
+	pub.publish(ct, bob.ID(), "1")
+	if d := anon.expectDelivery(); d.ID != wire.MessageID(ct) {
+		t.Fatalf("anonymous got %s", d.ID)
+	}
+	pub.expectResult(wire.StatusQueued)
+	pub.publish(ct, bob.ID(), "2")
+	pub.expectResult(wire.StatusQueued)
+	// A push comes before the publisher's result: by now it would be queued.
+	anon.barrier()
+}
+
 func TestPublishRejected(t *testing.T) {
 	const max = 1000
 	e := newEnv(t, func(c *relay.Config) {
@@ -94,6 +175,7 @@ func TestPublishRejected(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			pub := pub.in(t)
 			pub.send([]byte(tt.frame))
 			r := pub.expectResult(wire.StatusRejected)
 			if !strings.HasPrefix(r.Reason, tt.prefix) || r.Ref != "x" {
@@ -102,6 +184,8 @@ func TestPublishRejected(t *testing.T) {
 		})
 	}
 	t.Run("over quota", func(t *testing.T) {
+		e := e.in(t)
+		pub := pub.in(t)
 		pub.publish(ciphertext(10, "q1"), bob.ID(), "1")
 		pub.expectResult(wire.StatusQueued)
 		pub.publish(ciphertext(10, "q2"), bob.ID(), "2")
@@ -203,6 +287,41 @@ func TestRepublishIsIdempotent(t *testing.T) {
 	b.barrier()
 	if got := e.metric("courier_relay_messages_stored_total"); got != 2 {
 		t.Errorf("stored = %v, want 2", got)
+	}
+}
+
+// TestRepublishForAnotherRecipientRejected: the ciphertext of a stored
+// message published again for another recipient is refused (level 2:
+// rejected, invalid; level 1: an error frame), is not pushed to the other
+// recipient, and never turns "delivered" through the first recipient's ack.
+func TestRepublishForAnotherRecipientRejected(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) { c.Limits.DeliveryWait = time.Minute })
+	bob, carol := newIdentity(t, 1), newIdentity(t, 3)
+	b := e.dial()
+	b.auth2(bob, 0)
+	c := e.dial()
+	c.auth2(carol, 0)
+	pub := level2Publisher(t, e, 100)
+	ct := ciphertext(40, "bob's only")
+	id := wire.MessageID(ct)
+
+	pub.publish(ct, bob.ID(), "1")
+	b.ack(b.expectDelivery().ID)
+	pub.expectResult(wire.StatusDelivered)
+
+	pub.publish(ct, carol.ID(), "2")
+	r := pub.expectResult(wire.StatusRejected)
+	if !strings.HasPrefix(r.Reason, wire.ReasonInvalid) || r.Ref != "2" || r.ID != id {
+		t.Fatalf("result %+v, want rejected, %q", r, wire.ReasonInvalid)
+	}
+	l1 := e.dial()
+	l1.publish(ct, carol.ID(), "")
+	l1.expectError(wire.ReasonInvalid)
+	l1.barrier()
+	c.barrier() // nothing was pushed to carol
+	b.barrier()
+	if got := e.metric("courier_relay_messages_stored_total"); got != 1 {
+		t.Errorf("stored = %v, want 1", got)
 	}
 }
 
@@ -367,6 +486,7 @@ func TestAuthRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			e := e.in(t)
 			c := e.dial()
 			nonce := c.challenge(tt.peer)
 			c.sendFrame(wire.TypeSubscribe, tt.answer(nonce))
@@ -376,6 +496,7 @@ func TestAuthRejects(t *testing.T) {
 	}
 
 	t.Run("nonce of another connection", func(t *testing.T) {
+		e := e.in(t)
 		first := e.dial()
 		stolen := first.challenge(bob.ID())
 		c := e.dial()
@@ -385,6 +506,7 @@ func TestAuthRejects(t *testing.T) {
 		c.expectClose(websocket.StatusPolicyViolation)
 	})
 	t.Run("reused nonce", func(t *testing.T) {
+		e := e.in(t)
 		c := e.dial()
 		nonce := c.challenge(bob.ID())
 		good := bob.signedSubscribe(testHost, nonce, bob.qm)

@@ -35,11 +35,13 @@ type metrics struct {
 	deliveredLive   prometheus.Counter
 	deliveredReplay prometheus.Counter
 	acked           prometheus.Counter
+	replaysDone     prometheus.Counter
 	expired         prometheus.Counter
 	publishResults  *prometheus.CounterVec
 	rejected        *prometheus.CounterVec
 	commitSeconds   prometheus.Histogram
 	commitBatch     prometheus.Histogram
+	handoffs        *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -78,6 +80,10 @@ func newMetrics() *metrics {
 			Namespace: ns, Name: "messages_acked_total",
 			Help: "Acks of stored messages committed.",
 		}),
+		replaysDone: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "replays_finished_total",
+			Help: "Replays after a subscribe that finished and went live (capped anonymous ones included).",
+		}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "messages_expired_total",
 			Help: "Messages deleted by the TTL sweep.",
@@ -100,11 +106,15 @@ func newMetrics() *metrics {
 			Help:    "Writes per group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 		}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "handoffs_total",
+			Help: "OFFLINE bridge hand-offs, by outcome: handed_off (the node answered 2xx), failed_attempt (retried), dropped_acked (the recipient acked first), expired (given up at the message's expiry).",
+		}, []string{"outcome"}),
 	}
 	m.reg.MustRegister(
 		m.connections, m.connsRefused, m.disconnects, m.subscriptions,
-		m.stored, m.republished, m.delivered, m.acked, m.expired,
-		m.publishResults, m.rejected, m.commitSeconds, m.commitBatch,
+		m.stored, m.republished, m.delivered, m.acked, m.replaysDone, m.expired,
+		m.publishResults, m.rejected, m.commitSeconds, m.commitBatch, m.handoffs,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -112,8 +122,11 @@ func newMetrics() *metrics {
 	for _, l := range []string{"1", "2"} {
 		m.subscriptions.WithLabelValues(l)
 	}
-	for _, s := range []string{"delivered", "queued", "rejected"} {
+	for _, s := range []string{"delivered", "queued", "offline", "rejected"} {
 		m.publishResults.WithLabelValues(s)
+	}
+	for _, o := range []string{handoffHandedOff, handoffFailedAttempt, handoffDroppedAcked, handoffExpired} {
+		m.handoffs.WithLabelValues(o)
 	}
 	m.deliveredLive = m.delivered.WithLabelValues("live")
 	m.deliveredReplay = m.delivered.WithLabelValues("replay")

@@ -86,10 +86,58 @@ func (q *sendQueue) pushLocked(f outFrame) error {
 	return nil
 }
 
-// pushWait queues f, waiting for room; the replay uses it, as it can wait.
+// pushWait queues f, waiting for room.
 func (q *sendQueue) pushWait(ctx context.Context, f outFrame) error {
+	return q.pushWaitBelow(ctx, f, q.maxFrames, q.maxBytes)
+}
+
+// pushReplay queues a frame of the replay, waiting until the queue is
+// below its low-water mark: half its frames and a quarter of its bytes.
+// The replay never fills the queue itself, so the room above the mark is
+// kept for the connection's answers (PublishResult, errors) and for live
+// pushes, and an answer waits behind half a queue at most, never behind
+// the whole replay.
+//
+// The frame is built by build once there is room for size bytes, so that
+// a replay waiting for a slow client holds the message, not its frame too.
+func (q *sendQueue) pushReplay(ctx context.Context, size int, build func() outFrame) error {
+	frames, bytes := max(q.maxFrames/2, 1), max(q.maxBytes/4, 1)
+	if err := q.waitBelow(ctx, size, frames, bytes); err != nil {
+		return err
+	}
+	return q.pushWaitBelow(ctx, build(), frames, bytes)
+}
+
+// below reports whether a frame of size bytes fits under the mark of
+// frames and bytes (it always fits an empty queue), or the queue closes.
+func (q *sendQueue) below(size, frames, bytes int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.close != nil || len(q.frames) == 0 || (len(q.frames) < frames && q.bytes+size <= bytes)
+}
+
+// waitBelow waits until below holds.
+func (q *sendQueue) waitBelow(ctx context.Context, size, frames, bytes int) error {
+	for !q.below(size, frames, bytes) {
+		select {
+		case <-q.space:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (q *sendQueue) pushWaitBelow(ctx context.Context, f outFrame, frames, bytes int) error {
 	for {
-		err := q.push(f)
+		q.mu.Lock()
+		var err error
+		if q.close == nil && len(q.frames) > 0 && (len(q.frames) >= frames || q.bytes+len(f.b) > bytes) {
+			err = errQueueFull
+		} else {
+			err = q.pushLocked(f)
+		}
+		q.mu.Unlock()
 		if !errors.Is(err, errQueueFull) {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"courier/wire"
@@ -29,7 +30,11 @@ type Server struct {
 	metrics *metrics
 	hub     *hub
 	waiters *waiters
+	bridge  *bridge // the OFFLINE bridge; nil when [offline] is not configured
+	bus     Bus     // nil for a store of one instance
 	handler http.Handler
+	clients *clients    // per-address and per-peer limits
+	budget  *byteBudget // limits.max_inflight_bytes
 
 	ctx    context.Context // ends at Shutdown
 	cancel context.CancelFunc
@@ -37,6 +42,8 @@ type Server struct {
 	clock  atomic.Pointer[func() time.Time] // time.Now, replaced by tests
 	nconns atomic.Int64                     // open WebSocket connections, for max_connections
 	nextID atomic.Uint64
+	// draining: /readyz answers 503 (Drain), the server still serves.
+	draining atomic.Bool
 
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
@@ -66,10 +73,29 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 		hub:     newHub(),
 		waiters: newWaiters(),
 		conns:   make(map[*conn]struct{}),
+		clients: newClients(cfg.Limits),
+		budget:  newByteBudget(cfg.Limits.MaxInflightBytes),
 	}
+	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "courier_relay", Name: "inflight_bytes",
+		Help: "Bytes of publishes waiting for their commit, held from limits.max_inflight_bytes.",
+	}, func() float64 { return float64(s.budget.inUse()) }))
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	now := time.Now
 	s.clock.Store(&now)
+	if cfg.Offline != nil {
+		hs, ok := store.(HandoffStore)
+		if !ok {
+			s.cancel()
+			return nil, fmt.Errorf("config: offline: the OFFLINE bridge needs a store that keeps hand-offs (relay.HandoffStore); %T does not", store)
+		}
+		b, err := newBridge(s, hs)
+		if err != nil {
+			s.cancel()
+			return nil, err
+		}
+		s.bridge = b
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", s.serveRoot)
@@ -81,9 +107,44 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 	}
 	s.handler = mux
 
+	if b, ok := store.(Bus); ok {
+		// Listening before the first connection: every event committed
+		// from now on reaches this instance's subscribers.
+		if err := b.Listen(s.ctx, busHandler{s}); err != nil {
+			s.cancel()
+			return nil, fmt.Errorf("relay: listen to the other instances: %w", err)
+		}
+		s.bus = b
+	}
+
 	s.wg.Add(1)
 	go s.sweepLoop()
+	if s.bridge != nil {
+		s.bridge.start(s.ctx)
+	}
 	return s, nil
+}
+
+// busHandler applies the other instances' events to this one.
+type busHandler struct{ s *Server }
+
+// Stored pushes a message another instance committed to this instance's
+// subscribers, as a commit of its own would be.
+func (h busHandler) Stored(m Message, existing bool) { h.s.hub.push(m, existing) }
+
+// RecipientAcked answers delivered to the publishes waiting here for id.
+func (h busHandler) RecipientAcked(id string) { h.s.waiters.resolve(id) }
+
+// PeerConnected replaces this instance's older connection of peer.
+func (h busHandler) PeerConnected(peer string, gen int64) { h.s.hub.replaceOlder(peer, gen) }
+
+// Resync closes every subscriber with 1012: events may have been lost,
+// and a reconnect replays from the store.
+func (h busHandler) Resync(reason string) {
+	h.s.log.Warn("closing subscribers so that they replay", "reason", reason)
+	h.s.hub.each(func(c *conn) {
+		c.closeWith(wire.CloseServiceRestart, "relay resync: reconnect", false, "resync")
+	})
 }
 
 // Handler returns the server's HTTP handler: the WebSocket endpoint at /
@@ -119,6 +180,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
+		if s.bridge != nil {
+			s.bridge.wait()
+		}
 		close(done)
 	}()
 	select {
@@ -133,6 +197,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		s.waiters.close()
 		return fmt.Errorf("relay shutdown: %w", ctx.Err())
+	}
+}
+
+// Drain makes /readyz answer 503 from now on while the server keeps
+// serving, so that a front stops sending it new connections before
+// Shutdown closes the ones it has (a rolling restart). It is idempotent.
+func (s *Server) Drain() {
+	if s.draining.CompareAndSwap(false, true) {
+		s.log.Info("draining: /readyz now answers 503")
 	}
 }
 
@@ -221,6 +294,15 @@ type Description struct {
 	PublicHost     string           `json:"public_host"`
 	Limits         DescribedLimits  `json:"limits"`
 	Keepalive      DescribedPinging `json:"keepalive"`
+	Offline        DescribedOffline `json:"offline"`
+}
+
+// DescribedOffline says whether the OFFLINE bridge is on: whether a
+// "fallback":"relay" publish (and every level-1 publish) is handed to the
+// operator's node when its recipient does not ack it within After.
+type DescribedOffline struct {
+	Enabled bool   `json:"enabled"`
+	After   string `json:"after,omitempty"`
 }
 
 // DescribedLimits are the limits a client can plan for.
@@ -236,6 +318,14 @@ type DescribedLimits struct {
 	MaxMessagesPerKey int64   `json:"max_messages_per_key"`
 	MaxBytesPerKey    int64   `json:"max_bytes_per_key"`
 	MaxConnections    int     `json:"max_connections"`
+	// The limits of issue 7: per client address and per peer.
+	MaxConnectionsPerIP     int     `json:"max_connections_per_ip"`
+	AnonymousPublishRate    float64 `json:"anonymous_publish_rate"`
+	AnonymousPublishBurst   int     `json:"anonymous_publish_burst"`
+	SubscribeRate           float64 `json:"subscribe_rate"`
+	SubscribeBurst          int     `json:"subscribe_burst"`
+	AnonymousReplayMessages int     `json:"anonymous_replay_messages"`
+	AnonymousReplayBytes    int64   `json:"anonymous_replay_bytes"`
 }
 
 // DescribedPinging is the server's keepalive.
@@ -267,12 +357,28 @@ func (s *Server) description() Description {
 			MaxMessagesPerKey: l.MaxMessagesPerKey,
 			MaxBytesPerKey:    l.MaxBytesPerKey,
 			MaxConnections:    l.MaxConnections,
+
+			MaxConnectionsPerIP:     l.MaxConnectionsPerIP,
+			AnonymousPublishRate:    l.AnonymousPublishRate,
+			AnonymousPublishBurst:   l.AnonymousPublishBurst,
+			SubscribeRate:           l.SubscribeRate,
+			SubscribeBurst:          l.SubscribeBurst,
+			AnonymousReplayMessages: l.AnonymousReplayMessages,
+			AnonymousReplayBytes:    l.AnonymousReplayBytes,
 		},
 		Keepalive: DescribedPinging{
 			PingInterval: s.cfg.Keepalive.PingInterval.String(),
 			PingTimeout:  s.cfg.Keepalive.PingTimeout.String(),
 		},
+		Offline: s.describeOffline(),
 	}
+}
+
+func (s *Server) describeOffline() DescribedOffline {
+	if s.bridge == nil {
+		return DescribedOffline{}
+	}
+	return DescribedOffline{Enabled: true, After: s.cfg.offlineAfter().String()}
 }
 
 func (s *Server) serveHealthz(w http.ResponseWriter, r *http.Request) {
@@ -284,12 +390,28 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "shutting down")
 		return
 	}
+	if s.draining.Load() {
+		writeError(w, http.StatusServiceUnavailable, "draining: this instance is shutting down; connect to another")
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
+	if rd, ok := s.store.(Readier); ok {
+		if err := rd.Ready(ctx); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+			return
+		}
+	}
 	st, err := s.store.Stats(ctx)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
+	}
+	if s.bridge != nil {
+		if why := s.bridge.unready(); why != "" {
+			writeError(w, http.StatusServiceUnavailable, why)
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":      "ready",
@@ -304,12 +426,21 @@ func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
 // response are not kept for the life of the connection (idle connections
 // are cheap).
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	max := int64(s.cfg.Limits.MaxConnections)
-	if n := s.nconns.Add(1); max > 0 && n > max {
+	maxConns := int64(s.cfg.Limits.MaxConnections)
+	if n := s.nconns.Add(1); maxConns > 0 && n > maxConns {
 		s.nconns.Add(-1)
 		s.metrics.connsRefused.WithLabelValues("max_connections").Inc()
 		w.Header().Set("Retry-After", "30")
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many connections: this relay serves at most %d; retry later", max))
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many connections: this relay serves at most %d; retry later", maxConns))
+		return
+	}
+
+	addr, ok := s.clients.openConn(addrKey(r.RemoteAddr))
+	if !ok {
+		s.nconns.Add(-1)
+		s.metrics.connsRefused.WithLabelValues("max_connections_per_ip").Inc()
+		w.Header().Set("Retry-After", "30")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("too many connections from your address: this relay serves at most %d per address; retry later", s.cfg.Limits.MaxConnectionsPerIP))
 		return
 	}
 
@@ -322,11 +453,14 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		ctx:    ctx,
 		cancel: cancel,
 		q:      newSendQueue(s.cfg.Limits.SendQueue, s.cfg.Limits.SendQueueBytes),
+		addr:   addr,
+		sent:   sentIDs{max: max(4*s.cfg.Limits.SendQueue, 4096)},
 	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		cancel()
+		s.clients.closeConn(addr)
 		s.nconns.Add(-1)
 		s.metrics.connsRefused.WithLabelValues("shutting_down").Inc()
 		writeError(w, http.StatusServiceUnavailable, "shutting down; retry in a moment")
@@ -340,6 +474,10 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
+		s.clients.closeConn(addr)
+		if c.peerState != nil {
+			s.clients.releasePeer(c.peerState)
+		}
 		s.nconns.Add(-1)
 		s.wg.Done()
 	}

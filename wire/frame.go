@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Frame types, as the "Type" field spells them.
@@ -24,6 +25,7 @@ const (
 const (
 	StatusDelivered = "delivered" // the recipient's authenticated connection acked it: the only ACK
 	StatusQueued    = "queued"    // stored, not confirmed delivered: a NACK
+	StatusOffline   = "offline"   // stored, and handed OFFLINE by the relay's bridge (only for a "fallback":"relay" publish)
 	StatusRejected  = "rejected"  // not stored: a NACK, Reason says why
 )
 
@@ -64,12 +66,20 @@ type Ack struct {
 }
 
 // Publish is the Data of an EncryptedMessage sent by a client. Ref is a
-// level-2 client's own string, echoed in the PublishResult.
+// level-2 client's own string, echoed in the PublishResult. Fallback
+// "relay" (FallbackRelay) asks the relay's OFFLINE bridge to hand the
+// message OFFLINE if the recipient does not take it in time; a level-1
+// publish always goes through the bridge, whatever it says.
 type Publish struct {
 	EncryptedMessage string `json:"encryptedMessage"`
 	Recipient        string `json:"recipient"`
 	Ref              string `json:"ref,omitempty"`
+	Fallback         string `json:"fallback,omitempty"`
 }
+
+// FallbackRelay is the Publish.Fallback that asks for the relay's OFFLINE
+// bridge.
+const FallbackRelay = "relay"
 
 // AuthRequest opens a level-2 handshake.
 type AuthRequest struct {
@@ -131,7 +141,20 @@ type envelope struct {
 // {"Type":…,"Data":{…}} and the bare subscribe {"userID":…,"subscriptionKey":…}
 // an older published example sends. Unknown extra fields are ignored; wrong
 // types, a missing Data or an unknown Type are errors.
+//
+// The frames clients send in the ordinary way (the wrapped form, plain
+// strings, no unknown fields) are read in one pass by parseFast; anything
+// else goes through encoding/json (parseSlow), which also words every
+// error. Both give the same frame wherever parseFast succeeds (see
+// FuzzParseClientFrame).
 func ParseClientFrame(b []byte) (ClientFrame, error) {
+	if f, ok := parseFast(b); ok {
+		return f, nil
+	}
+	return parseSlow(b)
+}
+
+func parseSlow(b []byte) (ClientFrame, error) {
 	var env envelope
 	if err := json.Unmarshal(b, &env); err != nil {
 		return ClientFrame{}, fmt.Errorf("%w: %v", ErrMalformed, jsonReason(err))
@@ -171,6 +194,240 @@ func ParseClientFrame(b []byte) (ClientFrame, error) {
 		return ClientFrame{}, fmt.Errorf("%w: %s Data: %v", ErrMalformed, f.Type, jsonReason(err))
 	}
 	return f, nil
+}
+
+// The Data fields parseFast knows, one bit each.
+const (
+	fUserID uint16 = 1 << iota
+	fSubscriptionKey
+	fProtocol
+	fPubKey
+	fSignature
+	fMessageID
+	fEncryptedMessage
+	fRecipient
+	fRef
+	fPeerID
+	fFallback
+)
+
+// dataFields is the Data of any client frame, as parseFast reads it
+// before it knows the Type (which may come after Data).
+type dataFields struct {
+	seen                                                uint16
+	userID, subscriptionKey, pubKey, signature          string
+	messageID, encryptedMessage, recipient, ref, peerID string
+	fallback                                            string
+	protocol                                            int
+}
+
+// parseFast reads a wrapped client frame in one pass, without reflection:
+// {"Type":"…","Data":{…}} with whitespace anywhere JSON allows it, every
+// Data field one that some client frame has, strings without escapes
+// and in valid UTF-8, and "protocol" a small non-negative integer (Data
+// fields of another Type are read and ignored, as encoding/json does). It
+// reports false for anything else (which may still be a valid frame, or
+// an error for parseSlow to word): it never decides that a frame is bad.
+func parseFast(b []byte) (ClientFrame, bool) {
+	s := scanner{b: b}
+	if !s.skip('{') {
+		return ClientFrame{}, false
+	}
+	var (
+		typ              string
+		haveType, haveDt bool
+		d                dataFields
+	)
+	for {
+		k, ok := s.rawString()
+		if !ok || !s.skip(':') {
+			return ClientFrame{}, false
+		}
+		switch string(k) {
+		case "Type":
+			if haveType {
+				return ClientFrame{}, false
+			}
+			haveType = true
+			v, ok := s.rawString()
+			if !ok {
+				return ClientFrame{}, false
+			}
+			typ = string(v)
+		case "Data":
+			if haveDt || !s.data(&d) {
+				return ClientFrame{}, false
+			}
+			haveDt = true
+		default:
+			return ClientFrame{}, false
+		}
+		if s.skip(',') {
+			continue
+		}
+		if s.skip('}') {
+			break
+		}
+		return ClientFrame{}, false
+	}
+	if s.ws(); s.i != len(b) || !haveType || !haveDt {
+		return ClientFrame{}, false
+	}
+	// Fields of another Type are ignored, as encoding/json ignores them.
+	f := ClientFrame{Type: typ}
+	switch typ {
+	case TypeSubscribe:
+		f.Subscribe = &Subscribe{UserID: d.userID, SubscriptionKey: d.subscriptionKey, Protocol: d.protocol, PubKey: d.pubKey, Signature: d.signature}
+	case TypeAck:
+		f.Ack = &Ack{MessageID: d.messageID}
+	case TypePublish:
+		f.Publish = &Publish{EncryptedMessage: d.encryptedMessage, Recipient: d.recipient, Ref: d.ref, Fallback: d.fallback}
+	case TypeAuthRequest:
+		f.AuthRequest = &AuthRequest{PeerID: d.peerID}
+	default:
+		return ClientFrame{}, false
+	}
+	return f, true
+}
+
+// scanner is parseFast's cursor.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// skip consumes c after optional whitespace, if it is there.
+func (s *scanner) skip(c byte) bool {
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// rawString reads a string without escapes or control characters, in
+// valid UTF-8, and returns its bytes (a slice of the input).
+func (s *scanner) rawString() ([]byte, bool) {
+	if !s.skip('"') {
+		return nil, false
+	}
+	rest := s.b[s.i:]
+	n := bytes.IndexByte(rest, '"')
+	if n < 0 {
+		return nil, false
+	}
+	v := rest[:n]
+	ascii := true
+	for _, c := range v {
+		if c < 0x20 || c == '\\' {
+			return nil, false
+		}
+		if c >= 0x80 {
+			ascii = false
+		}
+	}
+	if !ascii && !utf8.Valid(v) {
+		return nil, false
+	}
+	s.i += n + 1
+	return v, true
+}
+
+// data reads the Data object into d.
+func (s *scanner) data(d *dataFields) bool {
+	if !s.skip('{') {
+		return false
+	}
+	if s.skip('}') {
+		return true
+	}
+	for {
+		k, ok := s.rawString()
+		if !ok || !s.skip(':') {
+			return false
+		}
+		var (
+			bit uint16
+			dst *string
+		)
+		switch string(k) {
+		case "userID":
+			bit, dst = fUserID, &d.userID
+		case "subscriptionKey":
+			bit, dst = fSubscriptionKey, &d.subscriptionKey
+		case "protocol":
+			bit = fProtocol
+		case "pubkey":
+			bit, dst = fPubKey, &d.pubKey
+		case "signature":
+			bit, dst = fSignature, &d.signature
+		case "messageID":
+			bit, dst = fMessageID, &d.messageID
+		case "encryptedMessage":
+			bit, dst = fEncryptedMessage, &d.encryptedMessage
+		case "recipient":
+			bit, dst = fRecipient, &d.recipient
+		case "ref":
+			bit, dst = fRef, &d.ref
+		case "peerID":
+			bit, dst = fPeerID, &d.peerID
+		case "fallback":
+			bit, dst = fFallback, &d.fallback
+		default:
+			return false
+		}
+		if d.seen&bit != 0 {
+			return false
+		}
+		d.seen |= bit
+		if dst != nil {
+			v, ok := s.rawString()
+			if !ok {
+				return false
+			}
+			*dst = string(v)
+		} else if d.protocol, ok = s.smallInt(); !ok {
+			return false
+		}
+		if s.skip(',') {
+			continue
+		}
+		return s.skip('}')
+	}
+}
+
+// smallInt reads a non-negative integer of at most 9 digits without a
+// leading zero; what follows it must end the number.
+func (s *scanner) smallInt() (int, bool) {
+	s.ws()
+	start, n := s.i, 0
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		n = n*10 + int(s.b[s.i]-'0')
+		s.i++
+	}
+	digits := s.i - start
+	if digits == 0 || digits > 9 || (digits > 1 && s.b[start] == '0') {
+		return 0, false
+	}
+	if s.i < len(s.b) {
+		switch s.b[s.i] {
+		case '.', 'e', 'E':
+			return 0, false
+		}
+	}
+	return n, true
 }
 
 // jsonReason turns a decoding error into words that name the field.
@@ -281,10 +538,41 @@ func DeliveryFrame(id string, ciphertext []byte) []byte {
 
 // ChallengeFrame, PublishResultFrame, DrainedFrame and Level2ErrorFrame
 // encode the level-2 server frames.
-func ChallengeFrame(c AuthChallenge) []byte     { return typedFrame(TypeAuthChallenge, c) }
-func PublishResultFrame(r PublishResult) []byte { return typedFrame(TypePublishResult, r) }
-func DrainedFrame(count int) []byte             { return typedFrame(TypeDrained, Drained{Count: count}) }
-func Level2ErrorFrame(reason string) []byte     { return typedFrame(TypeError, ErrorData{Reason: reason}) }
+func ChallengeFrame(c AuthChallenge) []byte { return typedFrame(TypeAuthChallenge, c) }
+func DrainedFrame(count int) []byte         { return typedFrame(TypeDrained, Drained{Count: count}) }
+func Level2ErrorFrame(reason string) []byte { return typedFrame(TypeError, ErrorData{Reason: reason}) }
+
+// PublishResultFrame encodes the answer to a level-2 publish.
+func PublishResultFrame(r PublishResult) []byte {
+	if !plainJSON(r.ID) || !plainJSON(r.Ref) || !plainJSON(r.Status) || !plainJSON(r.Reason) {
+		return typedFrame(TypePublishResult, r)
+	}
+	// One per publish: built by hand, byte for byte what typedFrame makes.
+	b := make([]byte, 0, 64+len(r.ID)+len(r.Ref)+len(r.Status)+len(r.Reason))
+	b = append(b, `{"Type":"PublishResult","Data":{"id":"`...)
+	b = append(b, r.ID...)
+	b = append(b, `","ref":"`...)
+	b = append(b, r.Ref...)
+	b = append(b, `","status":"`...)
+	b = append(b, r.Status...)
+	if r.Reason != "" {
+		b = append(b, `","reason":"`...)
+		b = append(b, r.Reason...)
+	}
+	return append(b, `"}}`...)
+}
+
+// plainJSON reports whether encoding/json writes s as is between quotes:
+// printable ASCII without the characters it escapes.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
 
 func typedFrame(typ string, data any) []byte {
 	b, err := json.Marshal(struct {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -36,6 +38,11 @@ func TestParseClientFrame(t *testing.T) {
 		}},
 		{"publish with ref and extra field", `{"Type":"EncryptedMessage","Data":{"encryptedMessage":"eA==","recipient":"r","ref":"7","x":1}}`, func(t *testing.T, f ClientFrame) {
 			if f.Publish == nil || f.Publish.Ref != "7" || f.Publish.Recipient != "r" {
+				t.Errorf("got %+v", f.Publish)
+			}
+		}},
+		{"publish with fallback", `{"Type":"EncryptedMessage","Data":{"encryptedMessage":"eA==","recipient":"r","fallback":"relay"}}`, func(t *testing.T, f ClientFrame) {
+			if f.Publish == nil || f.Publish.Fallback != FallbackRelay {
 				t.Errorf("got %+v", f.Publish)
 			}
 		}},
@@ -131,6 +138,77 @@ func TestDecodeCiphertext(t *testing.T) {
 	}
 }
 
+// describe prints a parsed frame with its Data, for failure messages.
+func describe(f ClientFrame) string {
+	return fmt.Sprintf("%s %+v %+v %+v %+v", f.Type, f.Subscribe, f.Ack, f.Publish, f.AuthRequest)
+}
+
+// TestParseFastTakesOrdinaryFrames: the frames clients send in the
+// ordinary way take the one-pass path (else every publish would pay for
+// encoding/json again), and read the same as through encoding/json.
+func TestParseFastTakesOrdinaryFrames(t *testing.T) {
+	ct := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xfb, 0x01}, 512))
+	frames := [][]byte{
+		ClientFrameBytes(TypePublish, Publish{EncryptedMessage: ct, Recipient: "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg", Ref: "ref-1"}),
+		ClientFrameBytes(TypePublish, Publish{EncryptedMessage: ct, Recipient: "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg"}),
+		ClientFrameBytes(TypePublish, Publish{EncryptedMessage: ct, Recipient: "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg", Ref: "r", Fallback: FallbackRelay}),
+		ClientFrameBytes(TypeAck, Ack{MessageID: MessageID([]byte("x"))}),
+		ClientFrameBytes(TypeSubscribe, Subscribe{UserID: "u", SubscriptionKey: "k"}),
+		ClientFrameBytes(TypeSubscribe, Subscribe{UserID: "u", SubscriptionKey: "k", Protocol: 2, PubKey: "ab", Signature: "cd"}),
+		ClientFrameBytes(TypeAuthRequest, AuthRequest{PeerID: "p"}),
+		[]byte(`{"Type":"EncryptedMessage","Data":{"encryptedMessage":"eA==","recipient":"r","ref":"é"}}`),
+	}
+	for _, b := range frames {
+		fast, ok := parseFast(b)
+		if !ok {
+			t.Errorf("parseFast refused %.80s", b)
+			continue
+		}
+		slow, err := parseSlow(b)
+		if err != nil || !reflect.DeepEqual(fast, slow) {
+			t.Errorf("%.80s: parseFast read %s, encoding/json %s (%v)", b, describe(fast), describe(slow), err)
+		}
+	}
+}
+
+// FuzzPublishResultFrame: the hand-built PublishResult frame is exactly
+// what encoding/json makes.
+func FuzzPublishResultFrame(f *testing.F) {
+	f.Add(MessageID([]byte("x")), "ref-1", StatusQueued, "")
+	f.Add(MessageID([]byte("x")), "", StatusRejected, ReasonInvalid+"recipient: not a peer ID")
+	f.Add("id", "<&>", "s", "\"quoted\" \\ é \x00")
+	f.Fuzz(func(t *testing.T, id, ref, status, reason string) {
+		r := PublishResult{ID: id, Ref: ref, Status: status, Reason: reason}
+		if got, want := PublishResultFrame(r), typedFrame(TypePublishResult, r); !bytes.Equal(got, want) {
+			t.Fatalf("PublishResultFrame(%+v) = %s, encoding/json makes %s", r, got, want)
+		}
+	})
+}
+
+func BenchmarkParseClientFrame(b *testing.B) {
+	frame := ClientFrameBytes(TypePublish, Publish{
+		EncryptedMessage: base64.StdEncoding.EncodeToString(make([]byte, 1024)),
+		Recipient:        "QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg",
+		Ref:              "r",
+	})
+	b.Run("one-pass", func(b *testing.B) {
+		b.SetBytes(int64(len(frame)))
+		for b.Loop() {
+			if _, err := ParseClientFrame(frame); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.SetBytes(int64(len(frame)))
+		for b.Loop() {
+			if _, err := parseSlow(frame); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
 // FuzzParseClientFrame: no input panics, and whatever parses re-encodes and
 // parses to the same type.
 func FuzzParseClientFrame(f *testing.F) {
@@ -144,7 +222,37 @@ func FuzzParseClientFrame(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	for _, s := range []string{
+		` { "Type" : "AckMessage" , "Data" : { "messageID" : "m" } } `,
+		`{"Data":{"protocol":2,"userID":"u","subscriptionKey":"k","pubkey":"","signature":"s"},"Type":"SubscribeMessage"}`,
+		`{"Type":"SubscribeMessage","Data":{"protocol":02}}`,
+		`{"Type":"SubscribeMessage","Data":{"protocol":2.0}}`,
+		`{"Type":"SubscribeMessage","Data":{"protocol":1e1}}`,
+		`{"Type":"SubscribeMessage","Data":{"protocol":9999999999}}`,
+		`{"Type":"AckMessage","Data":{"messageID":"m","messageID":"n"}}`,
+		`{"Type":"AckMessage","Data":{"MessageID":"m"}}`,
+		`{"Type":"AckMessage","Data":{"messageID":"m\u0041"}}`,
+		"{\"Type\":\"AckMessage\",\"Data\":{\"messageID\":\"\xff\"}}",
+		"{\"Type\":\"AckMessage\",\"Data\":{\"messageID\":\"\xc3\xa9\"}}",
+		`{"Type":"AckMessage","Data":{"recipient":"r"}}`,
+		`{"Type":"AckMessage","Data":{}}`,
+		`{"Type":"AckMessage","Data":{"messageID":"m"}}x`,
+		`{"Type":"AckMessage","Type":"AuthRequest","Data":{}}`,
+		`{"Type":"EncryptedMessage","Data":{"encryptedMessage":"eA==","recipient":"r"},"userID":"u"}`,
+	} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The one-pass reader agrees with encoding/json wherever it answers.
+		if fast, ok := parseFast(b); ok {
+			slow, err := parseSlow(b)
+			if err != nil {
+				t.Fatalf("parseFast accepted %q, encoding/json refuses it: %v", b, err)
+			}
+			if !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("%q: parseFast read %s, encoding/json %s", b, describe(fast), describe(slow))
+			}
+		}
 		fr, err := ParseClientFrame(b)
 		if err != nil {
 			return

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
+	"unicode/utf8"
 
 	"github.com/mr-tron/base58"
 )
@@ -26,6 +28,41 @@ const RelayPrefixBits = 16
 // Ed25519 public key: field 1 KeyType=Ed25519(1), field 2 bytes of length 32.
 var marshalledEd25519Prefix = []byte{0x08, 0x01, 0x12, 0x20}
 
+// MaxPeerIDChars bounds the text of a peer ID or subscription key, checked
+// before any base58 decoding (which costs quadratic time in the input's
+// length). A sha2-256 ID ("Qm…") is 46 characters and an Ed25519 identity
+// ID ("12D3Koo…") 52; 128 leaves room for any multihash either form could
+// grow into without letting a hostile client buy seconds of CPU.
+const MaxPeerIDChars = 128
+
+// excerptChars bounds how much of a client's input an error message
+// quotes: the quoted text (escapes included) is at most this long.
+const excerptChars = 64
+
+// Excerpt quotes s for an error message, cut to a few dozen characters
+// with an ellipsis and the input's length when longer, so an error never
+// echoes a large input.
+func Excerpt(s string) string {
+	if len(s) <= excerptChars {
+		if q := strconv.Quote(s); len(q) <= excerptChars+2 {
+			return q
+		}
+	}
+	cut := min(len(s), excerptChars)
+	for {
+		for cut > 0 && cut < len(s) && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		if q := strconv.Quote(s[:cut]); len(q) <= excerptChars+2 || cut == 0 {
+			return fmt.Sprintf("%s… (%d bytes)", q, len(s))
+		}
+		cut -= 4
+		if cut < 0 {
+			cut = 0
+		}
+	}
+}
+
 // ErrInvalidPeerID is wrapped by every peer ID parse error.
 var ErrInvalidPeerID = errors.New("invalid peer ID")
 
@@ -44,28 +81,31 @@ func ParsePeerID(s string) (PeerID, error) {
 	if s == "" {
 		return PeerID{}, fmt.Errorf("%w: empty", ErrInvalidPeerID)
 	}
+	if len(s) > MaxPeerIDChars {
+		return PeerID{}, fmt.Errorf("%w: %s is longer than a peer ID can be (%d characters)", ErrInvalidPeerID, Excerpt(s), MaxPeerIDChars)
+	}
 	raw, err := base58.Decode(s)
 	if err != nil {
-		return PeerID{}, fmt.Errorf("%w: %q is not base58", ErrInvalidPeerID, s)
+		return PeerID{}, fmt.Errorf("%w: %s is not base58", ErrInvalidPeerID, Excerpt(s))
 	}
 	if len(raw) < 2 {
-		return PeerID{}, fmt.Errorf("%w: %q is too short", ErrInvalidPeerID, s)
+		return PeerID{}, fmt.Errorf("%w: %s is too short", ErrInvalidPeerID, Excerpt(s))
 	}
 	code, length, body := raw[0], int(raw[1]), raw[2:]
 	if len(body) != length {
-		return PeerID{}, fmt.Errorf("%w: %q has a multihash length that does not match its digest", ErrInvalidPeerID, s)
+		return PeerID{}, fmt.Errorf("%w: %s has a multihash length that does not match its digest", ErrInvalidPeerID, Excerpt(s))
 	}
 	switch {
 	case code == mhSHA256 && length == sha256Len:
 		return PeerID{text: s, digest: body}, nil
 	case code == mhIdentity && length == len(marshalledEd25519Prefix)+ed25519.PublicKeySize:
 		if _, err := UnmarshalPublicKey(body); err != nil {
-			return PeerID{}, fmt.Errorf("%w: %q: %v", ErrInvalidPeerID, s, err)
+			return PeerID{}, fmt.Errorf("%w: %s: %v", ErrInvalidPeerID, Excerpt(s), err)
 		}
 		sum := sha256.Sum256(body)
 		return PeerID{text: s, digest: sum[:], pubkey: body}, nil
 	default:
-		return PeerID{}, fmt.Errorf("%w: %q is neither a sha2-256 (Qm…) nor an Ed25519 identity (12D3Koo…) multihash", ErrInvalidPeerID, s)
+		return PeerID{}, fmt.Errorf("%w: %s is neither a sha2-256 (Qm…) nor an Ed25519 identity (12D3Koo…) multihash", ErrInvalidPeerID, s)
 	}
 }
 
@@ -124,10 +164,14 @@ func encodeSHA256Multihash(digest []byte) string {
 
 // ValidSubscriptionKey checks that s is a base58 sha2-256 multihash (34 bytes
 // starting 12 20), the only form a subscription key takes.
+// Input longer than MaxPeerIDChars is refused before decoding.
 func ValidSubscriptionKey(s string) error {
+	if len(s) > MaxPeerIDChars {
+		return fmt.Errorf("invalid subscription key %s: longer than a key can be (%d characters); want a base58 sha2-256 multihash (Qm…)", Excerpt(s), MaxPeerIDChars)
+	}
 	raw, err := base58.Decode(s)
 	if err != nil || len(raw) != 2+sha256Len || raw[0] != mhSHA256 || raw[1] != sha256Len {
-		return fmt.Errorf("invalid subscription key %q: want a base58 sha2-256 multihash (Qm…)", s)
+		return fmt.Errorf("invalid subscription key %s: want a base58 sha2-256 multihash (Qm…)", Excerpt(s))
 	}
 	return nil
 }

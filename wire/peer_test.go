@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSubscriptionKeyVectors(t *testing.T) {
@@ -103,4 +104,89 @@ func TestMessageID(t *testing.T) {
 			t.Errorf("ValidMessageID(%q) = true", s)
 		}
 	}
+}
+
+// TestHugeInputIsRefusedCheaply: base58 decoding is quadratic, so a 1 MB
+// peer ID or subscription key would cost seconds of CPU (it did: about
+// 6 s). Over-long input is refused before decoding, and the error quotes
+// only a few dozen characters of it.
+func TestHugeInputIsRefusedCheaply(t *testing.T) {
+	huge := strings.Repeat("z", 1<<20)
+	for _, tt := range []struct {
+		name  string
+		check func(string) error
+	}{
+		{"ParsePeerID", func(s string) error { _, err := ParsePeerID(s); return err }},
+		{"ValidSubscriptionKey", ValidSubscriptionKey},
+	} {
+		start := time.Now()
+		err := tt.check(huge)
+		el := time.Since(start)
+		if err == nil {
+			t.Fatalf("%s accepted 1 MB", tt.name)
+		}
+		// A generous bound for a loaded machine; decoding takes seconds.
+		if el > 100*time.Millisecond {
+			t.Errorf("%s took %v on 1 MB of input", tt.name, el)
+		}
+		if len(err.Error()) > 200 {
+			t.Errorf("%s error is %d bytes long: %.200s", tt.name, len(err.Error()), err)
+		}
+		if !strings.Contains(err.Error(), "longer than") {
+			t.Errorf("%s error %q does not say what is wrong", tt.name, err)
+		}
+	}
+	// The longest real forms still parse.
+	_, pub := testKey(t, 3)
+	ident, err := IdentityPeerID(pub)
+	if err != nil || len(ident.String()) > MaxPeerIDChars {
+		t.Fatalf("identity peer ID %q (%d chars): %v", ident, len(ident.String()), err)
+	}
+	if _, err := ParsePeerID(ident.String()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExcerpt(t *testing.T) {
+	if got := Excerpt("short"); got != `"short"` {
+		t.Errorf("Excerpt(short) = %s", got)
+	}
+	got := Excerpt(strings.Repeat("é", 100))
+	if len(got) > 100 || !strings.Contains(got, "…") || !strings.Contains(got, "(200 bytes)") {
+		t.Errorf("Excerpt of 200 bytes = %s", got)
+	}
+}
+
+// FuzzParsePeerID: no input panics; over-long input is refused whatever it
+// holds; whatever parses has a canonical form that parses to the same
+// subscription key; errors quote a bounded part of the input.
+func FuzzParsePeerID(f *testing.F) {
+	_, pub := testKey(f, 1)
+	ident, _ := IdentityPeerID(pub)
+	for _, s := range []string{
+		"QmaSAmPPynrWfz1R8XvRm1GX6ghzPze6XSZCov6fWWUzSg", ident.String(),
+		"QmaGLQjHHdeZ3wKtKqHS9etMwSUDnckHnAYS6eqvAgp2Hf", "", "1", "0OIl",
+		strings.Repeat("z", MaxPeerIDChars+1), strings.Repeat("1", 4000),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePeerID(s)
+		if keyErr := ValidSubscriptionKey(s); keyErr != nil && len(keyErr.Error()) > 300 {
+			t.Fatalf("subscription key error of %d bytes", len(keyErr.Error()))
+		}
+		if err != nil {
+			if len(err.Error()) > 300 {
+				t.Fatalf("error of %d bytes", len(err.Error()))
+			}
+			return
+		}
+		if len(s) > MaxPeerIDChars {
+			t.Fatalf("parsed %d characters", len(s))
+		}
+		c, err := ParsePeerID(p.Canonical())
+		if err != nil || c.SubscriptionKey(RelayPrefixBits) != p.SubscriptionKey(RelayPrefixBits) {
+			t.Fatalf("canonical %q of %q: %v", p.Canonical(), s, err)
+		}
+	})
 }

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"courier/relay"
+	"courier/relay/redisstore"
 	"courier/relay/sqlitestore"
 	"courier/relay/webclient"
 )
@@ -60,7 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		m.Logger.Info("signal received: shutting down")
+		m.Logger.Info("signal received: draining, then shutting down", "drain_delay", m.Config.DrainDelay)
+		m.Drain(m.Config.DrainDelay)
 	case serveErr = <-m.ServeErr():
 		m.Logger.Error("serving failed: shutting down", "err", serveErr)
 	}
@@ -76,7 +78,7 @@ type Main struct {
 	Logger *slog.Logger
 
 	stderr   io.Writer
-	store    *sqlitestore.Store
+	store    relay.Store
 	srv      *relay.Server
 	httpSrv  *http.Server
 	ln       net.Listener
@@ -149,22 +151,14 @@ func (m *Main) ParseFlags(args []string, stdout io.Writer) error {
 func (m *Main) Open() error {
 	cfg := m.Config
 	var srvp atomic.Pointer[relay.Server]
-	st, err := sqlitestore.Open(cfg.Store.Path, sqlitestore.Options{
-		Quota:       cfg.Limits.Quota(),
-		Synchronous: cfg.Store.Synchronous,
-		MaxBatch:    cfg.Store.MaxBatch,
-		OnCommit: func(batch int, d time.Duration) {
-			if s := srvp.Load(); s != nil {
-				s.ObserveCommit(batch, d)
-			}
-		},
-		Logger: m.Logger.With("component", "store"),
-	})
-	if errors.Is(err, sqlitestore.ErrLocked) {
-		return err // it names the lock file and says what to do
+	onCommit := func(batch int, d time.Duration) {
+		if s := srvp.Load(); s != nil {
+			s.ObserveCommit(batch, d)
+		}
 	}
+	st, err := m.openStore(onCommit)
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	m.store = st
 
@@ -194,9 +188,67 @@ func (m *Main) Open() error {
 			m.serveErr <- err
 		}
 	}()
+	where := cfg.Store.Path
+	if cfg.Store.Driver == "redis" {
+		where = "redis " + cfg.Store.URL
+		if cfg.Store.URL == "" {
+			where = "redis sentinel " + cfg.Store.MasterName
+		}
+	}
 	m.Logger.Info("courier-relay listening", "addr", ln.Addr().String(), "version", version,
-		"public_host", cfg.PublicHost, "store", cfg.Store.Path)
+		"public_host", cfg.PublicHost, "store", where, "offline_bridge", cfg.Offline != nil)
 	return nil
+}
+
+// openStore opens the store the configuration names.
+func (m *Main) openStore(onCommit func(int, time.Duration)) (relay.Store, error) {
+	cfg := m.Config
+	logger := m.Logger.With("component", "store")
+	if cfg.Store.Driver == "redis" {
+		rdb, err := redisstore.NewClient(cfg.Store)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		st, err := redisstore.Open(ctx, rdb, redisstore.Options{
+			Quota:     cfg.Limits.Quota(),
+			Namespace: cfg.Store.Namespace,
+			MaxBatch:  cfg.Store.MaxBatch,
+			OnCommit:  onCommit,
+			Logger:    logger,
+		})
+		if err != nil {
+			rdb.Close()
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return st, nil
+	}
+	st, err := sqlitestore.Open(cfg.Store.Path, sqlitestore.Options{
+		Quota:       cfg.Limits.Quota(),
+		Synchronous: cfg.Store.Synchronous,
+		MaxBatch:    cfg.Store.MaxBatch,
+		OnCommit:    onCommit,
+		Logger:      logger,
+	})
+	if errors.Is(err, sqlitestore.ErrLocked) {
+		return nil, err // it names the lock file and says what to do
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return st, nil
+}
+
+// Drain reports not ready (/readyz 503) for d while still serving, so
+// that the front (HAProxy) takes this instance out of rotation before its
+// connections are closed.
+func (m *Main) Drain(d time.Duration) {
+	if m.srv == nil || d <= 0 {
+		return
+	}
+	m.srv.Drain()
+	time.Sleep(d)
 }
 
 // Addr is the bound address, once Open has succeeded.

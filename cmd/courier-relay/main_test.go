@@ -59,6 +59,7 @@ const testConfig = `
 listen = "127.0.0.1:1"   # overridden by -listen
 public_host = "relay.test"
 log_level = "debug"
+drain_delay = "0s"
 [store]
 path = "$DIR/relay.db"
 `
@@ -220,10 +221,16 @@ func TestFlags(t *testing.T) {
 	for _, tt := range []struct{ name, body, want string }{
 		{"unknown key", "[limits]\nmax_conections = 5", "limits.max_conections"},
 		{"bad value", "[keepalive]\nping_interval = \"-1s\"", "keepalive.ping_interval"},
-		{"redis", "[store]\ndriver = \"redis\"", "not supported yet"},
+		{"redis without a server", "[store]\ndriver = \"redis\"", "store.url"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := run(context.Background(), []string{"-config", writeConfig(t, tt.body)}, &out, &out)
+			// Were the config wrongly accepted, the relay would serve: on a
+			// free port, with its database in a temporary directory, and
+			// only until the deadline, so the test fails fast.
+			t.Chdir(t.TempDir())
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			err := run(ctx, []string{"-config", writeConfig(t, tt.body), "-listen", "127.0.0.1:0"}, &out, &out)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("run = %v, want an error naming %q", err, tt.want)
 			}
@@ -286,6 +293,91 @@ func TestSIGTERMExitsZero(t *testing.T) {
 		t.Fatal(err)
 	}
 	go io.Copy(io.Discard, stderr)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+// TestSIGTERMDrains: on SIGTERM the relay first answers /readyz 503 while
+// it still serves (its clients stay connected) for drain_delay, then
+// closes its clients with 1012 and exits 0.
+func TestSIGTERMDrains(t *testing.T) {
+	cfg := writeConfig(t, strings.Replace(testConfig, `drain_delay = "0s"`, `drain_delay = "3s"`, 1))
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), mainChildEnv+"=-config\n"+cfg+"\n-listen\n127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(stderr)
+	var addr string
+	for addr == "" && sc.Scan() {
+		if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
+			addr = m[1]
+		}
+	}
+	if addr == "" {
+		t.Fatal("no listening line")
+	}
+	go io.Copy(io.Discard, stderr)
+	readyz := func() int {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return -1
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := readyz(); code != 200 {
+		t.Fatalf("readyz before SIGTERM: %d", code)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, "ws://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	if err := ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(wire.TypeSubscribe, wire.Subscribe{UserID: "u", SubscriptionKey: wire.PeerIDFromPublicKey(make([]byte, 36)).SubscriptionKey(wire.RelayPrefixBits)})); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := ws.Read(ctx); err != nil || string(b) != string(wire.SubscribeOK) {
+		t.Fatalf("subscribe: %s, %v", b, err)
+	}
+	closed := make(chan error, 1)
+	go func() {
+		_, _, err := ws.Read(ctx)
+		closed <- err
+	}()
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for readyz() != 503 {
+		if time.Now().After(deadline) {
+			t.Fatal("readyz never answered 503 after SIGTERM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Still serving: a new client is accepted while draining.
+	ws2, _, err := websocket.Dial(ctx, "ws://"+addr+"/", nil)
+	if err != nil {
+		t.Fatalf("dial while draining: %v", err)
+	}
+	ws2.CloseNow()
+	err = <-closed
+	if websocket.CloseStatus(err) != wire.CloseServiceRestart {
+		t.Fatalf("client closed with %v, want 1012", err)
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("clients closed %v after SIGTERM, want after the 3s drain delay", d)
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}

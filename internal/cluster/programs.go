@@ -47,6 +47,22 @@ func (c *Cluster) StartRelay(ctx context.Context, name, extraTOML string) (*Rela
 	return &Relay{Proc: p, Config: cfg}, nil
 }
 
+// StartRelayConfig starts courier-relay on the whole TOML configuration
+// given (a Redis store, say); its listen key is overridden with a free
+// loopback port, which a restart keeps.
+func (c *Cluster) StartRelayConfig(ctx context.Context, name, toml string) (*Relay, error) {
+	cfg := filepath.Join(c.Dir, name+".toml")
+	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := c.start(ctx, name, c.Bins.Relay, []string{"-config", cfg, "-listen", "127.0.0.1:0"}, relayAddrRE)
+	if err != nil {
+		return nil, err
+	}
+	p.args[len(p.args)-1] = p.Addr() // a restart comes back on the same port
+	return &Relay{Proc: p, Config: cfg}, nil
+}
+
 // DevNode is a running devnode: a stand-in OpenBazaar node.
 type DevNode struct {
 	*Proc

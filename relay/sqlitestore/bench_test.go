@@ -3,6 +3,7 @@ package sqlitestore
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,7 +48,7 @@ func BenchmarkPut(b *testing.B) {
 		i := 0
 		for pb.Next() {
 			i++
-			r := <-s.Put(benchMessage(peers[i%len(peers)], 1024))
+			r := <-s.Put(benchMessage(peers[i%len(peers)], 1024), nil)
 			if r.Err != nil {
 				b.Error(r.Err)
 				return
@@ -73,7 +74,7 @@ func BenchmarkPending(b *testing.B) {
 		if i%2 == 1 {
 			to = other
 		}
-		chans = append(chans, s.Put(benchMessage(to, 1024)))
+		chans = append(chans, s.Put(benchMessage(to, 1024), nil))
 	}
 	var ids []string
 	var maxSeq int64
@@ -118,6 +119,63 @@ func BenchmarkPending(b *testing.B) {
 				read += len(ms)
 			}
 			b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkPutAck: what the relay's ack-each load asks of the store per
+// message: a put, and the recipient's ack of it once its result is in,
+// with up to 256 puts in flight (the relay's max_inflight), on one key
+// and on 64 keys. Reports the writer goroutine's CPU share per message
+// (the store-cpu-µs/msg that stands alone on a busy machine is in the
+// relay's BenchmarkThroughput).
+func BenchmarkPutAck(b *testing.B) {
+	for _, keys := range []int{1, 64} {
+		b.Run(fmt.Sprintf("keys-%d", keys), func(b *testing.B) {
+			var commits, writes atomic.Int64
+			s, _ := openTest(b, Options{OnCommit: func(n int, _ time.Duration) {
+				commits.Add(1)
+				writes.Add(int64(n))
+			}})
+			peers := benchPeers(keys)
+			msgs := make([]relay.Message, b.N)
+			for i := range msgs {
+				msgs[i] = benchMessage(peers[i%len(peers)], 1024)
+			}
+			puts := make(chan (<-chan relay.PutResult), 256)
+			acks := make(chan (<-chan relay.AckResult), 256)
+			done := make(chan struct{})
+			go func() { // the subscriber: acks each message once it is stored
+				defer close(acks)
+				for ch := range puts {
+					r := <-ch
+					if r.Err != nil {
+						b.Error(r.Err)
+						return
+					}
+					acks <- s.Ack(relay.Subscriber{Peer: true, ID: r.Message.Recipient}, r.Message.ID)
+				}
+			}()
+			go func() {
+				defer close(done)
+				for ch := range acks {
+					if r := <-ch; r.Err != nil || !r.ByRecipient {
+						b.Errorf("ack: %+v", r)
+					}
+				}
+			}()
+			b.SetBytes(1024)
+			b.ResetTimer()
+			for _, m := range msgs {
+				puts <- s.Put(m, nil)
+			}
+			close(puts)
+			<-done
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			if c := commits.Load(); c > 0 {
+				b.ReportMetric(float64(writes.Load())/float64(c), "writes/commit")
+			}
 		})
 	}
 }

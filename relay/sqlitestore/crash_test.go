@@ -186,7 +186,7 @@ func crashChild(path string) {
 			for i := 0; ; i++ {
 				p := peers[(w+i)%len(peers)]
 				m := storetest.NewMessage(p, fmt.Sprintf("crash child %d writer %d message %d", os.Getpid(), w, i))
-				r := <-s.Put(m)
+				r := <-s.Put(m, nil)
 				if r.Err != nil {
 					fail(r.Err)
 				}

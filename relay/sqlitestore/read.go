@@ -78,3 +78,16 @@ func (s *Store) Stats(ctx context.Context) (relay.Stats, error) {
 	}
 	return st, nil
 }
+
+// Ready implements relay.Readier: the store is open and its database
+// answers a read.
+func (s *Store) Ready(ctx context.Context) error {
+	if s.isClosed() {
+		return fmt.Errorf("sqlitestore: %w", relay.ErrClosed)
+	}
+	var one int
+	if err := s.r.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("sqlitestore: %w", err)
+	}
+	return nil
+}

@@ -75,6 +75,9 @@ const (
 	// burst of large messages makes several commits, not one huge one.
 	maxBatchBytes = 64 << 20
 	readConns     = 8
+	// walCheckpointPages is the WAL size (in pages of 4 KiB) at which the
+	// writer checkpoints: about 40 MiB.
+	walCheckpointPages = 10000
 )
 
 // Store is a relay.Store on SQLite. Create it with Open.
@@ -88,14 +91,24 @@ type Store struct {
 	sweepChunk int
 	batchBytes int
 
+	// Owned by the writer goroutine (and open, before it starts).
+	stmts   [numStmts]*sql.Stmt // prepared on w
+	usage   map[string]usage    // committed unacked usage per key: key_usage, in memory
+	lastNow int64               // the newest stored_at written
+	recent  recentPuts          // where the latest puts are, for their acks
+	// unmarked: outcomes went to the announcer since its last marker.
+	unmarked bool
+
 	mu     sync.Mutex
 	cond   *sync.Cond // signalled when queue grows or closed is set
 	queue  []write
 	closed bool
 
-	done      chan struct{} // closed when the writer goroutine has exited
-	closeOnce sync.Once
-	closeErr  error
+	announcements chan announcement // writer -> announcer; closed by the writer as it exits
+	announcerDone chan struct{}     // closed when the announcer goroutine has exited
+	done          chan struct{}     // closed when the writer goroutine has exited
+	closeOnce     sync.Once
+	closeErr      error
 }
 
 var _ relay.Store = (*Store)(nil)
@@ -117,13 +130,19 @@ func Open(path string, opts Options) (*Store, error) {
 		log:        opts.Logger,
 		sweepChunk: sweepChunk,
 		batchBytes: maxBatchBytes,
-		done:       make(chan struct{}),
+		usage:      make(map[string]usage),
+		// Room for a batch's outcomes: the writer rarely waits for the
+		// announcer.
+		announcements: make(chan announcement, 1024),
+		announcerDone: make(chan struct{}),
+		done:          make(chan struct{}),
 	}
 	s.cond = sync.NewCond(&s.mu)
 	if err := s.open(); err != nil {
 		s.closeHandles()
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
+	go s.announceLoop()
 	go s.run()
 	return s, nil
 }
@@ -193,6 +212,24 @@ func (s *Store) open() error {
 	if err != nil {
 		return err
 	}
+	// The writer checkpoints every walCheckpointPages of WAL instead of
+	// SQLite's 1000: pages that every commit touches (the tails of the
+	// table and its indexes, the totals) are copied into the database
+	// once per checkpoint, so fewer checkpoints copy less.
+	if _, err := s.w.ExecContext(ctx, fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walCheckpointPages)); err != nil {
+		return err
+	}
+	for i, q := range stmtSQL {
+		if s.stmts[i], err = s.w.PrepareContext(ctx, q); err != nil {
+			return fmt.Errorf("prepare %q: %w", q, err)
+		}
+	}
+	if err := s.loadUsage(ctx); err != nil {
+		return err
+	}
+	if _, err := s.w.ExecContext(ctx, handoffReleaseSQL, time.Now().UnixNano()); err != nil {
+		return fmt.Errorf("release hand-off leases: %w", err)
+	}
 
 	// mode=ro: these connections can never write, whatever a bug asks of them.
 	s.r, err = sql.Open("sqlite3", dsn(s.path,
@@ -213,6 +250,34 @@ func (s *Store) open() error {
 	return nil
 }
 
+// loadUsage reads key_usage into memory, where the writer keeps it (and
+// writes each key it changes back in the same transaction), and the newest
+// stored_at.
+func (s *Store) loadUsage(ctx context.Context) error {
+	rows, err := s.w.QueryContext(ctx, `SELECT key, messages, bytes FROM key_usage`)
+	if err != nil {
+		return fmt.Errorf("load quota usage: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			key string
+			u   usage
+		)
+		if err := rows.Scan(&key, &u.n, &u.b); err != nil {
+			return fmt.Errorf("load quota usage: %w", err)
+		}
+		s.usage[key] = u
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load quota usage: %w", err)
+	}
+	if err := s.w.QueryRowContext(ctx, `SELECT coalesce(max(stored_at), 0) FROM messages`).Scan(&s.lastNow); err != nil {
+		return fmt.Errorf("read newest message: %w", err)
+	}
+	return nil
+}
+
 // dsn builds a go-sqlite3 URI for path. The path is absolute and cleaned;
 // the characters a URI would misread are escaped.
 func dsn(path string, params ...string) string {
@@ -225,6 +290,11 @@ func (s *Store) closeHandles() error {
 	var errs []error
 	if s.r != nil {
 		errs = append(errs, s.r.Close())
+	}
+	for _, st := range s.stmts {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
 	}
 	// Closing the last connection checkpoints the WAL into the database.
 	if s.w != nil {
@@ -247,6 +317,7 @@ func (s *Store) Close() error {
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		<-s.done
+		<-s.announcerDone
 		if err := s.closeHandles(); err != nil {
 			s.closeErr = fmt.Errorf("sqlitestore: close %s: %w", s.path, err)
 		}

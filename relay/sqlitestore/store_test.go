@@ -49,6 +49,10 @@ func TestStore(t *testing.T) {
 		s, _ := openTest(t, Options{Quota: q})
 		return s
 	})
+	storetest.RunHandoff(t, func(t *testing.T) relay.HandoffStore {
+		s, _ := openTest(t, Options{})
+		return s
+	})
 }
 
 func TestStoreSmallBatches(t *testing.T) {
@@ -86,7 +90,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if got := storetest.AllPending(t, s, storetest.Anonymous("alice"), p.Key); len(got) != 1 || got[0].Seq != m2.Seq || !got[0].StoredAt.Equal(m2.StoredAt) {
 		t.Errorf("after reopen alice gets %+v, want only m2 as stored", got)
 	}
-	if r := storetest.Wait(t, s.Put(storetest.NewMessage(p, "three"))); !errors.Is(r.Err, relay.ErrOverQuota) {
+	if r := storetest.Wait(t, s.Put(storetest.NewMessage(p, "three"), nil)); !errors.Is(r.Err, relay.ErrOverQuota) {
 		t.Errorf("put over quota after reopen: %v; the usage table did not survive", r.Err)
 	}
 	storetest.MustAck(t, s, p.Sub(), m1.ID)
@@ -108,7 +112,7 @@ func TestCloseFlushesToDisk(t *testing.T) {
 	p := storetest.NewPeer(1)
 	var chans []<-chan relay.PutResult
 	for i := range 200 {
-		chans = append(chans, s.Put(storetest.NewMessage(p, fmt.Sprintf("flushed %d", i))))
+		chans = append(chans, s.Put(storetest.NewMessage(p, fmt.Sprintf("flushed %d", i)), nil))
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -318,7 +322,7 @@ func TestQueryPlans(t *testing.T) {
 		if i%3 == 0 {
 			to = b
 		}
-		chans = append(chans, s.Put(storetest.NewMessage(to, fmt.Sprintf("backlog %d", i))))
+		chans = append(chans, s.Put(storetest.NewMessage(to, fmt.Sprintf("backlog %d", i)), nil))
 	}
 	for _, ch := range chans {
 		if r := storetest.Wait(t, ch); r.Err != nil {
@@ -469,6 +473,54 @@ func TestPoisonedWrite(t *testing.T) {
 	checkUsage(t, s)
 }
 
+// TestPoisonedWriteEarlyOutcomes: a put announced early, in a batch that
+// runs again without a failed write, is announced once, with the Seq it
+// ends with.
+func TestPoisonedWriteEarlyOutcomes(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	poison := storetest.NewPeer(666)
+	if _, err := s.w.Exec(fmt.Sprintf(`CREATE TEMP TRIGGER poison BEFORE INSERT ON messages
+		WHEN NEW.recipient = '%s' BEGIN SELECT RAISE(ABORT, 'poisoned'); END`, poison.ID)); err != nil {
+		t.Fatal(err)
+	}
+	p := storetest.NewPeer(1)
+	var (
+		mu    sync.Mutex
+		heard []relay.PutResult
+	)
+	early := func(r relay.PutResult) {
+		mu.Lock()
+		heard = append(heard, r)
+		mu.Unlock()
+	}
+	s.mu.Lock()
+	var chans []chan relay.PutResult
+	for _, m := range []relay.Message{
+		storetest.NewMessage(p, "before"),
+		storetest.NewMessage(poison, "poison"),
+		storetest.NewMessage(p, "after"),
+	} {
+		ch := make(chan relay.PutResult, 1)
+		s.queue = append(s.queue, &putWrite{m: m, ch: ch, early: early})
+		chans = append(chans, ch)
+	}
+	s.cond.Signal()
+	s.mu.Unlock()
+	before, bad, after := storetest.Wait(t, chans[0]), storetest.Wait(t, chans[1]), storetest.Wait(t, chans[2])
+	if before.Err != nil || bad.Err == nil || after.Err != nil {
+		t.Fatalf("results: %v, %v, %v", before.Err, bad.Err, after.Err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(heard) != 2 || heard[0].Message.Seq != before.Message.Seq || heard[1].Message.Seq != after.Message.Seq {
+		var seqs []int64
+		for _, r := range heard {
+			seqs = append(seqs, r.Message.Seq)
+		}
+		t.Errorf("early outcomes with Seqs %v, want once each: %d, %d", seqs, before.Message.Seq, after.Message.Seq)
+	}
+}
+
 // TestCommitFailure: when the commit itself fails, every write of the batch
 // gets the error and none is applied; the store goes on working.
 func TestCommitFailure(t *testing.T) {
@@ -556,7 +608,7 @@ func TestPutRejectsIncompleteMessage(t *testing.T) {
 	} {
 		bad := m
 		tt.edit(&bad)
-		if r := storetest.Wait(t, s.Put(bad)); r.Err == nil {
+		if r := storetest.Wait(t, s.Put(bad, nil)); r.Err == nil {
 			t.Errorf("Put with %s: stored", tt.name)
 		}
 	}
@@ -596,6 +648,14 @@ func checkUsage(t testing.TB, s *Store) {
 	if fmt.Sprint(usage) != fmt.Sprint(want) {
 		t.Errorf("key_usage %v, messages say %v", usage, want)
 	}
+	// The writer's copy in memory, read by the writer between batches.
+	snap := &usageSnapshot{ch: make(chan map[string][2]int64, 1)}
+	if !s.enqueue(snap) {
+		t.Fatal("store closed")
+	}
+	if mem := storetest.Wait(t, snap.ch); fmt.Sprint(mem) != fmt.Sprint(want) {
+		t.Errorf("quota usage in memory %v, messages say %v", mem, want)
+	}
 	totals := query(`SELECT 'all', messages, bytes FROM totals`)
 	wantTotals := query(`SELECT 'all', count(*), coalesce(sum(size), 0) FROM messages`)
 	if fmt.Sprint(totals) != fmt.Sprint(wantTotals) {
@@ -623,7 +683,7 @@ func TestUsageStaysConsistent(t *testing.T) {
 			switch op := rng.IntN(10); {
 			case op < 5 || len(stored) == 0:
 				body := storetest.Body(fmt.Sprintf("r%d-%d", round, i), 1+rng.IntN(80))
-				puts = append(puts, s.Put(storetest.NewMessage(to, body)))
+				puts = append(puts, s.Put(storetest.NewMessage(to, body), nil))
 			case op < 9:
 				m := stored[rng.IntN(len(stored))]
 				sub := to.Sub()
@@ -635,7 +695,7 @@ func TestUsageStaysConsistent(t *testing.T) {
 				acks = append(acks, s.Ack(sub, m.ID))
 			default:
 				m := stored[rng.IntN(len(stored))]
-				puts = append(puts, s.Put(m)) // republish
+				puts = append(puts, s.Put(m, nil)) // republish
 			}
 		}
 		for _, ch := range puts {
@@ -670,4 +730,78 @@ func TestUsageStaysConsistent(t *testing.T) {
 			t.Fatalf("after round %d", round)
 		}
 	}
+}
+
+// usageSnapshot is a write that copies the writer's quota usage in memory.
+type usageSnapshot struct {
+	ch  chan map[string][2]int64
+	mem map[string][2]int64
+}
+
+func (u *usageSnapshot) kind() string { return "usage snapshot" }
+func (u *usageSnapshot) size() int    { return 0 }
+func (u *usageSnapshot) apply(t *wtx) error {
+	u.mem = make(map[string][2]int64)
+	for k, v := range t.s.usage {
+		u.mem[k] = [2]int64{v.n, v.b}
+	}
+	return nil
+}
+func (u *usageSnapshot) deliver(err error) { u.ch <- u.mem }
+
+// TestHandoffLeaseReleasedAtOpen: only one process opens a database, so
+// the leases of a process that died while claiming are over at the next
+// Open: its pending hand-offs are claimed again at once, not after the
+// lease.
+func TestHandoffLeaseReleasedAtOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s, err := Open(path, Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := storetest.NewMessage(storetest.NewPeer(1), "claimed, then the relay died")
+	now := time.Now()
+	storetest.MustPutHandoff(t, s, m, now)
+	if hs := storetest.MustClaim(t, s, "dead", now, time.Hour); len(hs) != 1 {
+		t.Fatalf("claimed %d, want 1", len(hs))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if hs := storetest.MustClaim(t, s, "next", time.Now(), time.Hour); len(hs) != 1 {
+		t.Errorf("after reopening, claimed %d hand-offs, want the 1 the old owner held", len(hs))
+	}
+}
+
+// TestRecipientAckTwice: acking a message again (the second ack finds it
+// among the recent puts too) changes neither the result nor the quota
+// usage; nor does an ack after it was swept.
+func TestRecipientAckTwice(t *testing.T) {
+	s, _ := openTest(t, Options{Quota: relay.Quota{MaxMessages: 2}})
+	p := storetest.NewPeer(1)
+	m1 := storetest.MustPut(t, s, storetest.NewMessage(p, "acked twice")).Message
+	storetest.MustPut(t, s, storetest.NewMessage(p, "not acked"))
+	for i := range 2 {
+		if r := storetest.MustAck(t, s, p.Sub(), m1.ID); !r.Found || !r.ByRecipient {
+			t.Fatalf("ack %d: %+v", i, r)
+		}
+		checkUsage(t, s)
+	}
+	// One unacked message: the quota has room for exactly one more.
+	storetest.MustPut(t, s, storetest.NewMessage(p, "fits"))
+	if r := storetest.Wait(t, s.Put(storetest.NewMessage(p, "does not fit"), nil)); !errors.Is(r.Err, relay.ErrOverQuota) {
+		t.Errorf("put over quota: %v", r.Err)
+	}
+	if _, err := s.Sweep(context.Background(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if r := storetest.MustAck(t, s, p.Sub(), m1.ID); r.Found {
+		t.Errorf("ack after the sweep: %+v, want not found", r)
+	}
+	checkUsage(t, s)
 }

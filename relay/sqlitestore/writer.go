@@ -27,11 +27,100 @@ type write interface {
 type wtx struct {
 	ctx   context.Context
 	tx    *sql.Tx
+	s     *Store
 	now   int64 // stored_at of messages put in this batch, unix nanoseconds
 	quota relay.Quota
+	// stmts are the store's prepared statements bound to tx, made on
+	// first use.
+	stmts [numStmts]*sql.Stmt
+	// usage holds the keys whose unacked usage this transaction changed,
+	// with their new values; the rest are in Store.usage. Written to
+	// key_usage once per key at the end of the transaction, and into
+	// Store.usage once it has committed.
+	usage map[string]usage
 	// totals is the batch's change to the totals row, written once at the
 	// end of the transaction.
-	totals struct{ n, b int64 }
+	totals usage
+	// stored are the messages this transaction put, for Store.recent once
+	// it has committed.
+	stored []relay.Message
+}
+
+// usage counts messages (and their ciphertext bytes).
+type usage struct{ n, b int64 }
+
+// The writer's statements, prepared once on its connection.
+const (
+	stmtInsert = iota
+	stmtLookup
+	stmtAckRecipient
+	stmtAckMark
+	stmtAckRecent
+	stmtAckLookup
+	stmtAckInsert
+	stmtUsageSet
+	stmtUsageDelete
+	stmtTotals
+	numStmts
+)
+
+var stmtSQL = [numStmts]string{
+	stmtInsert: `INSERT INTO messages (id, key, recipient, stored_at, size, ciphertext) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO NOTHING`,
+	stmtLookup: `SELECT seq, key, recipient, stored_at, recipient_acked, ciphertext FROM messages WHERE id = ?`,
+	// The recipient's first ack of a message: found, then marked. (One
+	// UPDATE … RETURNING costs twice as much with go-sqlite3.)
+	stmtAckRecipient: `SELECT seq, key, size FROM messages WHERE id = ? AND recipient = ? AND recipient_acked = 0`,
+	stmtAckMark:      `UPDATE messages SET recipient_acked = 1 WHERE seq = ?`,
+	// The same, for a message in Store.recent: the row is checked to be it.
+	stmtAckRecent:   `UPDATE messages SET recipient_acked = 1 WHERE seq = ? AND id = ? AND recipient = ? AND recipient_acked = 0`,
+	stmtAckLookup:   `SELECT seq, recipient FROM messages WHERE id = ?`,
+	stmtAckInsert:   `INSERT INTO acks (seq, peer, user_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+	stmtUsageSet:    `INSERT INTO key_usage (key, messages, bytes) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET messages = excluded.messages, bytes = excluded.bytes`,
+	stmtUsageDelete: `DELETE FROM key_usage WHERE key = ?`,
+	stmtTotals:      `UPDATE totals SET messages = messages + ?, bytes = bytes + ? WHERE id = 1`,
+}
+
+// stmt returns prepared statement i bound to the transaction.
+func (t *wtx) stmt(i int) *sql.Stmt {
+	if t.stmts[i] == nil {
+		t.stmts[i] = t.tx.StmtContext(t.ctx, t.s.stmts[i])
+	}
+	return t.stmts[i]
+}
+
+// usageOf returns key's unacked usage as this transaction sees it.
+func (t *wtx) usageOf(key string) usage {
+	if u, ok := t.usage[key]; ok {
+		return u
+	}
+	return t.s.usage[key]
+}
+
+// addUsage adds to key's unacked usage.
+func (t *wtx) addUsage(key string, n, b int64) {
+	u := t.usageOf(key)
+	if t.usage == nil {
+		t.usage = make(map[string]usage)
+	}
+	t.usage[key] = usage{u.n + n, u.b + b}
+}
+
+// writeUsage writes the keys this transaction changed to key_usage, which
+// holds only keys with something unacked.
+func (t *wtx) writeUsage() error {
+	for key, u := range t.usage {
+		var err error
+		if u.n <= 0 {
+			_, err = t.stmt(stmtUsageDelete).ExecContext(t.ctx, key)
+		} else {
+			_, err = t.stmt(stmtUsageSet).ExecContext(t.ctx, key, u.n, u.b)
+		}
+		if err != nil {
+			return fmt.Errorf("update quota usage: %w", err)
+		}
+	}
+	return nil
 }
 
 // enqueue adds w to the writer's queue, unless the store is closed.
@@ -51,6 +140,7 @@ func (s *Store) enqueue(w write) bool {
 // least one write), and after Close drains the queue, then exits.
 func (s *Store) run() {
 	defer close(s.done)
+	defer close(s.announcements)
 	for {
 		s.mu.Lock()
 		for len(s.queue) == 0 && !s.closed {
@@ -125,28 +215,109 @@ func (s *Store) runTx(batch []write) (bad int, err error) {
 		return -1, fmt.Errorf("sqlitestore: begin: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	t := &wtx{ctx: ctx, tx: tx, now: time.Now().UnixNano(), quota: s.opts.Quota}
+	// stored_at never goes back, even when the clock does.
+	s.lastNow = max(s.lastNow, time.Now().UnixNano())
+	t := &wtx{ctx: ctx, tx: tx, s: s, now: s.lastNow, quota: s.opts.Quota}
 	for i, w := range batch {
 		if err := w.apply(t); err != nil {
 			return i, fmt.Errorf("sqlitestore: %w", err)
 		}
 	}
+	if err := t.writeUsage(); err != nil {
+		return -1, fmt.Errorf("sqlitestore: %w", err)
+	}
 	if t.totals.n != 0 || t.totals.b != 0 {
-		if _, err := tx.ExecContext(ctx, `UPDATE totals SET messages = messages + ?, bytes = bytes + ? WHERE id = 1`,
-			t.totals.n, t.totals.b); err != nil {
+		if _, err := t.stmt(stmtTotals).ExecContext(ctx, t.totals.n, t.totals.b); err != nil {
 			return -1, fmt.Errorf("sqlitestore: update totals: %w", err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	err = tx.Commit()
+	if s.unmarked {
+		// Every early outcome is out before any result (see Put),
+		// including those of an earlier attempt at this batch.
+		done := make(chan struct{})
+		s.announcements <- announcement{done: done}
+		<-done
+		s.unmarked = false
+	}
+	if err != nil {
 		return -1, fmt.Errorf("sqlitestore: commit: %w", err)
 	}
+	for key, u := range t.usage {
+		if u.n <= 0 {
+			delete(s.usage, key)
+		} else {
+			s.usage[key] = u
+		}
+	}
+	for _, m := range t.stored {
+		s.recent.add(m)
+	}
 	return -1, nil
+}
+
+// recentPuts remembers where the last recentPutsMax messages put are, so
+// that the recipient's ack, which usually follows soon, needs no lookup
+// (see ackWrite.apply). A hint only: the ack's UPDATE checks the row it
+// names, and a stale entry (swept) just falls back to the lookup.
+// Writer-owned; entries are added once their transaction has committed.
+type recentPuts struct {
+	byID map[string]recentPut
+	ring []string // ids in put order; ring[next] is the oldest once full
+	next int
+}
+
+type recentPut struct {
+	seq  int64
+	key  string
+	size int64
+}
+
+const recentPutsMax = 8192
+
+func (r *recentPuts) add(m relay.Message) {
+	if r.byID == nil {
+		r.byID = make(map[string]recentPut, recentPutsMax)
+	}
+	if len(r.ring) < recentPutsMax {
+		r.ring = append(r.ring, m.ID)
+	} else {
+		delete(r.byID, r.ring[r.next])
+		r.ring[r.next] = m.ID
+		r.next = (r.next + 1) % recentPutsMax
+	}
+	r.byID[m.ID] = recentPut{seq: m.Seq, key: m.Key, size: int64(len(m.Ciphertext))}
+}
+
+// announcement is one put's outcome for the announcer (a copy: a batch
+// that runs again rewrites the put's own), or (early nil) a marker that it
+// closes done at.
+type announcement struct {
+	early func(relay.PutResult)
+	res   relay.PutResult
+	done  chan struct{}
+}
+
+// announceLoop calls the early callbacks of Put in Put order, while the
+// writer applies and commits. It ends once the writer has exited (it
+// closes announcements).
+func (s *Store) announceLoop() {
+	defer close(s.announcerDone)
+	for a := range s.announcements {
+		if a.early != nil {
+			a.early(a.res)
+		} else {
+			close(a.done)
+		}
+	}
 }
 
 // Put queues m and returns at once; the result comes once it has
 // committed. The store assigns Seq and StoredAt. The store keeps
 // m.Ciphertext until then: do not modify it before the result arrives.
-func (s *Store) Put(m relay.Message) <-chan relay.PutResult {
+// early, if not nil, hears a successful outcome while its transaction
+// commits, from the store's announcer goroutine (see relay.Store).
+func (s *Store) Put(m relay.Message, early func(relay.PutResult)) <-chan relay.PutResult {
 	ch := make(chan relay.PutResult, 1)
 	switch {
 	case m.ID == "" || m.Key == "" || m.Recipient == "":
@@ -155,7 +326,7 @@ func (s *Store) Put(m relay.Message) <-chan relay.PutResult {
 	case m.Ciphertext == nil:
 		m.Ciphertext = []byte{} // nil would bind as NULL
 	}
-	if !s.enqueue(&putWrite{m: m, ch: ch}) {
+	if !s.enqueue(&putWrite{m: m, ch: ch, early: early}) {
 		ch <- relay.PutResult{Err: fmt.Errorf("sqlitestore: put %s: %w", m.ID, relay.ErrClosed)}
 	}
 	return ch
@@ -205,9 +376,13 @@ func (s *Store) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 }
 
 type putWrite struct {
-	m   relay.Message
-	ch  chan relay.PutResult
-	res relay.PutResult
+	m         relay.Message
+	ch        chan relay.PutResult
+	early     func(relay.PutResult)
+	handoff   bool  // PutHandoff: record a pending hand-off too
+	due       int64 // when it is due, unix nanoseconds
+	announced bool  // early has the outcome (writer-owned)
+	res       relay.PutResult
 }
 
 func (p *putWrite) kind() string { return "put" }
@@ -222,19 +397,24 @@ func (p *putWrite) deliver(err error) {
 }
 
 func (p *putWrite) apply(t *wtx) error {
+	if err := p.applyPut(t); err != nil || !p.handoff || p.res.Err != nil {
+		return err
+	}
+	return p.applyHandoff(t)
+}
+
+func (p *putWrite) applyPut(t *wtx) error {
 	m := p.m
 	p.res = relay.PutResult{}
 	size := int64(len(m.Ciphertext))
 	if q := t.quota; q.MaxMessages > 0 || q.MaxBytes > 0 {
-		var n, b int64
-		err := t.tx.QueryRowContext(t.ctx, `SELECT messages, bytes FROM key_usage WHERE key = ?`, m.Key).Scan(&n, &b)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("put %s: read quota usage: %w", m.ID, err)
-		}
+		u := t.usageOf(m.Key)
+		n, b := u.n, u.b
 		if (q.MaxMessages > 0 && n+1 > q.MaxMessages) || (q.MaxBytes > 0 && b+size > q.MaxBytes) {
 			// A full key still answers a republish of what it holds.
 			found, err := p.existing(t)
 			if err != nil || found {
+				p.announce(t)
 				return err
 			}
 			p.res.Err = fmt.Errorf("sqlitestore: put %s: key %s holds %d unacked messages of %d bytes; %d more bytes exceed its quota (%s): %w",
@@ -243,10 +423,7 @@ func (p *putWrite) apply(t *wtx) error {
 		}
 	}
 
-	res, err := t.tx.ExecContext(t.ctx, `
-		INSERT INTO messages (id, key, recipient, stored_at, size, ciphertext) VALUES (?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO NOTHING`,
-		m.ID, m.Key, m.Recipient, t.now, size, m.Ciphertext)
+	res, err := t.stmt(stmtInsert).ExecContext(t.ctx, m.ID, m.Key, m.Recipient, t.now, size, m.Ciphertext)
 	if err != nil {
 		return fmt.Errorf("put %s: insert: %w", m.ID, err)
 	}
@@ -255,6 +432,7 @@ func (p *putWrite) apply(t *wtx) error {
 	} else if n == 0 {
 		// An ID stored already is the same message: answer with the original.
 		if found, err := p.existing(t); err != nil || found {
+			p.announce(t)
 			return err
 		}
 		return fmt.Errorf("put %s: insert conflicted, yet the ID is not stored", m.ID)
@@ -262,14 +440,29 @@ func (p *putWrite) apply(t *wtx) error {
 	if m.Seq, err = res.LastInsertId(); err != nil {
 		return fmt.Errorf("put %s: seq: %w", m.ID, err)
 	}
-	if err := addUsage(t, m.Key, 1, size); err != nil {
-		return fmt.Errorf("put %s: %w", m.ID, err)
-	}
+	t.addUsage(m.Key, 1, size)
 	t.totals.n++
 	t.totals.b += size
 	m.StoredAt = time.Unix(0, t.now)
 	p.res.Message = m
+	t.stored = append(t.stored, m)
+	p.announce(t)
 	return nil
+}
+
+// announce hands p's outcome to the announcer at once, if p has an early
+// callback and the outcome is not an error: the message can be passed on
+// while the rest of the batch is applied and committed. When a later
+// write of the batch fails and the batch runs again without it (commit),
+// p is applied again, to the same outcome (same order, same starting
+// point), and not announced twice.
+func (p *putWrite) announce(t *wtx) {
+	if p.early == nil || p.res.Err != nil || p.announced {
+		return
+	}
+	p.announced = true
+	t.s.unmarked = true
+	t.s.announcements <- announcement{early: p.early, res: p.res}
 }
 
 // existing sets the result to the stored message with p's ID, if any.
@@ -279,14 +472,18 @@ func (p *putWrite) existing(t *wtx) (bool, error) {
 		storedAt int64
 		acked    bool
 	)
-	err := t.tx.QueryRowContext(t.ctx,
-		`SELECT seq, key, recipient, stored_at, recipient_acked, ciphertext FROM messages WHERE id = ?`, p.m.ID).
+	err := t.stmt(stmtLookup).QueryRowContext(t.ctx, p.m.ID).
 		Scan(&old.Seq, &old.Key, &old.Recipient, &storedAt, &acked, &old.Ciphertext)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("put %s: look up: %w", p.m.ID, err)
+	}
+	if old.Recipient != p.m.Recipient {
+		p.res = relay.PutResult{Err: fmt.Errorf("sqlitestore: put %s: stored for %s, not %s: %w",
+			p.m.ID, old.Recipient, p.m.Recipient, relay.ErrRecipientMismatch)}
+		return true, nil
 	}
 	old.ID, old.StoredAt = p.m.ID, time.Unix(0, storedAt)
 	p.res = relay.PutResult{Message: old, Existing: true, RecipientAcked: acked}
@@ -324,14 +521,45 @@ func (a *ackWrite) deliver(err error) {
 
 func (a *ackWrite) apply(t *wtx) error {
 	a.res = relay.AckResult{}
+	if a.sub.Peer {
+		// The common case first: the recipient's first ack of a message
+		// put lately, which needs no lookup.
+		if r, ok := t.s.recent.byID[a.id]; ok {
+			res, err := t.stmt(stmtAckRecent).ExecContext(t.ctx, r.seq, a.id, a.sub.ID)
+			if err != nil {
+				return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
+			} else if n == 1 {
+				a.res = relay.AckResult{Found: true, ByRecipient: true, Recipient: a.sub.ID}
+				t.addUsage(r.key, -1, -r.size)
+				return nil
+			}
+			// Acked before, swept, or another recipient's: look it up.
+		}
+		var (
+			key       string
+			size, seq int64
+		)
+		err := t.stmt(stmtAckRecipient).QueryRowContext(t.ctx, a.id, a.sub.ID).Scan(&seq, &key, &size)
+		if err == nil {
+			_, err = t.stmt(stmtAckMark).ExecContext(t.ctx, seq)
+		}
+		switch {
+		case err == nil:
+			a.res = relay.AckResult{Found: true, ByRecipient: true, Recipient: a.sub.ID}
+			t.addUsage(key, -1, -size)
+			return nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
+		}
+	}
 	var (
-		seq, size      int64
-		key, recipient string
-		acked          bool
+		seq       int64
+		recipient string
 	)
-	err := t.tx.QueryRowContext(t.ctx,
-		`SELECT seq, key, recipient, size, recipient_acked FROM messages WHERE id = ?`, a.id).
-		Scan(&seq, &key, &recipient, &size, &acked)
+	err := t.stmt(stmtAckLookup).QueryRowContext(t.ctx, a.id).Scan(&seq, &recipient)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil // not stored (never, or swept): not an error
@@ -339,25 +567,13 @@ func (a *ackWrite) apply(t *wtx) error {
 		return fmt.Errorf("ack %s: look up: %w", a.id, err)
 	}
 	a.res.Found, a.res.Recipient = true, recipient
-
 	if a.sub.Peer && a.sub.ID == recipient {
-		a.res.ByRecipient = true
-		if acked {
-			return nil
-		}
-		if _, err := t.tx.ExecContext(t.ctx, `UPDATE messages SET recipient_acked = 1 WHERE seq = ?`, seq); err != nil {
-			return fmt.Errorf("ack %s: mark recipient-acked: %w", a.id, err)
-		}
-		if err := addUsage(t, key, -1, -size); err != nil {
-			return fmt.Errorf("ack %s: %w", a.id, err)
-		}
+		a.res.ByRecipient = true // acked before: a no-op
 		return nil
 	}
 	// An anonymous userID, or a peer acking a message addressed to another
 	// peer that shares its key (it is never replayed to that peer anyway).
-	if _, err := t.tx.ExecContext(t.ctx,
-		`INSERT INTO acks (seq, peer, user_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
-		seq, a.sub.Peer, a.sub.ID); err != nil {
+	if _, err := t.stmt(stmtAckInsert).ExecContext(t.ctx, seq, a.sub.Peer, a.sub.ID); err != nil {
 		return fmt.Errorf("ack %s: insert: %w", a.id, err)
 	}
 	return nil
@@ -394,7 +610,6 @@ func (w *sweepWrite) apply(t *wtx) error {
 	if err != nil {
 		return fmt.Errorf("sweep: delete: %w", err)
 	}
-	type usage struct{ n, b int64 }
 	unacked := make(map[string]usage)
 	var total usage
 	for rows.Next() {
@@ -421,29 +636,10 @@ func (w *sweepWrite) apply(t *wtx) error {
 		return fmt.Errorf("sweep: %w", err)
 	}
 	for key, u := range unacked {
-		if err := addUsage(t, key, -u.n, -u.b); err != nil {
-			return fmt.Errorf("sweep: %w", err)
-		}
+		t.addUsage(key, -u.n, -u.b)
 	}
 	t.totals.n -= total.n
 	t.totals.b -= total.b
 	w.n = int(total.n)
-	return nil
-}
-
-// addUsage adds to key's unacked usage, dropping the row when it reaches
-// zero so the table holds only keys with something unacked.
-func addUsage(t *wtx, key string, n, b int64) error {
-	if _, err := t.tx.ExecContext(t.ctx, `
-		INSERT INTO key_usage (key, messages, bytes) VALUES (?, ?, ?)
-		ON CONFLICT (key) DO UPDATE SET messages = messages + excluded.messages, bytes = bytes + excluded.bytes`,
-		key, n, b); err != nil {
-		return fmt.Errorf("update quota usage: %w", err)
-	}
-	if n < 0 {
-		if _, err := t.tx.ExecContext(t.ctx, `DELETE FROM key_usage WHERE key = ? AND messages <= 0`, key); err != nil {
-			return fmt.Errorf("update quota usage: %w", err)
-		}
-	}
 	return nil
 }

@@ -96,7 +96,7 @@ func Wait[T any](t testing.TB, ch <-chan T) T {
 // MustPut puts m, waits for the result and fails t on an error.
 func MustPut(t testing.TB, s relay.Store, m relay.Message) relay.PutResult {
 	t.Helper()
-	r := Wait(t, s.Put(m))
+	r := Wait(t, s.Put(m, nil))
 	if r.Err != nil {
 		t.Fatalf("Put(%s): %v", short(m.ID), r.Err)
 	}

@@ -32,15 +32,27 @@ func RunQuota(t *testing.T, open func(t *testing.T, q relay.Quota) relay.Store) 
 }
 
 // putExpect puts m and checks that it is stored (wantOver false) or
-// refused with ErrOverQuota.
+// refused with ErrOverQuota, and that Put's early callback heard it only
+// when it was stored.
 func putExpect(t testing.TB, s relay.Store, m relay.Message, wantOver bool, what string) relay.PutResult {
 	t.Helper()
-	r := Wait(t, s.Put(m))
+	heard := make(chan relay.PutResult, 1)
+	r := Wait(t, s.Put(m, func(r relay.PutResult) { heard <- r }))
 	switch {
 	case wantOver && !errors.Is(r.Err, relay.ErrOverQuota):
 		t.Errorf("%s (%d bytes): %v, want ErrOverQuota", what, len(m.Ciphertext), r.Err)
 	case !wantOver && r.Err != nil:
 		t.Errorf("%s (%d bytes): %v, want stored", what, len(m.Ciphertext), r.Err)
+	}
+	select {
+	case e := <-heard:
+		if r.Err != nil || e.Message.Seq != r.Message.Seq {
+			t.Errorf("%s: early outcome Seq %d, result Seq %d (%v)", what, e.Message.Seq, r.Message.Seq, r.Err)
+		}
+	default:
+		if r.Err == nil {
+			t.Errorf("%s: stored, but its early outcome was not heard before the result", what)
+		}
 	}
 	return r
 }
@@ -81,7 +93,7 @@ func testQuotaLimits(t *testing.T, open func(*testing.T, relay.Quota) relay.Stor
 			}
 			// Republishing what is stored is never refused, full or not.
 			for _, m := range stored {
-				if r := Wait(t, s.Put(m)); r.Err != nil || !r.Existing {
+				if r := Wait(t, s.Put(m, nil)); r.Err != nil || !r.Existing {
 					t.Errorf("republish of a stored message: Existing=%v, %v", r.Existing, r.Err)
 				}
 			}
@@ -158,7 +170,7 @@ func testQuotaConcurrent(t *testing.T, s relay.Store) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			results[i], _ = waitIn(t, s.Put(NewMessage(p, fmt.Sprintf("race %d", i))))
+			results[i], _ = waitIn(t, s.Put(NewMessage(p, fmt.Sprintf("race %d", i)), nil))
 		})
 	}
 	wg.Wait()

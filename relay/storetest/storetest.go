@@ -38,6 +38,8 @@ func Run(t *testing.T, open func(t *testing.T) relay.Store) {
 	}{
 		{"PutThenPending", testPutThenPending},
 		{"IdempotentPut", testIdempotentPut},
+		{"RepublishForAnotherRecipient", testRepublishForAnotherRecipient},
+		{"EarlyOutcome", testEarlyOutcome},
 		{"OldestFirst", testOldestFirst},
 		{"Paging", testPaging},
 		{"AnonymousAcksPerUserID", testAnonymousAcksPerUserID},
@@ -164,6 +166,112 @@ func testIdempotentPut(t *testing.T, s relay.Store) {
 	checkMessage(t, "republish after ack", acked.Message, first.Message)
 	if st := MustStats(t, s); st.Messages != 2 {
 		t.Errorf("Stats after republishing = %+v, want 2 messages", st)
+	}
+}
+
+// testRepublishForAnotherRecipient: the ID of a stored message put again
+// for another recipient (on another key, or on the same key) is refused
+// with ErrRecipientMismatch and changes nothing; it is not the original.
+func testRepublishForAnotherRecipient(t *testing.T, s relay.Store) {
+	ps := differentKeys(t, 2)
+	a, b := PeersSharingKey()
+	for _, tc := range []struct {
+		name      string
+		to, other Peer
+	}{
+		{"another key", ps[0], ps[1]},
+		{"same key", a, b},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMessage(tc.to, "for one recipient only "+tc.name)
+			first := MustPut(t, s, m)
+			before := MustStats(t, s)
+			forged := m
+			forged.Recipient, forged.Key = tc.other.ID, tc.other.Key
+			r := Wait(t, s.Put(forged, nil))
+			if !errors.Is(r.Err, relay.ErrRecipientMismatch) {
+				t.Fatalf("put of a stored ID for another recipient: Existing=%v, err %v; want ErrRecipientMismatch", r.Existing, r.Err)
+			}
+			checkMessages(t, "Pending of the other recipient", AllPending(t, s, tc.other.Sub(), tc.other.Key))
+			checkMessages(t, "Pending of the recipient", AllPending(t, s, tc.to.Sub(), tc.to.Key), first.Message)
+			if st := MustStats(t, s); st != before {
+				t.Errorf("Stats %+v after the refused put, want %+v", st, before)
+			}
+			// The original's recipient still republishes it as before.
+			if again := MustPut(t, s, m); !again.Existing || again.Message.Seq != first.Message.Seq {
+				t.Errorf("republish by the right recipient: Existing=%v Seq %d, want the original %d", again.Existing, again.Message.Seq, first.Message.Seq)
+			}
+		})
+	}
+}
+
+// testEarlyOutcome: Put's early callback hears every successful outcome
+// once, before the result, the same as the result, in Put order; never an
+// error outcome.
+func testEarlyOutcome(t *testing.T, s relay.Store) {
+	ps := differentKeys(t, 2)
+	a, b := ps[0], ps[1]
+	var (
+		mu    sync.Mutex
+		heard []relay.PutResult
+	)
+	early := func(r relay.PutResult) {
+		mu.Lock()
+		heard = append(heard, r)
+		mu.Unlock()
+	}
+	heardCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(heard)
+	}
+	// Issued without waiting, so that they share transactions.
+	const n = 50
+	chans := make([]<-chan relay.PutResult, n)
+	for i := range chans {
+		chans[i] = s.Put(NewMessage(a, fmt.Sprintf("early %d", i)), early)
+	}
+	for i, ch := range chans {
+		r := Wait(t, ch)
+		if r.Err != nil {
+			t.Fatalf("put %d: %v", i, r.Err)
+		}
+		if got := heardCount(); got <= i {
+			t.Fatalf("result of put %d came before its early outcome (%d heard)", i, got)
+		}
+		mu.Lock()
+		e, prev := heard[i], relay.PutResult{}
+		if i > 0 {
+			prev = heard[i-1]
+		}
+		mu.Unlock()
+		if e.Err != nil || e.Existing || e.Message.Seq != r.Message.Seq {
+			t.Errorf("put %d: early Seq %d (Existing=%v, %v), result Seq %d", i, e.Message.Seq, e.Existing, e.Err, r.Message.Seq)
+		}
+		checkMessage(t, fmt.Sprintf("early outcome %d", i), e.Message, r.Message)
+		if i > 0 && e.Message.Seq <= prev.Message.Seq {
+			t.Errorf("early outcomes out of Put order: Seq %d after %d", e.Message.Seq, prev.Message.Seq)
+		}
+	}
+	// A republish is heard as what it is.
+	again := NewMessage(a, "early 0")
+	r := Wait(t, s.Put(again, early))
+	if !r.Existing || heardCount() != n+1 {
+		t.Fatalf("republish: Existing=%v, %d early outcomes, want %d", r.Existing, heardCount(), n+1)
+	}
+	mu.Lock()
+	if e := heard[n]; !e.Existing || e.Message.Seq != r.Message.Seq {
+		t.Errorf("early outcome of the republish: Existing=%v Seq %d, want the original %d", e.Existing, e.Message.Seq, r.Message.Seq)
+	}
+	mu.Unlock()
+	// An error outcome is not heard early.
+	forged := again
+	forged.Recipient, forged.Key = b.ID, b.Key
+	if r := Wait(t, s.Put(forged, early)); !errors.Is(r.Err, relay.ErrRecipientMismatch) {
+		t.Fatalf("forged republish: %v", r.Err)
+	}
+	if got := heardCount(); got != n+1 {
+		t.Errorf("%d early outcomes after an error outcome, want %d", got, n+1)
 	}
 }
 
@@ -417,7 +525,7 @@ func testSweepMany(t *testing.T, s relay.Store) {
 	ps := differentKeys(t, 3)
 	chans := make([]<-chan relay.PutResult, n)
 	for i := range chans {
-		chans[i] = s.Put(NewMessage(ps[i%len(ps)], fmt.Sprintf("many %d", i)))
+		chans[i] = s.Put(NewMessage(ps[i%len(ps)], fmt.Sprintf("many %d", i)), nil)
 	}
 	for i, ch := range chans {
 		if r := Wait(t, ch); r.Err != nil {
@@ -486,7 +594,7 @@ func testConcurrentPuts(t *testing.T, s relay.Store) {
 		wg.Go(func() {
 			chans := make([]<-chan relay.PutResult, each)
 			for i := range chans {
-				chans[i] = s.Put(NewMessage(p, fmt.Sprintf("caller %d message %d", g, i)))
+				chans[i] = s.Put(NewMessage(p, fmt.Sprintf("caller %d message %d", g, i)), nil)
 			}
 			for _, ch := range chans {
 				r, ok := waitIn(t, ch)
@@ -544,11 +652,11 @@ func testCallOrder(t *testing.T, s relay.Store) {
 	p := NewPeer(1)
 	m := NewMessage(p, "put, then ack")
 	early := NewMessage(p, "ack, then put")
-	putM := s.Put(m)
+	putM := s.Put(m, nil)
 	ackM := s.Ack(p.Sub(), m.ID)
 	anonAckM := s.Ack(Anonymous("u"), m.ID)
 	ackEarly := s.Ack(Anonymous("u"), early.ID)
-	putEarly := s.Put(early)
+	putEarly := s.Put(early, nil)
 
 	rm := Wait(t, putM)
 	if rm.Err != nil || rm.RecipientAcked {
@@ -576,7 +684,7 @@ func testClose(t *testing.T, s relay.Store) {
 	const queued = 50
 	chans := make([]<-chan relay.PutResult, queued)
 	for i := range chans {
-		chans[i] = s.Put(NewMessage(p, fmt.Sprintf("queued before close %d", i)))
+		chans[i] = s.Put(NewMessage(p, fmt.Sprintf("queued before close %d", i)), nil)
 	}
 	ack := s.Ack(p.Sub(), NewMessage(p, "queued before close 0").ID)
 	if err := s.Close(); err != nil {
@@ -594,7 +702,7 @@ func testClose(t *testing.T, s relay.Store) {
 		t.Errorf("ack queued before Close = %+v, want committed, ByRecipient", r)
 	}
 
-	if r := Wait(t, s.Put(NewMessage(p, "after close"))); !errors.Is(r.Err, relay.ErrClosed) {
+	if r := Wait(t, s.Put(NewMessage(p, "after close"), nil)); !errors.Is(r.Err, relay.ErrClosed) {
 		t.Errorf("Put after Close: %v, want ErrClosed", r.Err)
 	}
 	if r := Wait(t, s.Ack(p.Sub(), NewMessage(p, "queued before close 1").ID)); !errors.Is(r.Err, relay.ErrClosed) {

@@ -1,0 +1,721 @@
+// Package redisstore is the relay's message store (relay.Store) and the
+// link between relay instances (relay.Bus) on Redis 7 or Valkey, so that
+// several courier-relay processes behave as one relay (PROTOCOL.md, "One
+// relay, several instances").
+//
+// Layout: everything stored for one subscription key lives under keys
+// tagged {<subscription key>} (see scripts.go), so one key's data is in one
+// hash slot. A put, with its idempotency, recipient and quota checks, is
+// one Lua script, atomic in Redis; so are an ack and each sweep step. Seq
+// comes from an INCR inside the put script: it increases per subscription
+// key in commit order and is never reused. The relay compares Seqs only
+// within one key (a replay reads one key; the hub's in-flight list is by
+// key and Seq), so a per-key Seq is all it needs.
+//
+// Besides the per-key data there are three global entries, each written
+// by a command of its own (never inside a per-key script): the index from
+// message ID to subscription key (acks carry only the ID; a put of a
+// stored ID for another key is refused), the expiry index (a sorted set of
+// subscription keys by the oldest time stored under them, which Sweep
+// walks in batches instead of scanning every message), and the running
+// totals behind Stats.
+//
+// Writes go through one writer goroutine, in call order: it takes what is
+// queued (up to Options.MaxBatch writes), looks up the message IDs in one
+// pipeline, runs the scripts in a second one (EVALSHA), and only then calls
+// early and sends the results. A result is as durable as Redis makes it:
+// with appendonly yes and appendfsync always, Redis answers after its fsync.
+package redisstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"courier/relay"
+)
+
+// Options configures a Store.
+type Options struct {
+	// Quota bounds, per subscription key, what its recipients have not acked.
+	Quota relay.Quota
+	// Namespace prefixes every Redis key and the bus channel. Default
+	// "courier". Relays that share it are one relay.
+	Namespace string
+	// MaxBatch is the most writes in one pipeline. Default 512.
+	MaxBatch int
+	// PresenceTTL is how long a peer counts as connected after its
+	// instance last confirmed it (a killed instance's peers expire after
+	// it). Default 60s; refreshed every third of it.
+	PresenceTTL time.Duration
+	// OnCommit, if set, is called from the writer after each batch, before
+	// its results are sent, with its size and how long it took.
+	OnCommit func(batch int, d time.Duration)
+	// Logger receives the store's own events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+const (
+	defaultMaxBatch    = 512
+	defaultPresenceTTL = 60 * time.Second
+	sweepKeys          = 100 // subscription keys per expiry-index read
+	sweepChunk         = 256 // messages per sweep script
+	opTimeout          = 10 * time.Second
+)
+
+// Store is a relay.Store and relay.Bus on Redis. Create it with Open.
+type Store struct {
+	rdb  redis.UniversalClient
+	opts Options
+	log  *slog.Logger
+	inst string // this instance's random ID, to skip its own bus events
+
+	expiryKey, totalsKey, channel string
+	handoffKey, handoffOwnerKey   string // see handoff.go
+
+	mu     sync.RWMutex // closed, and sends on ops
+	closed bool
+	ops    chan *op
+	done   chan struct{} // the writer has ended
+
+	ctx    context.Context // ends at Close, after the writer
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the bus listener and the presence refresher
+
+	handler  atomic.Pointer[relay.BusHandler]
+	pmu      sync.Mutex
+	presence map[presenceKey]struct{} // local connections' presence, refreshed
+
+}
+
+type presenceKey struct {
+	peer, key string
+	gen       int64
+}
+
+// Open connects with a client built by NewClient (or any go-redis client),
+// checks that Redis answers and loads the scripts. The Store owns rdb and
+// closes it at Close.
+func Open(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Store, error) {
+	if opts.Namespace == "" {
+		opts.Namespace = "courier"
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = defaultMaxBatch
+	}
+	if opts.PresenceTTL <= 0 {
+		opts.PresenceTTL = defaultPresenceTTL
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	s := &Store{
+		rdb:       rdb,
+		opts:      opts,
+		log:       opts.Logger,
+		inst:      hex.EncodeToString(id[:]),
+		expiryKey: "{" + opts.Namespace + "}:expiry",
+		totalsKey: "{" + opts.Namespace + "}:totals",
+		channel:   opts.Namespace + ":bus",
+
+		handoffKey:      "{" + opts.Namespace + "}:handoffs",
+		handoffOwnerKey: "{" + opts.Namespace + "}:handoff-owners",
+		ops:             make(chan *op, 4*opts.MaxBatch),
+		done:            make(chan struct{}),
+		presence:        make(map[presenceKey]struct{}),
+	}
+	if err := s.loadScripts(ctx); err != nil {
+		return nil, fmt.Errorf("redisstore: %w", err)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	go s.run()
+	s.wg.Add(1)
+	go s.refreshPresence()
+	return s, nil
+}
+
+func (s *Store) loadScripts(ctx context.Context) error {
+	for _, sc := range append([]*redis.Script{putScript, ackScript, sweepScript, pendingScript, connectScript, presenceScript, dropIndexScript}, handoffScripts...) {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("load scripts: %w", err)
+		}
+	}
+	return nil
+}
+
+// prefix is the name prefix of key's data: "<ns>:{<key>}:".
+func (s *Store) prefix(key string) string { return s.opts.Namespace + ":{" + key + "}:" }
+
+// indexKey is a message ID's entry in the ID index.
+func (s *Store) indexKey(id string) string { return s.opts.Namespace + ":id:{" + id + "}" }
+
+// Instance is this store's random instance ID (as in its bus events).
+func (s *Store) Instance() string { return s.inst }
+
+// op is one queued write.
+type op struct {
+	put   *relay.Message
+	early func(relay.PutResult)
+	pres  chan relay.PutResult
+	now   int64 // µs, for the expiry index
+	// handoff: PutHandoff, due at due (ms).
+	handoff bool
+	due     int64
+
+	sub  relay.Subscriber
+	id   string
+	ares chan relay.AckResult
+}
+
+func (s *Store) enqueue(o *op) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return false
+	}
+	s.ops <- o
+	return true
+}
+
+// Put implements relay.Store.
+func (s *Store) Put(m relay.Message, early func(relay.PutResult)) <-chan relay.PutResult {
+	ch := make(chan relay.PutResult, 1)
+	m.Seq, m.StoredAt = 0, time.Time{}
+	if !s.enqueue(&op{put: &m, early: early, pres: ch, now: time.Now().UnixMicro()}) {
+		ch <- relay.PutResult{Err: relay.ErrClosed}
+	}
+	return ch
+}
+
+// Ack implements relay.Store.
+func (s *Store) Ack(sub relay.Subscriber, messageID string) <-chan relay.AckResult {
+	ch := make(chan relay.AckResult, 1)
+	if !s.enqueue(&op{sub: sub, id: messageID, ares: ch}) {
+		ch <- relay.AckResult{Err: relay.ErrClosed}
+	}
+	return ch
+}
+
+// run is the writer: batches of queued writes, in call order.
+func (s *Store) run() {
+	defer close(s.done)
+	batch := make([]*op, 0, s.opts.MaxBatch)
+	for o := range s.ops {
+		batch = append(batch[:0], o)
+	fill:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case o, ok := <-s.ops:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+		clear(batch)
+	}
+}
+
+// commit runs one batch: the ID lookups, then the scripts, then the
+// results in call order.
+func (s *Store) commit(batch []*op) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+
+	// 1. Where is each message ID stored? An ack needs the key; a put of
+	// an ID stored under another key is refused.
+	keys := make([]string, len(batch))
+	lookups := make([]*redis.StringCmd, len(batch))
+	pipe := s.rdb.Pipeline()
+	for i, o := range batch {
+		id := o.id
+		if o.put != nil {
+			id = o.put.ID
+		}
+		lookups[i] = pipe.Get(ctx, s.indexKey(id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		s.failBatch(batch, fmt.Errorf("redisstore: look up message IDs: %w", err))
+		return
+	}
+	mismatch := make([]bool, len(batch))
+	putKey := make(map[string]string) // ID -> key of a put earlier in this batch
+	var checks []int
+	for i, o := range batch {
+		k, err := lookups[i].Result()
+		if err != nil {
+			k = ""
+		}
+		if o.put != nil {
+			if k != "" && k != o.put.Key {
+				checks = append(checks, i) // stored under another key, or was
+				keys[i] = k
+			}
+			putKey[o.put.ID] = o.put.Key
+			continue
+		}
+		if k == "" {
+			k = putKey[o.id]
+		}
+		keys[i] = k
+	}
+	if len(checks) > 0 {
+		// Rare: is the ID still stored under the other key?
+		pipe := s.rdb.Pipeline()
+		ex := make([]*redis.BoolCmd, len(checks))
+		for j, i := range checks {
+			ex[j] = pipe.HExists(ctx, s.prefix(keys[i])+"m", batch[i].put.ID)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			s.failBatch(batch, fmt.Errorf("redisstore: check message IDs: %w", err))
+			return
+		}
+		for j, i := range checks {
+			mismatch[i] = ex[j].Val()
+		}
+	}
+
+	// 2. The scripts, in call order, in one pipeline.
+	cmds, err := s.runScripts(ctx, batch, keys, mismatch)
+	if err != nil {
+		s.failBatch(batch, err)
+		return
+	}
+	if s.opts.OnCommit != nil {
+		s.opts.OnCommit(len(batch), time.Since(start))
+	}
+
+	// 3. Take back the totals of puts that stored nothing, then the
+	// results, in call order.
+	var notMessages, notBytes int64
+	for i, o := range batch {
+		if o.put != nil && !mismatch[i] && !storedBy(cmds[i]) {
+			notMessages++
+			notBytes += int64(len(o.put.Ciphertext))
+		}
+	}
+	if notMessages > 0 {
+		pipe := s.rdb.Pipeline()
+		pipe.HIncrBy(ctx, s.totalsKey, "messages", -notMessages)
+		pipe.HIncrBy(ctx, s.totalsKey, "bytes", -notBytes)
+		if _, err := pipe.Exec(ctx); err != nil {
+			s.log.Error("update totals failed; Stats may be off", "err", err)
+		}
+	}
+	for i, o := range batch {
+		if o.put != nil {
+			s.putResult(o, mismatch[i], cmds[i])
+		} else {
+			s.ackResult(o, cmds[i])
+		}
+	}
+}
+
+// storedBy reports whether a put script stored a new message.
+func storedBy(cmd *redis.Cmd) bool {
+	vals, err := cmd.Slice()
+	if err != nil || len(vals) == 0 {
+		return false
+	}
+	st, _ := vals[0].(int64)
+	return st == 0
+}
+
+// runScripts runs the batch's scripts in one pipeline. cmds[i] is nil for
+// a write decided without a script. If Redis has lost its script cache (a
+// restart, a failover) before any of them ran, it loads them and retries.
+func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mismatch []bool) ([]*redis.Cmd, error) {
+	for attempt := 0; ; attempt++ {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(batch))
+		// The totals count every put as stored; putResult takes back the
+		// ones that were not (republishes, refusals) before any result is
+		// sent, so Stats is exact once a result is out.
+		var puts, bytes int64
+		for i, o := range batch {
+			if o.put != nil {
+				if mismatch[i] {
+					continue
+				}
+				m := o.put
+				p := s.prefix(m.Key)
+				puts++
+				bytes += int64(len(m.Ciphertext))
+				pipe.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(o.now), Member: m.Key}}})
+				pipe.Set(ctx, s.indexKey(m.ID), m.Key, 0)
+				q := s.opts.Quota
+				handoff := ""
+				if o.handoff {
+					// The index first: it may name a hand-off that is
+					// not pending (a claim drops it), never miss one.
+					handoff = "1"
+					pipe.ZAddArgs(ctx, s.handoffKey, redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: float64(o.due), Member: handoffEntry(m.Key, m.ID)}}})
+				}
+				cmds[i] = putScript.EvalSha(ctx, pipe, []string{p + "m"},
+					p, m.ID, m.Recipient, m.Ciphertext, q.MaxMessages, q.MaxBytes, s.channel, s.inst, m.Key, handoff)
+				continue
+			}
+			if keys[i] == "" {
+				continue
+			}
+			p := s.prefix(keys[i])
+			tag, peer := "u:"+o.sub.ID, ""
+			if o.sub.Peer {
+				tag, peer = "p:"+o.sub.ID, o.sub.ID
+			}
+			cmds[i] = ackScript.EvalSha(ctx, pipe, []string{p + "m"}, p, o.id, tag, peer, s.channel, s.inst)
+		}
+		if puts > 0 {
+			pipe.HIncrBy(ctx, s.totalsKey, "messages", puts)
+			pipe.HIncrBy(ctx, s.totalsKey, "bytes", bytes)
+		}
+		_, err := pipe.Exec(ctx)
+		if err == nil || errors.Is(err, redis.Nil) {
+			return cmds, nil
+		}
+		noScript, ran := 0, 0
+		for _, c := range cmds {
+			if c == nil {
+				continue
+			}
+			ran++
+			if e := c.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
+				noScript++
+			}
+		}
+		if attempt == 0 && noScript > 0 && noScript == ran {
+			s.log.Warn("Redis lost the scripts (restarted or failed over): loading them again")
+			if puts > 0 { // counted, but nothing ran
+				pipe := s.rdb.Pipeline()
+				pipe.HIncrBy(ctx, s.totalsKey, "messages", -puts)
+				pipe.HIncrBy(ctx, s.totalsKey, "bytes", -bytes)
+				if _, err := pipe.Exec(ctx); err != nil {
+					return nil, fmt.Errorf("redisstore: write: %w", err)
+				}
+			}
+			if lerr := s.loadScripts(ctx); lerr != nil {
+				return nil, fmt.Errorf("redisstore: %w", lerr)
+			}
+			continue
+		}
+		if noScript == 0 && ran > 0 && !isConnErr(err) {
+			// Script errors are per command: report each with its write.
+			return cmds, nil
+		}
+		return nil, fmt.Errorf("redisstore: write: %w", err)
+	}
+}
+
+// isConnErr reports whether err is about the connection rather than one
+// command.
+func isConnErr(err error) bool {
+	var re redis.Error
+	return !errors.As(err, &re)
+}
+
+func (s *Store) failBatch(batch []*op, err error) {
+	s.log.Error("write failed", "writes", len(batch), "err", err)
+	for _, o := range batch {
+		if o.put != nil {
+			o.pres <- relay.PutResult{Err: err}
+		} else {
+			o.ares <- relay.AckResult{Err: err}
+		}
+	}
+}
+
+func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
+	m := *o.put
+	if mismatch {
+		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %w", m.ID, relay.ErrRecipientMismatch)}
+		return
+	}
+	vals, err := cmd.Slice()
+	if err != nil || len(vals) < 5 {
+		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %v (%d values)", m.ID, err, len(vals))}
+		return
+	}
+	status, _ := vals[0].(int64)
+	switch status {
+	case -1:
+		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: key %s holds %v unacked messages of %v bytes; %d more bytes exceed its quota: %w",
+			m.ID, m.Key, vals[1], vals[2], len(m.Ciphertext), relay.ErrOverQuota)}
+		return
+	case -2:
+		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %w", m.ID, relay.ErrRecipientMismatch)}
+		return
+	}
+	seq, _ := strconv.ParseInt(fmt.Sprint(vals[1]), 10, 64)
+	at, _ := strconv.ParseInt(fmt.Sprint(vals[2]), 10, 64)
+	acked, _ := vals[3].(int64)
+	online, _ := vals[4].(int64)
+	m.Seq, m.StoredAt = seq, time.UnixMicro(at)
+	r := relay.PutResult{Message: m, Existing: status == 1, RecipientAcked: acked == 1, RecipientOnline: online == 1}
+	if len(vals) > 5 {
+		hs, _ := vals[5].(int64)
+		r.Handoff = relay.HandoffState(hs)
+	}
+	if o.early != nil {
+		o.early(r)
+	}
+	o.pres <- r
+}
+
+func (s *Store) ackResult(o *op, cmd *redis.Cmd) {
+	if cmd == nil {
+		o.ares <- relay.AckResult{}
+		return
+	}
+	vals, err := cmd.Slice()
+	if err != nil || len(vals) != 3 {
+		o.ares <- relay.AckResult{Err: fmt.Errorf("redisstore: ack %s: %v", o.id, err)}
+		return
+	}
+	found, _ := vals[0].(int64)
+	by, _ := vals[1].(int64)
+	rcpt, _ := vals[2].(string)
+	if found == 0 {
+		o.ares <- relay.AckResult{}
+		return
+	}
+	o.ares <- relay.AckResult{Found: true, ByRecipient: by == 1, Recipient: rcpt}
+}
+
+// Pending implements relay.Store.
+func (s *Store) Pending(ctx context.Context, sub relay.Subscriber, key string, after int64, limit int) ([]relay.Message, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	if s.isClosed() {
+		return nil, relay.ErrClosed
+	}
+	if after < 0 {
+		after = 0
+	}
+	p := s.prefix(key)
+	tag, peer := "u:"+sub.ID, ""
+	if sub.Peer {
+		tag, peer = "p:"+sub.ID, sub.ID
+	}
+	vals, err := pendingScript.Run(ctx, s.rdb, []string{p + "m"}, p, after, limit, tag, peer).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: pending: %w", err)
+	}
+	out := make([]relay.Message, 0, len(vals)/3)
+	for i := 0; i+2 < len(vals); i += 3 {
+		id, _ := vals[i].(string)
+		meta, _ := vals[i+1].(string)
+		ct, _ := vals[i+2].(string)
+		m, err := parseMeta(meta)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: pending: message %s: %w", id, err)
+		}
+		m.ID, m.Key, m.Ciphertext = id, key, []byte(ct)
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// parseMeta reads "seq storedAt size recipient".
+func parseMeta(v string) (relay.Message, error) {
+	f := strings.SplitN(v, " ", 4)
+	if len(f) != 4 {
+		return relay.Message{}, fmt.Errorf("bad entry %q", v)
+	}
+	seq, err1 := strconv.ParseInt(f[0], 10, 64)
+	at, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return relay.Message{}, err
+	}
+	return relay.Message{Seq: seq, StoredAt: time.UnixMicro(at), Recipient: f[3]}, nil
+}
+
+// Sweep implements relay.Store: it walks the expiry index from its oldest
+// entry, sweeping each key's messages older than cutoff in chunks.
+func (s *Store) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
+	if s.isClosed() {
+		return 0, relay.ErrClosed
+	}
+	// Stored strictly before cutoff: at (µs) < ceil(cutoff in µs).
+	ns := cutoff.UnixNano()
+	limit := ns / 1000
+	if ns%1000 != 0 && ns > 0 {
+		limit++
+	}
+	lim := strconv.FormatInt(limit, 10)
+	total := 0
+	for {
+		keys, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+			Key: s.expiryKey, Start: "-inf", Stop: "(" + lim, ByScore: true, Count: sweepKeys,
+		}).Result()
+		if err != nil {
+			return total, fmt.Errorf("redisstore: sweep: %w", err)
+		}
+		for _, k := range keys {
+			n, err := s.sweepKey(ctx, k, lim)
+			total += n
+			if err != nil {
+				return total, err
+			}
+		}
+		if len(keys) < sweepKeys {
+			return total, nil
+		}
+	}
+}
+
+func (s *Store) sweepKey(ctx context.Context, key, lim string) (int, error) {
+	p := s.prefix(key)
+	total := 0
+	for {
+		vals, err := sweepScript.Run(ctx, s.rdb, []string{p + "m"}, p, lim, sweepChunk).Slice()
+		if err != nil || len(vals) < 3 {
+			return total, fmt.Errorf("redisstore: sweep %s: %v", key, err)
+		}
+		count, _ := vals[0].(int64)
+		bytes, _ := vals[1].(int64)
+		oldest, _ := vals[2].(string)
+		total += int(count)
+		pipe := s.rdb.Pipeline()
+		if count > 0 {
+			pipe.HIncrBy(ctx, s.totalsKey, "messages", -count)
+			pipe.HIncrBy(ctx, s.totalsKey, "bytes", -bytes)
+			for _, v := range vals[3:] {
+				id, _ := v.(string)
+				dropIndexScript.Run(ctx, pipe, []string{s.indexKey(id)}, key)
+				// Its hand-off went with it (the sweep script).
+				pipe.ZRem(ctx, s.handoffKey, handoffEntry(key, id))
+				pipe.HDel(ctx, s.handoffOwnerKey, handoffEntry(key, id))
+			}
+		}
+		if oldest != "" {
+			score, _ := strconv.ParseFloat(oldest, 64)
+			pipe.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{GT: true, Members: []redis.Z{{Score: score, Member: key}}})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return total, fmt.Errorf("redisstore: sweep %s: %w", key, err)
+		}
+		if oldest != "" && count < sweepChunk {
+			return total, nil
+		}
+		if oldest == "" {
+			// Nothing left: drop the key from the index, then look again,
+			// as a put may have come in between (it adds the key back
+			// itself, unless it ran before the removal).
+			if err := s.rdb.ZRem(ctx, s.expiryKey, key).Err(); err != nil {
+				return total, fmt.Errorf("redisstore: sweep %s: %w", key, err)
+			}
+			first, err := s.rdb.ZRangeWithScores(ctx, p+"t", 0, 0).Result()
+			if err != nil {
+				return total, fmt.Errorf("redisstore: sweep %s: %w", key, err)
+			}
+			if len(first) > 0 {
+				s.rdb.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: first[0].Score, Member: key}}})
+			}
+			return total, nil
+		}
+	}
+}
+
+// Stats implements relay.Store from the running totals.
+func (s *Store) Stats(ctx context.Context) (relay.Stats, error) {
+	if s.isClosed() {
+		return relay.Stats{}, relay.ErrClosed
+	}
+	v, err := s.rdb.HMGet(ctx, s.totalsKey, "messages", "bytes").Result()
+	if err != nil {
+		return relay.Stats{}, fmt.Errorf("redisstore: stats: %w", err)
+	}
+	var st relay.Stats
+	if x, ok := v[0].(string); ok {
+		st.Messages, _ = strconv.ParseInt(x, 10, 64)
+	}
+	if x, ok := v[1].(string); ok {
+		st.Bytes, _ = strconv.ParseInt(x, 10, 64)
+	}
+	return st, nil
+}
+
+// Ready implements relay.Readier: Redis answers a PING.
+func (s *Store) Ready(ctx context.Context) error {
+	if s.isClosed() {
+		return relay.ErrClosed
+	}
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) isClosed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.closed
+}
+
+// Close commits what is queued, stops the bus and closes the client.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		<-s.done
+		return nil
+	}
+	s.closed = true
+	close(s.ops)
+	s.mu.Unlock()
+	<-s.done
+	s.cancel()
+	s.wg.Wait()
+	return s.rdb.Close()
+}
+
+// NewClient builds the Redis client that st describes: a plain client for
+// store.url, or a Sentinel-aware one (it follows failovers to the new
+// primary) for store.sentinel_addrs with store.master_name. The password
+// in store.password_file, if any, overrides one in the URL.
+func NewClient(st relay.StoreConfig) (redis.UniversalClient, error) {
+	var password string
+	if st.PasswordFile != "" {
+		b, err := os.ReadFile(st.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("config: store.password_file: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	if st.URL != "" {
+		o, err := redis.ParseURL(st.URL)
+		if err != nil {
+			return nil, fmt.Errorf("config: store.url: %w", err)
+		}
+		if password != "" {
+			o.Password = password
+		}
+		return redis.NewClient(o), nil
+	}
+	if len(st.SentinelAddrs) == 0 || st.MasterName == "" {
+		return nil, errors.New("config: store.url or store.sentinel_addrs with store.master_name is required for driver \"redis\"")
+	}
+	return redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:    st.MasterName,
+		SentinelAddrs: st.SentinelAddrs,
+		Password:      password,
+	}), nil
+}

@@ -1,0 +1,225 @@
+package redisstore
+
+import "github.com/redis/go-redis/v9"
+
+// The Lua scripts. Each runs atomically in Redis and touches only keys of
+// one subscription key, whose names all carry the hash tag {<key>} and so
+// share one hash slot: KEYS[1] is that key's message hash, and the other
+// names are built from the prefix ARGV[1] ("<ns>:{<key>}:"). Redis runs a
+// script as one unit, replicated and appended to the AOF as one.
+//
+// Per subscription key K, with P = "<ns>:{K}:":
+//
+//	P.."n"        string  the last Seq handed out (INCR); never deleted, so a Seq is never reused
+//	P.."m"        hash    message ID -> "seq storedAt(µs) size recipient"
+//	P.."b"        hash    message ID -> ciphertext
+//	P.."q"        zset    message ID by Seq: the anonymous replay
+//	P.."t"        zset    message ID by storedAt (µs): the sweep
+//	P.."u:"..peer zset    message ID by Seq, addressed to peer and not acked by it: the peer's replay
+//	P.."a:"..id   set     who else acked message id ("u:"..userID, "p:"..peerID); deleted with it
+//	P.."s"        hash    n, b: messages and bytes not acked by their recipient (the quota)
+//	P.."g:"..peer string  the peer's connection generation (INCR), for 4409 across instances
+//	P.."o:"..peer string  the generation of the peer's live connection, with a TTL: presence
+//	P.."h"        hash    message ID -> its OFFLINE hand-off: "p <failed attempts>" pending, "d" done
+//
+// Bus events are PUBLISHed from inside the scripts, so that the order of
+// the events on the channel is the order of the commits, across instances.
+
+// meta parses a message's entry in P.."m".
+const luaMeta = `
+local function meta(v)
+  local seq, at, size, rcpt = string.match(v, '^(%d+) (%d+) (%d+) (.+)$')
+  return seq, at, tonumber(size), rcpt
+end
+`
+
+// putScript: ARGV = P, id, recipient, ciphertext, max messages, max bytes,
+// bus channel ("" for none), instance, subscription key, hand-off ("1":
+// record a pending hand-off unless the recipient acked or it has one).
+// Returns {status, seq, storedAt, recipientAcked, recipientOnline,
+// hand-off state (0 none, 1 pending, 2 done; 0 without ARGV[10])}:
+// status 0 stored, 1 existing, -1 over quota (seq, storedAt = usage n, b),
+// -2 stored for another recipient.
+var putScript = redis.NewScript(luaMeta + luaHandoff + `
+local P, id, rcpt, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ch, inst, key = ARGV[7], ARGV[8], ARGV[9]
+local online = redis.call('EXISTS', P..'o:'..rcpt)
+local v = redis.call('HGET', KEYS[1], id)
+if v then
+  local seq, at, size, r0 = meta(v)
+  if r0 ~= rcpt then return {-2, '0', '0', 0, 0} end
+  local acked = 1
+  if redis.call('ZSCORE', P..'u:'..rcpt, id) then acked = 0 end
+  if acked == 0 and ch ~= '' then
+    redis.call('PUBLISH', ch, 'R\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct)
+  end
+  local hs = 0
+  if ARGV[10] == '1' then
+    if acked == 0 then redis.call('HSETNX', P..'h', id, 'p 0') end
+    hs = handoffState(redis.call('HGET', P..'h', id))
+  end
+  return {1, seq, at, acked, online, hs}
+end
+local size = string.len(ct)
+local maxN, maxB = tonumber(ARGV[5]), tonumber(ARGV[6])
+if maxN > 0 or maxB > 0 then
+  local u = redis.call('HMGET', P..'s', 'n', 'b')
+  local n, b = tonumber(u[1] or '0'), tonumber(u[2] or '0')
+  if (maxN > 0 and n + 1 > maxN) or (maxB > 0 and b + size > maxB) then
+    return {-1, tostring(n), tostring(b), 0, 0}
+  end
+end
+local seq = string.format('%d', redis.call('INCR', P..'n'))
+local tm = redis.call('TIME')
+local at = tm[1]..string.format('%06d', tonumber(tm[2]))
+redis.call('HSET', KEYS[1], id, seq..' '..at..' '..size..' '..rcpt)
+redis.call('HSET', P..'b', id, ct)
+redis.call('ZADD', P..'q', seq, id)
+redis.call('ZADD', P..'t', at, id)
+redis.call('ZADD', P..'u:'..rcpt, seq, id)
+redis.call('HINCRBY', P..'s', 'n', 1)
+redis.call('HINCRBY', P..'s', 'b', size)
+if ch ~= '' then
+  redis.call('PUBLISH', ch, 'M\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct)
+end
+local hs = 0
+if ARGV[10] == '1' then
+  redis.call('HSET', P..'h', id, 'p 0')
+  hs = 1
+end
+return {0, seq, at, 0, online, hs}
+`)
+
+// ackScript: ARGV = P, id, acker tag, peer ID when the subscriber is a
+// peer (else ""), bus channel, instance.
+// Returns {found, byRecipient, recipient}.
+var ackScript = redis.NewScript(luaMeta + `
+local P, id = ARGV[1], ARGV[2]
+local v = redis.call('HGET', KEYS[1], id)
+if not v then return {0, 0, ''} end
+local seq, at, size, rcpt = meta(v)
+if ARGV[4] ~= '' and ARGV[4] == rcpt then
+  if redis.call('ZREM', P..'u:'..rcpt, id) == 1 then
+    redis.call('HINCRBY', P..'s', 'n', -1)
+    redis.call('HINCRBY', P..'s', 'b', 0 - size)
+  end
+  if ARGV[5] ~= '' then
+    redis.call('PUBLISH', ARGV[5], 'A\n'..ARGV[6]..'\n'..id)
+  end
+  return {1, 1, rcpt}
+end
+redis.call('SADD', P..'a:'..id, ARGV[3])
+return {1, 0, rcpt}
+`)
+
+// sweepScript: ARGV = P, exclusive cutoff (µs), limit. Deletes up to limit
+// messages stored before the cutoff with everything kept for them.
+// Returns {count, bytes, oldest storedAt left ("" when none), ids...}.
+var sweepScript = redis.NewScript(luaMeta + `
+local P = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', P..'t', '-inf', '('..ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local count, bytes = 0, 0
+local out = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('HGET', KEYS[1], id)
+  if v then
+    local seq, at, size, rcpt = meta(v)
+    if redis.call('ZREM', P..'u:'..rcpt, id) == 1 then
+      redis.call('HINCRBY', P..'s', 'n', -1)
+      redis.call('HINCRBY', P..'s', 'b', 0 - size)
+    end
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', P..'b', id)
+    redis.call('ZREM', P..'q', id)
+    redis.call('DEL', P..'a:'..id)
+    redis.call('HDEL', P..'h', id)
+    count = count + 1
+    bytes = bytes + size
+    out[#out + 1] = id
+  end
+  redis.call('ZREM', P..'t', id)
+end
+local u = redis.call('HGET', P..'s', 'n')
+if u and tonumber(u) <= 0 then redis.call('DEL', P..'s') end
+local first = redis.call('ZRANGE', P..'t', 0, 0, 'WITHSCORES')
+local oldest = ''
+if first[2] then oldest = first[2] end
+local res = {count, bytes, oldest}
+for _, id in ipairs(out) do res[#res + 1] = id end
+return res
+`)
+
+// pendingScript: ARGV = P, after (Seq), limit, acker tag, peer ID ("" for
+// an anonymous subscriber). Returns up to limit triples {id, meta,
+// ciphertext} with Seq > after, oldest first: for a peer the messages
+// addressed to it that it has not acked, for an anonymous subscriber every
+// message of the key it has not acked. The anonymous scan reads the key's
+// index in chunks and skips what the userID acked.
+var pendingScript = redis.NewScript(`
+local P, after, want, tag, peer = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local out = {}
+local n = 0
+if peer ~= '' then
+  local ids = redis.call('ZRANGEBYSCORE', P..'u:'..peer, '('..after, '+inf', 'LIMIT', 0, want)
+  for _, id in ipairs(ids) do
+    local v = redis.call('HGET', KEYS[1], id)
+    if v then
+      out[#out + 1] = id
+      out[#out + 1] = v
+      out[#out + 1] = redis.call('HGET', P..'b', id)
+    end
+  end
+  return out
+end
+local chunk = 256
+while n < want do
+  local ids = redis.call('ZRANGEBYSCORE', P..'q', '('..after, '+inf', 'WITHSCORES', 'LIMIT', 0, chunk)
+  for i = 1, #ids, 2 do
+    local id = ids[i]
+    after = ids[i + 1]
+    if redis.call('SISMEMBER', P..'a:'..id, tag) == 0 then
+      out[#out + 1] = id
+      out[#out + 1] = redis.call('HGET', KEYS[1], id)
+      out[#out + 1] = redis.call('HGET', P..'b', id)
+      n = n + 1
+      if n >= want then break end
+    end
+  end
+  if #ids < 2 * chunk then break end
+end
+return out
+`)
+
+// connectScript: ARGV = P, peer, presence TTL (ms), bus channel,
+// instance. A new connection of peer: its generation, recorded as the
+// peer's presence, and announced. Returns the generation.
+var connectScript = redis.NewScript(`
+local P, peer = ARGV[1], ARGV[2]
+local gen = string.format('%d', redis.call('INCR', P..'g:'..peer))
+redis.call('SET', KEYS[1], gen, 'PX', tonumber(ARGV[3]))
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], 'C\n'..ARGV[5]..'\n'..peer..'\n'..gen)
+end
+return gen
+`)
+
+// presenceScript: KEYS[1] = the peer's presence key; ARGV = generation,
+// TTL (ms), delete ("1" to delete, else refresh). Refreshes (or deletes)
+// the presence only while it is still this generation's. Returns 1 if it
+// was, 0 if a newer connection holds it (or it expired).
+var presenceScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 1
+`)
+
+// dropIndexScript: KEYS[1] = a message ID's index entry; ARGV = key.
+// Deletes the entry if it still names key.
+var dropIndexScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)

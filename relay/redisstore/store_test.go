@@ -1,0 +1,109 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"courier/relay"
+	"courier/relay/redisstore/redistest"
+	"courier/relay/storetest"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+var namespaces atomic.Int64
+
+// openTest opens a store on srv in a namespace of its own (so each store
+// of the suite starts empty) and closes it when the test ends.
+func openTest(t testing.TB, srv *redistest.Server, opts Options) *Store {
+	t.Helper()
+	if opts.Namespace == "" {
+		opts.Namespace = fmt.Sprintf("t%d", namespaces.Add(1))
+	}
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
+	s, err := Open(context.Background(), srv.Client(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+func TestStore(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	storetest.Run(t, func(t *testing.T) relay.Store { return openTest(t, srv, Options{}) })
+	storetest.RunQuota(t, func(t *testing.T, q relay.Quota) relay.Store {
+		return openTest(t, srv, Options{Quota: q})
+	})
+	storetest.RunHandoff(t, func(t *testing.T) relay.HandoffStore { return openTest(t, srv, Options{}) })
+}
+
+func TestStoreSmallBatches(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the suite again with MaxBatch 2")
+	}
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	storetest.Run(t, func(t *testing.T) relay.Store { return openTest(t, srv, Options{MaxBatch: 2}) })
+}
+
+// TestRedisRestart: what was acknowledged survives a kill -9 of Redis
+// (appendonly, appendfsync always), and the store works again once Redis
+// is back, loading its scripts anew.
+func TestRedisRestart(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openTest(t, srv, Options{})
+	p := storetest.NewPeer(1)
+	var want []relay.Message
+	for i := range 20 {
+		want = append(want, storetest.MustPut(t, s, storetest.NewMessage(p, fmt.Sprintf("before %d", i))).Message)
+	}
+	srv.Restart()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Ready(ctx); err != nil {
+		t.Fatalf("Ready after the restart: %v", err)
+	}
+	got := storetest.AllPending(t, s, storetest.Anonymous("u"), p.Key)
+	if len(got) != len(want) {
+		t.Fatalf("after the restart: %d messages, want %d", len(got), len(want))
+	}
+	r := storetest.MustPut(t, s, storetest.NewMessage(p, "after"))
+	if r.Message.Seq <= want[len(want)-1].Seq {
+		t.Errorf("Seq after the restart %d, want more than %d", r.Message.Seq, want[len(want)-1].Seq)
+	}
+	if st := storetest.MustStats(t, s); st.Messages != 21 {
+		t.Errorf("Stats = %+v, want 21 messages", st)
+	}
+}
+
+// TestReady: Ready fails while Redis is down and works again after.
+func TestReady(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openTest(t, srv, Options{})
+	ctx := context.Background()
+	if err := s.Ready(ctx); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+	srv.Stop()
+	if err := s.Ready(ctx); err == nil {
+		t.Fatal("Ready with Redis down: nil error")
+	}
+	r := storetest.Wait(t, s.Put(storetest.NewMessage(storetest.NewPeer(1), "redis is down"), nil))
+	if r.Err == nil {
+		t.Error("Put with Redis down: no error")
+	}
+	srv.Restart()
+	if err := s.Ready(ctx); err != nil {
+		t.Fatalf("Ready after Redis came back: %v", err)
+	}
+}

@@ -1,0 +1,476 @@
+package systest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"courier/internal/cluster"
+	"courier/relay/redisstore/redistest"
+	"courier/upstream"
+	"courier/wire"
+)
+
+// front is HAProxy started from deploy/haproxy.cfg, with its addresses
+// rewritten to the test's loopback ports and a stats page added so that
+// the test can wait for HAProxy's view of each instance.
+type front struct {
+	t     *testing.T
+	addr  string // the relays' front, host:port
+	stats string // the stats page, host:port
+	cmd   *exec.Cmd
+	log   *bytes.Buffer
+}
+
+var bindRE = regexp.MustCompile(`(?m)^    bind :80$`)
+var serverRE = regexp.MustCompile(`(?m)^    server (relay\d) 127\.0\.0\.1:\d+$`)
+
+func startFront(t *testing.T, dir string, relays []*cluster.Relay) *front {
+	t.Helper()
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Skip("haproxy is not installed (apt-get install haproxy); skipping the multi-instance system test")
+	}
+	root, err := cluster.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(filepath.Join(root, "deploy", "haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &front{t: t, addr: freeAddr(t), stats: freeAddr(t), log: new(bytes.Buffer)}
+	text := bindRE.ReplaceAllString(string(cfg), "    bind "+f.addr)
+	i := 0
+	text = serverRE.ReplaceAllStringFunc(text, func(string) string {
+		s := fmt.Sprintf("    server relay%d %s", i+1, relays[i].Addr())
+		i++
+		return s
+	})
+	if i != len(relays) || !strings.Contains(text, "bind "+f.addr) {
+		t.Fatalf("deploy/haproxy.cfg: found %d server lines (want %d) or no \"bind :80\"", i, len(relays))
+	}
+	// The test machine's descriptor limit is lower than a production front's.
+	text = strings.Replace(text, "    maxconn 60000\n", "    maxconn 2000\n", 1)
+	text += fmt.Sprintf("\nlisten stats\n    bind %s\n    stats enable\n    stats uri /stats\n", f.stats)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.cmd = exec.Command(bin, "-db", "-f", path)
+	f.cmd.Stdout, f.cmd.Stderr = f.log, f.log
+	f.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = f.cmd.Process.Kill()
+		_ = f.cmd.Wait()
+		if t.Failed() {
+			t.Logf("haproxy output:\n%s", f.log)
+		}
+	})
+	return f
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// status returns HAProxy's status of each backend server ("UP", "DOWN", …).
+func (f *front) status() map[string]string {
+	resp, err := http.Get("http://" + f.stats + "/stats;csv")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	rows, err := csv.NewReader(resp.Body).ReadAll()
+	if err != nil {
+		return nil
+	}
+	out := make(map[string]string)
+	for _, r := range rows {
+		if len(r) > 17 && r[0] == "courier_relays" && strings.HasPrefix(r[1], "relay") {
+			out[r[1]] = r[17]
+		}
+	}
+	return out
+}
+
+// waitUp waits until HAProxy sees every named server UP.
+func (f *front) waitUp(ctx context.Context, names ...string) {
+	f.t.Helper()
+	for {
+		st := f.status()
+		ok := true
+		for _, n := range names {
+			if !strings.HasPrefix(st[n], "UP") {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			f.t.Fatalf("HAProxy never saw %v up: %v", names, st)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// peer is a level-2 client (the sidecar's own upstream.Client, with a key
+// of its own) connected through the front. It records what it receives.
+type peer struct {
+	id     string
+	client *upstream.Client
+
+	mu       sync.Mutex
+	received []string
+	seen     map[string]int
+	states   []upstream.Status
+}
+
+func newPeer(t *testing.T, ctx context.Context, n int, url string) *peer {
+	seed := sha256.Sum256([]byte(fmt.Sprintf("courier multirelay peer %d", n)))
+	priv := ed25519.NewKeyFromSeed(seed[:])
+	pub := wire.MarshalPublicKey(priv.Public().(ed25519.PublicKey))
+	p := &peer{id: wire.PeerIDFromPublicKey(pub).String(), seen: make(map[string]int)}
+	c, err := upstream.New(upstream.Config{
+		URL: url,
+		Sign: func(ctx context.Context, content string) (upstream.Signature, error) {
+			return upstream.Signature{
+				Signature: hex.EncodeToString(ed25519.Sign(priv, []byte(content))),
+				PubKey:    hex.EncodeToString(pub),
+				PeerID:    p.id,
+			}, nil
+		},
+		Handle: func(ctx context.Context, batch []upstream.Inbound) error {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			for _, m := range batch {
+				if p.seen[m.ID] == 0 {
+					p.received = append(p.received, m.ID)
+				}
+				p.seen[m.ID]++
+			}
+			return nil
+		},
+		OnStateChange: func(s upstream.Status) {
+			p.mu.Lock()
+			p.states = append(p.states, s)
+			p.mu.Unlock()
+		},
+		BackoffMin: 50 * time.Millisecond,
+		BackoffMax: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.client = c
+	done := make(chan struct{})
+	runCtx, cancel := context.WithCancel(ctx)
+	go func() {
+		defer close(done)
+		_ = c.Run(runCtx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return p
+}
+
+func (p *peer) connected() bool { return p.client.Status().State == upstream.StateConnected }
+
+func (p *peer) has(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.seen[id] > 0
+}
+
+func (p *peer) receivedIDs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.received...)
+}
+
+// publishUntilAnswered publishes ct to the recipient until the relay
+// answers it (a lost connection or no connection: again, the same
+// ciphertext, so the same message ID), and returns the status.
+func publishUntilAnswered(ctx context.Context, p *peer, to string, ct []byte) (string, error) {
+	for {
+		ch, err := p.client.Publish(ctx, to, ct)
+		if err == nil {
+			select {
+			case r := <-ch:
+				if r.Err == nil {
+					return r.Status, nil
+				}
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// instanceOf returns the index of the relay whose log shows peer's most
+// recent level-2 subscription, -1 if none.
+func instanceOf(relays []*cluster.Relay, peerID string) int {
+	re := regexp.MustCompile(`time=(\S+) level=DEBUG msg=subscribed .*level=2 peer=` + regexp.QuoteMeta(peerID))
+	best, bestAt := -1, ""
+	for i, r := range relays {
+		b, err := os.ReadFile(r.Log)
+		if err != nil {
+			continue
+		}
+		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+			if m[1] > bestAt {
+				best, bestAt = i, m[1]
+			}
+		}
+	}
+	return best
+}
+
+// readyConns returns the connections an instance's /readyz reports.
+func readyConns(r *cluster.Relay) int {
+	resp, err := http.Get(r.HTTPURL() + "/readyz")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Connections int `json:"connections"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&v) != nil {
+		return -1
+	}
+	return v.Connections
+}
+
+// TestThreeInstancesBehindHAProxy runs three courier-relay processes on one
+// redis-server behind HAProxy (deploy/haproxy.cfg), with a level-2
+// publisher and recipient connected through the front:
+//
+//  1. publisher and recipient on different instances: every message is
+//     delivered, in order;
+//  2. every instance restarted in turn (SIGTERM: drain, 1012; started
+//     again) while messages stream at a steady rate: every message answered
+//     queued or delivered reaches the recipient;
+//  3. kill -9 of the instance holding the recipient, still streaming:
+//     likewise, after the recipient reconnects through the front.
+func TestThreeInstancesBehindHAProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	rs := redistest.Start(t, redistest.Options{})
+	c := cluster.New(t.TempDir(), bins)
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("stopping the relays: %v", err)
+		}
+	})
+	conf := fmt.Sprintf(`listen = "127.0.0.1:1"
+public_host = "relay.test"
+log_level = "debug"
+drain_delay = "2500ms"
+shutdown_timeout = "5s"
+
+[store]
+driver = "redis"
+url = %q
+namespace = "systest"
+
+[limits]
+publish_rate = 100000
+publish_burst = 100000
+delivery_wait = "3s"
+`, rs.URL())
+	var relays []*cluster.Relay
+	for i := range 3 {
+		r, err := c.StartRelayConfig(ctx, fmt.Sprintf("relay%d", i+1), conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relays = append(relays, r)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, r := range relays {
+				t.Logf("%s:\n%s", r.Name, r.Tail(15))
+			}
+		}
+	})
+	f := startFront(t, c.Dir, relays)
+	f.waitUp(ctx, "relay1", "relay2", "relay3")
+	url := "ws://" + f.addr + "/"
+
+	alice := newPeer(t, ctx, 1, url)
+	eventually(t, ctx, "the publisher connected", alice.connected)
+	bob := newPeer(t, ctx, 2, url)
+	eventually(t, ctx, "the recipient connected", bob.connected)
+	ai, bi := instanceOf(relays, alice.id), instanceOf(relays, bob.id)
+	if ai < 0 || bi < 0 || ai == bi {
+		t.Fatalf("publisher on instance %d, recipient on %d: want two different instances (leastconn)", ai+1, bi+1)
+	}
+	t.Logf("publisher on relay%d, recipient on relay%d", ai+1, bi+1)
+
+	// 1. Across instances: delivered, in order.
+	var want []string
+	for i := range 40 {
+		ct := []byte(fmt.Sprintf("in order %03d", i))
+		st, err := publishUntilAnswered(ctx, alice, bob.id, ct)
+		if err != nil || st != wire.StatusDelivered {
+			t.Fatalf("message %d: %q, %v; want delivered", i, st, err)
+		}
+		want = append(want, wire.MessageID(ct))
+	}
+	if got := bob.receivedIDs(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("recipient got %d messages %v, want %d in publish order", len(got), got, len(want))
+	}
+
+	// 2 and 3 stream messages at a steady rate meanwhile.
+	var (
+		mu       sync.Mutex
+		answered = make(map[string]string) // ID -> queued / delivered
+		failed   []string
+	)
+	streamCtx, stopStream := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(20 * time.Millisecond) // 50 msg/s
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-streamCtx.Done():
+				return
+			case <-tick.C:
+			}
+			ct := []byte(fmt.Sprintf("streamed %05d", i))
+			wg.Go(func() {
+				st, err := publishUntilAnswered(ctx, alice, bob.id, ct)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err != nil:
+					failed = append(failed, fmt.Sprintf("%s: %v", ct, err))
+				case st == wire.StatusDelivered || st == wire.StatusQueued:
+					answered[wire.MessageID(ct)] = st
+				default:
+					failed = append(failed, fmt.Sprintf("%s: %s", ct, st))
+				}
+			})
+		}
+	})
+	countAnswered := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(answered)
+	}
+	streamFor := func(n int) { // until n more messages are answered
+		start := countAnswered()
+		eventually(t, ctx, fmt.Sprintf("%d more answers", n), func() bool { return countAnswered() >= start+n })
+	}
+	streamFor(20)
+
+	// 2. Rolling restart: SIGTERM (drain, then 1012), start again, wait
+	// until HAProxy has it back, next.
+	rollStart := time.Now()
+	for i, r := range relays {
+		if err := r.Stop(); err != nil {
+			t.Fatalf("stopping %s: %v", r.Name, err)
+		}
+		if err := r.Restart(ctx); err != nil {
+			t.Fatalf("starting %s again: %v", r.Name, err)
+		}
+		f.waitUp(ctx, fmt.Sprintf("relay%d", i+1))
+		streamFor(10)
+	}
+	t.Logf("rolling restart of 3 instances: %v", time.Since(rollStart).Round(time.Millisecond))
+
+	// 3. kill -9 of the instance holding the recipient.
+	eventually(t, ctx, "the recipient connected", bob.connected)
+	bi = instanceOf(relays, bob.id)
+	if bi < 0 {
+		t.Fatal("recipient's instance not found")
+	}
+	t.Logf("killing relay%d (the recipient's)", bi+1)
+	if err := relays[bi].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	streamFor(20)
+	if err := relays[bi].Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.waitUp(ctx, fmt.Sprintf("relay%d", bi+1))
+	streamFor(10)
+	stopStream()
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(failed) > 0 {
+		t.Fatalf("%d publishes not answered queued or delivered: %v", len(failed), failed)
+	}
+	missing := func() []string {
+		var out []string
+		for id := range answered {
+			if !bob.has(id) {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	eventually(t, ctx, "every answered message at the recipient", func() bool { return len(missing()) == 0 })
+	queued := 0
+	for _, st := range answered {
+		if st == wire.StatusQueued {
+			queued++
+		}
+	}
+	t.Logf("%d messages streamed and answered (%d queued, the rest delivered); all reached the recipient", len(answered), queued)
+	for _, r := range relays {
+		if n := readyConns(r); n < 0 {
+			t.Errorf("%s not ready at the end", r.Name)
+		}
+	}
+}
+
+// eventually waits until cond holds or ctx ends.
+func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
