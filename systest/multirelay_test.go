@@ -159,7 +159,8 @@ func newPeer(t *testing.T, ctx context.Context, n int, url string) *peer {
 	pub := wire.MarshalPublicKey(priv.Public().(ed25519.PublicKey))
 	p := &peer{id: wire.PeerIDFromPublicKey(pub).String(), seen: make(map[string]int)}
 	c, err := upstream.New(upstream.Config{
-		URL: url,
+		URL:          url,
+		ExpectedHost: "relay.test", // the instances' public_host: the name behind the front
 		Sign: func(ctx context.Context, content string) (upstream.Signature, error) {
 			return upstream.Signature{
 				Signature: hex.EncodeToString(ed25519.Sign(priv, []byte(content))),
