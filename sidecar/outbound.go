@@ -20,14 +20,36 @@ const dispatchPage = 256
 // in outbox order: it owns the in-flight set (published, awaiting a
 // result: one tracker goroutine each, bounded by sem) and the cursor, its
 // position in the outbox. Its lock guards inflight and cursor.
+//
+// Freshly accepted messages reach it in memory (fresh, filled by Submit
+// before it answers, so in the order the node was answered): while the
+// dispatcher is caught up (its last pass over the outbox found nothing
+// left to send and nothing has asked for a pass since), it publishes them
+// from there without reading them back from SQLite. Whatever the channel
+// cannot take, or arrives while it is not caught up, a pass over the
+// outbox finds: the outbox stays the truth, the channel only a shortcut.
+// Only the dispatcher's goroutine touches caughtUp and scanned.
 type dispatcher struct {
 	sem      chan struct{} // a slot per publish awaiting its result (Options.MaxInflight)
 	trackers sync.WaitGroup
+	fresh    chan queue.Outbound // accepted messages, from Submit
+
+	caughtUp bool  // the last pass ended on an empty outbox page
+	scanned  int64 // the highest Seq a pass has dealt with: fresh ones at or below it were handled by a pass
 
 	mu       sync.Mutex
 	inflight map[string]bool
+	finished map[string]bool // publishes finished since the last page was read: not to be sent again from that page
 	cursor   int64
 }
+
+// freshCap bounds the accepted messages waiting in memory for the
+// dispatcher; freshMaxBytes is the largest ciphertext handed over that
+// way (a larger one is found by the next pass over the outbox).
+const (
+	freshCap      = 1024
+	freshMaxBytes = 64 << 10
+)
 
 func (d *dispatcher) position() int64 {
 	d.mu.Lock()
@@ -39,6 +61,15 @@ func (d *dispatcher) advance(seq int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.cursor = seq
+	d.scanned = max(d.scanned, seq)
+}
+
+// reading is called just before a page of the outbox is read: publishes
+// finished before it are reflected in what it reads.
+func (d *dispatcher) reading() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.finished)
 }
 
 // restartFrom sends the cursor back to the start of the outbox: always
@@ -52,10 +83,12 @@ func (d *dispatcher) restartFrom(after int64) {
 	}
 }
 
+// busy reports whether message id is being published, or its publish
+// finished since the last page was read (that page may show it as it was).
 func (d *dispatcher) busy(id string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.inflight[id]
+	return d.inflight[id] || d.finished[id]
 }
 
 // start records a publish awaiting its result; its slot in sem is taken.
@@ -70,6 +103,7 @@ func (d *dispatcher) start(id string) {
 func (d *dispatcher) finish(id string) {
 	d.mu.Lock()
 	delete(d.inflight, id)
+	d.finished[id] = true
 	d.mu.Unlock()
 	<-d.sem
 	d.trackers.Done()
@@ -87,12 +121,14 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 			return nil
 		}
 		after := d.position()
+		d.reading()
 		msgs, err := e.q.Due(ctx, queue.Queued, queue.PathNone, time.Now(), after, dispatchPage)
 		if err != nil {
 			return fmt.Errorf("list queued: %w", err)
 		}
 		if len(msgs) == 0 {
 			d.restartFrom(after) // next pass starts over: retries due later sit behind the cursor
+			d.caughtUp = true
 			return nil
 		}
 		for _, m := range msgs {
@@ -134,6 +170,85 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 			d.advance(m.Seq)
 		}
 	}
+}
+
+// runDispatcher runs the dispatcher until ctx is done: a pass over the
+// outbox at start, on every wake and every poll period; freshly accepted
+// messages in between, from memory, while it is caught up.
+func (e *Engine) runDispatcher(ctx context.Context) error {
+	d := &e.disp
+	t := time.NewTicker(e.opts.Poll)
+	defer t.Stop()
+	pass := true
+	for {
+		if pass {
+			d.caughtUp = false
+			if err := e.dispatchOnce(ctx); err != nil && ctx.Err() == nil {
+				e.log.Error("delivery pass failed", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-e.wakeDispatch:
+			pass = true
+		case <-t.C:
+			pass = true
+		case m := <-d.fresh:
+			pass = !e.dispatchFresh(ctx, m)
+		}
+	}
+}
+
+// dispatchFresh publishes m and whatever else waits in fresh, if the
+// dispatcher is caught up. It reports whether it is still caught up;
+// if not, a pass over the outbox must follow (and finds what was skipped
+// here: it is all in the outbox).
+func (e *Engine) dispatchFresh(ctx context.Context, m queue.Outbound) bool {
+	d := &e.disp
+	for {
+		if !d.caughtUp {
+			return false
+		}
+		switch {
+		case m.Seq <= d.scanned || d.busy(m.ID):
+			// A pass dealt with it already.
+		default:
+			rt, up := e.link.route(e.Config(), time.Now())
+			if rt != routeIndirect {
+				return false // a pass decides: wait, or OFFLINE
+			}
+			err := e.publish(ctx, up, m)
+			switch {
+			case errors.Is(err, upstream.ErrTooLarge):
+				e.m.fallbacks.WithLabelValues("too_large").Inc()
+				if err := e.toOffline(ctx, m, queue.Queued, err.Error()); err != nil && ctx.Err() == nil {
+					e.log.Error("fall back to OFFLINE", "id", m.ID, "err", err)
+				}
+			case err != nil:
+				d.restartFrom(-1)
+				return false // the pass retries it, in outbox order
+			}
+		}
+		select {
+		case m = <-d.fresh:
+		default:
+			return true
+		}
+	}
+}
+
+// handOver gives a message Submit has just stored to the dispatcher, in
+// memory; one it cannot take that way is found by a pass over the outbox.
+func (e *Engine) handOver(m queue.Outbound) {
+	if len(m.Ciphertext) <= freshMaxBytes {
+		select {
+		case e.disp.fresh <- m:
+			return
+		default:
+		}
+	}
+	signal(e.wakeDispatch)
 }
 
 // publish sends one message INDIRECT and leaves a tracker waiting for its
