@@ -270,43 +270,66 @@ func (e *Engine) publish(ctx context.Context, up *upstream.Client, m queue.Outbo
 	return nil
 }
 
-// track records a publish as sending, waits for its result, and moves the
-// message on as decide says: delivered, queued again for INDIRECT, or on
-// to OFFLINE.
+// sendingMarkDelay is how long a publish may await its result before the
+// message is recorded as sending. Most results come within milliseconds:
+// those messages go from queued to their outcome in one write instead of
+// two. A slow one shows as sending, as before, for status and metrics.
+const sendingMarkDelay = time.Second
+
+// track waits for a publish's result, recording the message as sending if
+// that takes longer than sendingMarkDelay, and moves the message on as
+// decide says: delivered, queued again for INDIRECT, or on to OFFLINE.
 func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan upstream.Result) {
 	defer e.disp.finish(m.ID)
-	sent, err := e.q.MarkSending(ctx, m.ID)
-	if err != nil {
-		if ctx.Err() == nil {
-			e.log.Error("mark sending", "id", m.ID, "err", err)
-		}
-		return
-	}
-	m = sent
 	cfg := e.Config()
 	timeout := time.NewTimer(cfg.Delivery.PublishTimeout)
 	defer timeout.Stop()
-	o := publishOutcome{Attempts: m.Attempts, Timeout: cfg.Delivery.PublishTimeout, Grace: cfg.Delivery.RelayGrace}
-	select {
-	case o.Result = <-results:
-	case <-timeout.C:
-		o.TimedOut = true
-	case <-ctx.Done():
-		return // left sending: resumed at the next start
+	mark := time.NewTimer(sendingMarkDelay)
+	defer mark.Stop()
+	o := publishOutcome{Attempts: m.Attempts + 1, Timeout: cfg.Delivery.PublishTimeout, Grace: cfg.Delivery.RelayGrace}
+	marked := false // recorded as sending (MarkSending counted this publish)
+	for waiting := true; waiting; {
+		select {
+		case o.Result = <-results:
+			waiting = false
+		case <-timeout.C:
+			o.TimedOut = true
+			waiting = false
+		case <-mark.C:
+			sent, err := e.q.MarkSending(ctx, m.ID)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.log.Error("mark sending", "id", m.ID, "err", err)
+				}
+				return
+			}
+			m, marked = sent, true
+			o.Attempts = m.Attempts
+		case <-ctx.Done():
+			return // left queued or sending: published again at the next start
+		}
 	}
 	if o.Result.Err == nil && !o.TimedOut {
 		e.m.publishResults.WithLabelValues(o.Result.Status).Inc()
 	}
 	o.Now, o.BackAt, o.Jitter = time.Now(), e.link.comeback(), rand.Float64()
-	e.apply(ctx, m, decide(o))
+	e.apply(ctx, m, marked, decide(o))
 }
 
-// apply carries out decide's action for message m, which is sending
-// INDIRECT.
-func (e *Engine) apply(ctx context.Context, m queue.Outbound, a action) {
+// apply carries out decide's action for message m, whose INDIRECT publish
+// has its result: m is sending if marked, otherwise still queued.
+func (e *Engine) apply(ctx context.Context, m queue.Outbound, marked bool, a action) {
+	from := queue.Queued
+	if marked {
+		from = queue.Sending
+	}
 	switch a.Kind {
 	case nextDelivered:
-		done, err := e.q.MarkDelivered(ctx, m.ID)
+		mark := e.q.DeliveredAtOnce
+		if marked {
+			mark = e.q.MarkDelivered
+		}
+		done, err := mark(ctx, m.ID)
 		if err != nil {
 			if ctx.Err() == nil {
 				e.log.Error("mark delivered", "id", m.ID, "err", err)
@@ -315,7 +338,11 @@ func (e *Engine) apply(ctx context.Context, m queue.Outbound, a action) {
 		}
 		e.m.delivered(done)
 	case nextIndirect:
-		if _, err := e.q.Requeue(ctx, m.ID, a.Reason, a.At); err != nil {
+		requeue := e.q.RequeueAtOnce
+		if marked {
+			requeue = e.q.Requeue
+		}
+		if _, err := requeue(ctx, m.ID, a.Reason, a.At); err != nil {
 			if ctx.Err() == nil {
 				e.log.Error("requeue", "id", m.ID, "err", err)
 			}
@@ -325,7 +352,7 @@ func (e *Engine) apply(ctx context.Context, m queue.Outbound, a action) {
 		e.wakeAt(a.At)
 	case nextOffline:
 		e.m.fallbacks.WithLabelValues(a.Cause).Inc()
-		if err := e.toOffline(ctx, m, queue.Sending, a.Reason); err != nil && ctx.Err() == nil {
+		if err := e.toOffline(ctx, m, from, a.Reason); err != nil && ctx.Err() == nil {
 			e.log.Error("fall back to OFFLINE", "id", m.ID, "err", err)
 		}
 	}

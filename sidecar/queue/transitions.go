@@ -12,16 +12,26 @@ import (
 // ErrConflict (someone else moved it on meanwhile).
 //
 //	queued ──MarkSending──▶ sending INDIRECT ──MarkDelivered──▶ delivered
-//	   ▲                        │
+//	   ▲ │                      │
 //	   └────────Requeue─────────┤ (connection lost, rate limited, queued
-//	                            │  just after the relay came back)
+//	   │ │                      │  just after the relay came back)
+//	   │ └──DeliveredAtOnce──▶ delivered (answered before MarkSending was due)
+//	   └────RequeueAtOnce (the same, answered "retry")
 //	queued/sending ──RouteOffline──▶ sending OFFLINE ──MarkHandedOff──▶ handed_off
 //	                                    │   ▲ RecordOfflineAttempt
 //	                                    └───┘
 //	                                    └──Fail──▶ failed ──Revive──▶ queued
 //
+// An INDIRECT publish is recorded as sending only when its result is slow
+// to come (the engine's sendingMarkDelay): most are answered within
+// milliseconds, and go from queued to their outcome in one write. A
+// message left queued while its publish was under way is published again
+// after a crash, like one left sending (Resume); the relay takes a
+// republished ID as the same message.
+//
 // Attempts count the publishes of the current path: MarkSending adds one
-// (an INDIRECT publish), RouteOffline starts them again from 0 (so that the
+// (an INDIRECT publish), as do DeliveredAtOnce and RequeueAtOnce (the
+// publish not recorded by a MarkSending), RouteOffline starts them again from 0 (so that the
 // INDIRECT ones do not use up delivery.offline_max_attempts), every OFFLINE
 // hand-off adds one (RecordOfflineAttempt, MarkHandedOff, Fail), and Revive
 // starts them again from 0.
@@ -43,6 +53,20 @@ func (q *Queue) MarkDelivered(ctx context.Context, id string) (Outbound, error) 
 // no path. Its attempts stay (they count the INDIRECT publishes so far).
 func (q *Queue) Requeue(ctx context.Context, id, reason string, next time.Time) (Outbound, error) {
 	return q.Transition(ctx, id, []State{Sending}, Change{State: Queued, Path: PathNone, LastError: reason, NextAttemptAt: next})
+}
+
+// DeliveredAtOnce records the relay's delivered answer to a publish that
+// was not marked sending yet: queued → delivered, path INDIRECT, one more
+// attempt (that publish).
+func (q *Queue) DeliveredAtOnce(ctx context.Context, id string) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Queued}, Change{State: Delivered, Path: PathIndirect, AttemptsDelta: 1})
+}
+
+// RequeueAtOnce is Requeue for a publish that was not marked sending yet:
+// queued → queued, due at next, reason as last error, one more attempt
+// (that publish).
+func (q *Queue) RequeueAtOnce(ctx context.Context, id, reason string, next time.Time) (Outbound, error) {
+	return q.Transition(ctx, id, []State{Queued}, Change{State: Queued, Path: PathNone, LastError: reason, AttemptsDelta: 1, NextAttemptAt: next})
 }
 
 // Resume puts a message left sending INDIRECT by a stop back in the queue,
