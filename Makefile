@@ -2,6 +2,7 @@
 #   make build    binaries into bin/
 #   make test     the whole test suite, with the race detector (what CI runs)
 #   make bench    the benchmarks whose numbers the README quotes
+#   make bench-e2e  only the end-to-end (sidecar) ones, with medians
 #   make lint     gofmt check and go vet
 #   make vendor-check  the light client's vendored npm files are what package-lock.json gives (needs npm)
 #   make install  binaries, service units and example configs (PREFIX, DESTDIR)
@@ -16,7 +17,7 @@ UNITDIR  ?= /etc/systemd/system
 BENCHCOUNT ?= 3
 CMDS     := courier courier-relay devnode
 
-.PHONY: all build test bench lint vendor-check install clean demo
+.PHONY: all build test bench bench-e2e lint vendor-check install clean demo
 
 all: build
 
@@ -42,7 +43,16 @@ bench:
 	@cat $(RELAYBENCH); awk -f scripts/benchmedian.awk $(RELAYBENCH); uptime
 	$(GO) test -p 1 -run '^$$' -bench IdleConnections -benchtime 1x -count $(BENCHCOUNT) ./relay/
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 2s -count $(BENCHCOUNT) ./relay/sqlitestore/ ./sidecar/queue/
-	$(GO) test -p 1 -run '^$$' -bench EndToEnd -benchtime 1x -count $(BENCHCOUNT) -timeout 30m ./bench/
+	$(MAKE) bench-e2e
+
+# The sidecar's targets (issue 8): node A -> sidecar A -> relay -> sidecar B
+# -> node B, 1 KiB, durability on; 32 concurrent posters for 10 s, and one
+# message at a time. Medians of BENCHCOUNT runs, next to the targets.
+E2EBENCH ?= $(or $(TMPDIR),/tmp)/courier-e2e-bench.txt
+bench-e2e:
+	@uptime
+	$(GO) test -p 1 -run '^$$' -bench EndToEnd -benchtime 1x -count $(BENCHCOUNT) -timeout 30m ./bench/ -args -e2e.posters 32 -e2e.window 10s > $(E2EBENCH) || { cat $(E2EBENCH); exit 1; }
+	@cat $(E2EBENCH); awk -f scripts/e2emedian.awk $(E2EBENCH); uptime
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

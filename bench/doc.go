@@ -21,8 +21,8 @@
 // (from there until node B's inbound endpoint has it).
 //
 // BenchmarkEndToEndThroughput posts from -e2e.posters concurrent node
-// connections (default 48, keep-alive) for a fixed window, -e2e.window
-// (default 30s), then waits until every accepted message reached node B.
+// connections (default 32, keep-alive) for a fixed window, -e2e.window
+// (default 10s), then waits until every accepted message reached node B.
 // It reports msg/s (messages that reached node B within the window, per
 // second), accepted_msg/s, the latency under that load (loaded_p50_ms,
 // loaded_p99_ms; loaded_post_p50_ms is the part node A waited for its
@@ -30,7 +30,9 @@
 // (drain_s), the peak RSS (VmHWM) of each process (sidecarA_peak_MiB,
 // sidecarB_peak_MiB, relay_peak_MiB), the CPU each used while posting, in
 // cores (sidecarA_cores, sidecarB_cores, relay_cores, and bench_cores for
-// both nodes and the posters), and all that CPU per accepted message
+// both nodes and the posters), each sidecar's CPU per accepted message in
+// microseconds (sidecarA_us/msg, sidecarB_us/msg), and all that CPU per
+// accepted message
 // (cpu_ms/msg: what bounds msg/s on a machine with few cores). It fails if
 // a single accepted message is lost, duplicated, altered or handed to the
 // OFFLINE path.

@@ -6,8 +6,9 @@
 //
 // Where the state machines are:
 //   - The outbox states and their named transitions (MarkSending, Requeue,
-//     RouteOffline, MarkDelivered, MarkHandedOff, RecordOfflineAttempt,
-//     Fail, Revive, Resume), each with its from-states and attempts rule:
+//     DeliveredAtOnce, RequeueAtOnce, RouteOffline, MarkDelivered,
+//     MarkHandedOff, RecordOfflineAttempt, Fail, Revive, Resume), each with
+//     its from-states and attempts rule:
 //     sidecar/queue/transitions.go.
 //   - The inbox states (pending, delivered, refused) and their transitions:
 //     sidecar/queue/inbox.go.

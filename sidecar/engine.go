@@ -127,9 +127,10 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
 		wakeOffline:  make(chan struct{}, 1),
 		wakeInbound:  make(chan struct{}, 1),
 		reconfigured: make(chan struct{}, 1),
-		disp:         dispatcher{sem: make(chan struct{}, opts.MaxInflight), inflight: make(map[string]bool)},
-		arrivals:     arrivals{ch: make(chan struct{})},
-		cfg:          cfg,
+		disp: dispatcher{sem: make(chan struct{}, opts.MaxInflight), fresh: make(chan queue.Outbound, freshCap),
+			inflight: make(map[string]bool), finished: make(map[string]bool)},
+		arrivals: arrivals{ch: make(chan struct{})},
+		cfg:      cfg,
 	}
 	e.opts = opts
 	initial := e.link.configure(cfg.RelayURL, time.Now())
@@ -183,7 +184,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return e.manageRelay(gctx) })
-	g.Go(func() error { return e.loop(gctx, e.wakeDispatch, e.dispatchOnce) })
+	g.Go(func() error { return e.runDispatcher(gctx) })
 	g.Go(func() error { return e.loop(gctx, e.wakeOffline, e.offlineOnce) })
 	g.Go(func() error { return e.runInbound(gctx) })
 	g.Go(func() error { return e.janitor(gctx) })
@@ -306,7 +307,7 @@ func (e *Engine) Submit(ctx context.Context, recipient string, ciphertext []byte
 	}
 	if created {
 		e.m.accepted.Inc()
-		signal(e.wakeDispatch)
+		e.handOver(m)
 		return m, true, nil
 	}
 	if m.State == queue.Failed {

@@ -20,14 +20,36 @@ const dispatchPage = 256
 // in outbox order: it owns the in-flight set (published, awaiting a
 // result: one tracker goroutine each, bounded by sem) and the cursor, its
 // position in the outbox. Its lock guards inflight and cursor.
+//
+// Freshly accepted messages reach it in memory (fresh, filled by Submit
+// before it answers, so in the order the node was answered): while the
+// dispatcher is caught up (its last pass over the outbox found nothing
+// left to send and nothing has asked for a pass since), it publishes them
+// from there without reading them back from SQLite. Whatever the channel
+// cannot take, or arrives while it is not caught up, a pass over the
+// outbox finds: the outbox stays the truth, the channel only a shortcut.
+// Only the dispatcher's goroutine touches caughtUp and scanned.
 type dispatcher struct {
 	sem      chan struct{} // a slot per publish awaiting its result (Options.MaxInflight)
 	trackers sync.WaitGroup
+	fresh    chan queue.Outbound // accepted messages, from Submit
+
+	caughtUp bool  // the last pass ended on an empty outbox page
+	scanned  int64 // the highest Seq a pass has dealt with: fresh ones at or below it were handled by a pass
 
 	mu       sync.Mutex
 	inflight map[string]bool
+	finished map[string]bool // publishes finished since the last page was read: not to be sent again from that page
 	cursor   int64
 }
+
+// freshCap bounds the accepted messages waiting in memory for the
+// dispatcher; freshMaxBytes is the largest ciphertext handed over that
+// way (a larger one is found by the next pass over the outbox).
+const (
+	freshCap      = 1024
+	freshMaxBytes = 64 << 10
+)
 
 func (d *dispatcher) position() int64 {
 	d.mu.Lock()
@@ -39,6 +61,15 @@ func (d *dispatcher) advance(seq int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.cursor = seq
+	d.scanned = max(d.scanned, seq)
+}
+
+// reading is called just before a page of the outbox is read: publishes
+// finished before it are reflected in what it reads.
+func (d *dispatcher) reading() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.finished)
 }
 
 // restartFrom sends the cursor back to the start of the outbox: always
@@ -52,10 +83,12 @@ func (d *dispatcher) restartFrom(after int64) {
 	}
 }
 
+// busy reports whether message id is being published, or its publish
+// finished since the last page was read (that page may show it as it was).
 func (d *dispatcher) busy(id string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.inflight[id]
+	return d.inflight[id] || d.finished[id]
 }
 
 // start records a publish awaiting its result; its slot in sem is taken.
@@ -70,6 +103,7 @@ func (d *dispatcher) start(id string) {
 func (d *dispatcher) finish(id string) {
 	d.mu.Lock()
 	delete(d.inflight, id)
+	d.finished[id] = true
 	d.mu.Unlock()
 	<-d.sem
 	d.trackers.Done()
@@ -87,12 +121,14 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 			return nil
 		}
 		after := d.position()
+		d.reading()
 		msgs, err := e.q.Due(ctx, queue.Queued, queue.PathNone, time.Now(), after, dispatchPage)
 		if err != nil {
 			return fmt.Errorf("list queued: %w", err)
 		}
 		if len(msgs) == 0 {
 			d.restartFrom(after) // next pass starts over: retries due later sit behind the cursor
+			d.caughtUp = true
 			return nil
 		}
 		for _, m := range msgs {
@@ -136,6 +172,85 @@ func (e *Engine) dispatchOnce(ctx context.Context) error {
 	}
 }
 
+// runDispatcher runs the dispatcher until ctx is done: a pass over the
+// outbox at start, on every wake and every poll period; freshly accepted
+// messages in between, from memory, while it is caught up.
+func (e *Engine) runDispatcher(ctx context.Context) error {
+	d := &e.disp
+	t := time.NewTicker(e.opts.Poll)
+	defer t.Stop()
+	pass := true
+	for {
+		if pass {
+			d.caughtUp = false
+			if err := e.dispatchOnce(ctx); err != nil && ctx.Err() == nil {
+				e.log.Error("delivery pass failed", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-e.wakeDispatch:
+			pass = true
+		case <-t.C:
+			pass = true
+		case m := <-d.fresh:
+			pass = !e.dispatchFresh(ctx, m)
+		}
+	}
+}
+
+// dispatchFresh publishes m and whatever else waits in fresh, if the
+// dispatcher is caught up. It reports whether it is still caught up;
+// if not, a pass over the outbox must follow (and finds what was skipped
+// here: it is all in the outbox).
+func (e *Engine) dispatchFresh(ctx context.Context, m queue.Outbound) bool {
+	d := &e.disp
+	for {
+		if !d.caughtUp {
+			return false
+		}
+		switch {
+		case m.Seq <= d.scanned || d.busy(m.ID):
+			// A pass dealt with it already.
+		default:
+			rt, up := e.link.route(e.Config(), time.Now())
+			if rt != routeIndirect {
+				return false // a pass decides: wait, or OFFLINE
+			}
+			err := e.publish(ctx, up, m)
+			switch {
+			case errors.Is(err, upstream.ErrTooLarge):
+				e.m.fallbacks.WithLabelValues("too_large").Inc()
+				if err := e.toOffline(ctx, m, queue.Queued, err.Error()); err != nil && ctx.Err() == nil {
+					e.log.Error("fall back to OFFLINE", "id", m.ID, "err", err)
+				}
+			case err != nil:
+				d.restartFrom(-1)
+				return false // the pass retries it, in outbox order
+			}
+		}
+		select {
+		case m = <-d.fresh:
+		default:
+			return true
+		}
+	}
+}
+
+// handOver gives a message Submit has just stored to the dispatcher, in
+// memory; one it cannot take that way is found by a pass over the outbox.
+func (e *Engine) handOver(m queue.Outbound) {
+	if len(m.Ciphertext) <= freshMaxBytes {
+		select {
+		case e.disp.fresh <- m:
+			return
+		default:
+		}
+	}
+	signal(e.wakeDispatch)
+}
+
 // publish sends one message INDIRECT and leaves a tracker waiting for its
 // result.
 func (e *Engine) publish(ctx context.Context, up *upstream.Client, m queue.Outbound) error {
@@ -155,43 +270,66 @@ func (e *Engine) publish(ctx context.Context, up *upstream.Client, m queue.Outbo
 	return nil
 }
 
-// track records a publish as sending, waits for its result, and moves the
-// message on as decide says: delivered, queued again for INDIRECT, or on
-// to OFFLINE.
+// sendingMarkDelay is how long a publish may await its result before the
+// message is recorded as sending. Most results come within milliseconds:
+// those messages go from queued to their outcome in one write instead of
+// two. A slow one shows as sending, as before, for status and metrics.
+const sendingMarkDelay = time.Second
+
+// track waits for a publish's result, recording the message as sending if
+// that takes longer than sendingMarkDelay, and moves the message on as
+// decide says: delivered, queued again for INDIRECT, or on to OFFLINE.
 func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan upstream.Result) {
 	defer e.disp.finish(m.ID)
-	sent, err := e.q.MarkSending(ctx, m.ID)
-	if err != nil {
-		if ctx.Err() == nil {
-			e.log.Error("mark sending", "id", m.ID, "err", err)
-		}
-		return
-	}
-	m = sent
 	cfg := e.Config()
 	timeout := time.NewTimer(cfg.Delivery.PublishTimeout)
 	defer timeout.Stop()
-	o := publishOutcome{Attempts: m.Attempts, Timeout: cfg.Delivery.PublishTimeout, Grace: cfg.Delivery.RelayGrace}
-	select {
-	case o.Result = <-results:
-	case <-timeout.C:
-		o.TimedOut = true
-	case <-ctx.Done():
-		return // left sending: resumed at the next start
+	mark := time.NewTimer(sendingMarkDelay)
+	defer mark.Stop()
+	o := publishOutcome{Attempts: m.Attempts + 1, Timeout: cfg.Delivery.PublishTimeout, Grace: cfg.Delivery.RelayGrace}
+	marked := false // recorded as sending (MarkSending counted this publish)
+	for waiting := true; waiting; {
+		select {
+		case o.Result = <-results:
+			waiting = false
+		case <-timeout.C:
+			o.TimedOut = true
+			waiting = false
+		case <-mark.C:
+			sent, err := e.q.MarkSending(ctx, m.ID)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.log.Error("mark sending", "id", m.ID, "err", err)
+				}
+				return
+			}
+			m, marked = sent, true
+			o.Attempts = m.Attempts
+		case <-ctx.Done():
+			return // left queued or sending: published again at the next start
+		}
 	}
 	if o.Result.Err == nil && !o.TimedOut {
 		e.m.publishResults.WithLabelValues(o.Result.Status).Inc()
 	}
 	o.Now, o.BackAt, o.Jitter = time.Now(), e.link.comeback(), rand.Float64()
-	e.apply(ctx, m, decide(o))
+	e.apply(ctx, m, marked, decide(o))
 }
 
-// apply carries out decide's action for message m, which is sending
-// INDIRECT.
-func (e *Engine) apply(ctx context.Context, m queue.Outbound, a action) {
+// apply carries out decide's action for message m, whose INDIRECT publish
+// has its result: m is sending if marked, otherwise still queued.
+func (e *Engine) apply(ctx context.Context, m queue.Outbound, marked bool, a action) {
+	from := queue.Queued
+	if marked {
+		from = queue.Sending
+	}
 	switch a.Kind {
 	case nextDelivered:
-		done, err := e.q.MarkDelivered(ctx, m.ID)
+		mark := e.q.DeliveredAtOnce
+		if marked {
+			mark = e.q.MarkDelivered
+		}
+		done, err := mark(ctx, m.ID)
 		if err != nil {
 			if ctx.Err() == nil {
 				e.log.Error("mark delivered", "id", m.ID, "err", err)
@@ -200,7 +338,11 @@ func (e *Engine) apply(ctx context.Context, m queue.Outbound, a action) {
 		}
 		e.m.delivered(done)
 	case nextIndirect:
-		if _, err := e.q.Requeue(ctx, m.ID, a.Reason, a.At); err != nil {
+		requeue := e.q.RequeueAtOnce
+		if marked {
+			requeue = e.q.Requeue
+		}
+		if _, err := requeue(ctx, m.ID, a.Reason, a.At); err != nil {
 			if ctx.Err() == nil {
 				e.log.Error("requeue", "id", m.ID, "err", err)
 			}
@@ -210,7 +352,7 @@ func (e *Engine) apply(ctx context.Context, m queue.Outbound, a action) {
 		e.wakeAt(a.At)
 	case nextOffline:
 		e.m.fallbacks.WithLabelValues(a.Cause).Inc()
-		if err := e.toOffline(ctx, m, queue.Sending, a.Reason); err != nil && ctx.Err() == nil {
+		if err := e.toOffline(ctx, m, from, a.Reason); err != nil && ctx.Err() == nil {
 			e.log.Error("fall back to OFFLINE", "id", m.ID, "err", err)
 		}
 	}

@@ -817,3 +817,37 @@ func TestCheckpointAndPruneRefused(t *testing.T) {
 	}
 	mustEnqueue(t, q, 7)
 }
+
+// TestAtOnceTransitions: a publish answered before it was marked sending
+// moves the message from queued in one write, counting that publish; from
+// any other state they change nothing.
+func TestAtOnceTransitions(t *testing.T) {
+	q, _ := openTest(t)
+	ctx := context.Background()
+	a, b := mustEnqueue(t, q, 1), mustEnqueue(t, q, 2)
+
+	done, err := q.DeliveredAtOnce(ctx, a.ID)
+	if err != nil || done.State != Delivered || done.Path != PathIndirect || done.Attempts != 1 {
+		t.Fatalf("DeliveredAtOnce = %+v, %v; want delivered INDIRECT, 1 attempt", done, err)
+	}
+	if _, err := q.DeliveredAtOnce(ctx, a.ID); !errors.Is(err, ErrConflict) {
+		t.Errorf("DeliveredAtOnce of a delivered message = %v, want ErrConflict", err)
+	}
+
+	next := time.Now().Add(time.Minute).Truncate(time.Microsecond)
+	again, err := q.RequeueAtOnce(ctx, b.ID, "relay: rate_limited", next)
+	if err != nil || again.State != Queued || again.Path != PathNone || again.Attempts != 1 ||
+		again.LastError != "relay: rate_limited" || !again.NextAttemptAt.Equal(next) {
+		t.Fatalf("RequeueAtOnce = %+v, %v", again, err)
+	}
+	sent, err := q.MarkSending(ctx, b.ID)
+	if err != nil || sent.Attempts != 2 {
+		t.Fatalf("MarkSending after RequeueAtOnce = %+v, %v; want 2 attempts", sent, err)
+	}
+	if _, err := q.RequeueAtOnce(ctx, b.ID, "x", next); !errors.Is(err, ErrConflict) {
+		t.Errorf("RequeueAtOnce of a sending message = %v, want ErrConflict", err)
+	}
+	if _, err := q.DeliveredAtOnce(ctx, b.ID); !errors.Is(err, ErrConflict) {
+		t.Errorf("DeliveredAtOnce of a sending message = %v, want ErrConflict", err)
+	}
+}
