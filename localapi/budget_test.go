@@ -49,9 +49,18 @@ func TestBodyBudget(t *testing.T) {
 		resp.Body.Close()
 		aDone <- resp.StatusCode
 	}()
-	if _, err := io.WriteString(pw, body(1)[:10]); err != nil { // A's handler is reading: it holds the budget
+	if _, err := io.WriteString(pw, body(1)[:10]); err != nil {
 		t.Fatal(err)
 	}
+	// The write returns once the client has sent it, maybe before A's
+	// handler runs: wait until A's handler holds the whole budget.
+	st.Eventually(t, "A's handler to hold the budget", func() bool {
+		if srv.bodies.TryAcquire(1) {
+			srv.bodies.Release(1)
+			return false
+		}
+		return true
+	})
 
 	// B gives up while waiting.
 	ctx, cancel := context.WithCancel(context.Background())
