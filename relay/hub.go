@@ -213,6 +213,18 @@ type waiters struct {
 	mu     sync.Mutex
 	byID   map[string][]*waiter
 	closed bool
+	// Recipient acks heard from other instances while nobody here waited
+	// for them, kept for a while: with several instances the recipient's
+	// ack can arrive (over the Bus) before this instance has heard its own
+	// put's outcome and registered the wait (see resolveRemote).
+	recent  map[string]time.Time
+	recentQ []recentAck // recent, oldest first
+}
+
+// recentAck is an entry of waiters.recent.
+type recentAck struct {
+	id string
+	at time.Time
 }
 
 type waiter struct {
@@ -227,7 +239,35 @@ type waiter struct {
 }
 
 func newWaiters() *waiters {
-	return &waiters{byID: make(map[string][]*waiter)}
+	return &waiters{byID: make(map[string][]*waiter), recent: make(map[string]time.Time)}
+}
+
+// maxRecentAcks bounds waiters.recent; beyond it the oldest are dropped
+// (their publishes then answer queued, as without the record).
+const maxRecentAcks = 1 << 18
+
+// resolveRemote is resolve for an ack made on another instance. If
+// nobody waits for id yet, it is remembered for keep, so that a wait
+// registered within that time is answered delivered at once.
+func (ws *waiters) resolveRemote(id string, now time.Time, keep time.Duration) {
+	ws.mu.Lock()
+	if len(ws.byID[id]) == 0 && !ws.closed {
+		for len(ws.recentQ) > 0 && (now.Sub(ws.recentQ[0].at) > keep || len(ws.recentQ) >= maxRecentAcks) {
+			if ws.recent[ws.recentQ[0].id].Equal(ws.recentQ[0].at) {
+				delete(ws.recent, ws.recentQ[0].id)
+			}
+			ws.recentQ = ws.recentQ[1:]
+		}
+		ws.recent[id] = now
+		ws.recentQ = append(ws.recentQ, recentAck{id, now})
+		if cap(ws.recentQ) > 2*maxRecentAcks {
+			ws.recentQ = append([]recentAck(nil), ws.recentQ...)
+		}
+		ws.mu.Unlock()
+		return
+	}
+	ws.mu.Unlock()
+	ws.resolve(id)
 }
 
 // add registers a wait for message id on behalf of publisher c. After d
@@ -237,10 +277,19 @@ func newWaiters() *waiters {
 func (ws *waiters) add(c *conn, id, ref string, d time.Duration, committed bool) *waiter {
 	w := &waiter{c: c, id: id, ref: ref, committed: committed}
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
 	if ws.closed {
+		ws.mu.Unlock()
 		return nil
 	}
+	if _, ok := ws.recent[id]; ok {
+		// Acked on another instance already: delivered now. w is in no
+		// list, so committed and remove find nothing to do.
+		delete(ws.recent, id)
+		ws.mu.Unlock()
+		c.publishResult(id, ref, wire.StatusDelivered, "")
+		return w
+	}
+	defer ws.mu.Unlock()
 	ws.byID[id] = append(ws.byID[id], w)
 	w.timer = time.AfterFunc(d, func() {
 		ws.mu.Lock()
