@@ -384,9 +384,9 @@ delivery_wait = "3s"
 	var (
 		sentAB, sentBA []string
 		sendErrs       []string
-		mu       sync.Mutex
-		answered = make(map[string]string) // ID -> queued / delivered
-		failed   []string
+		mu             sync.Mutex
+		answered       = make(map[string]string) // ID -> queued / delivered
+		failed         []string
 	)
 	streamCtx, stopStream := context.WithCancel(ctx)
 	var wg sync.WaitGroup
