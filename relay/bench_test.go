@@ -133,9 +133,9 @@ func runBenchChild(path string) error {
 	cfg.Store.Synchronous = "full"
 	cfg.Limits.PublishRate = 0
 	// The subscriber reads as fast as it can and acks from another
-	// goroutine: under load it falls more than limits.send_queue messages
-	// behind in its acks, and the relay remembers only that many as sent
-	// on the connection; acks of older ones would meet limits.ack_rate.
+	// goroutine: under load it can fall further behind in its acks than
+	// the relay remembers messages as sent on the connection, and acks of
+	// older ones would meet limits.ack_rate.
 	cfg.Limits.AckRate = 0
 	if os.Getenv(benchNoQuotaEnv) != "" {
 		cfg.Limits.MaxMessagesPerKey = 1 << 40

@@ -49,8 +49,8 @@ func newHub() *hub {
 	}
 }
 
-// forSubscribers calls f for the subscribers of m: the anonymous ones of its key and
-// the authenticated connection of its recipient. h.mu is held.
+// forSubscribers calls f for the subscribers of m: the anonymous ones of
+// its key and the authenticated connection of its recipient. h.mu is held.
 func (h *hub) forSubscribers(m Message, f func(*conn)) {
 	for c := range h.byKey[m.Key] {
 		f(c)
@@ -78,17 +78,22 @@ func (h *hub) pushEarly(m Message) {
 
 // settle drops a message pushed early from inflight once its commit has
 // an outcome; a connection still replaying then reads the store again.
+// (After a failed commit the store may give its Seq to another message:
+// that one's entry stays.)
 func (h *hub) settle(m Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.inflight, seqKey{m.Key, m.Seq})
+	if e := h.inflight[seqKey{m.Key, m.Seq}]; e != nil && e.m.ID == m.ID {
+		delete(h.inflight, seqKey{m.Key, m.Seq})
+	}
 	h.forSubscribers(m, (*conn).committed)
 }
 
 // goLive switches c from replaying to live, having replayed up to Seq
 // after, unless a commit settled meanwhile (missed) and not force: then
-// the replay reads again and goLive reports false. Going live, c gets the messages pushed
-// before their commit that the replay could not see, oldest first.
+// the replay reads again and goLive reports false. Going live, c gets the
+// messages pushed before their commit that the replay could not see,
+// oldest first.
 func (h *hub) goLive(c *conn, after int64, force bool) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -581,7 +581,7 @@ func (s *Store) sweepKey(ctx context.Context, key, lim string) (int, error) {
 			pipe.HIncrBy(ctx, s.totalsKey, "bytes", -bytes)
 			for _, v := range vals[3:] {
 				id, _ := v.(string)
-				dropIndexScript.Run(ctx, pipe, []string{s.indexKey(id)}, key)
+				dropIndexScript.Eval(ctx, pipe, []string{s.indexKey(id)}, key) // Eval: a pipeline cannot fall back on NOSCRIPT
 			}
 		}
 		if oldest != "" {
