@@ -110,6 +110,11 @@ func TestRedisRelayOneInstance(t *testing.T) {
 
 // instances starts n relay instances on one Redis, as one relay.
 func instances(t *testing.T, n int, mutate func(*relay.Config)) []*env {
+	es, _ := instancesOn(t, n, mutate)
+	return es
+}
+
+func instancesOn(t *testing.T, n int, mutate func(*relay.Config)) ([]*env, *redistest.Server) {
 	rs := redistest.Start(t, redistest.Options{})
 	ns := newNamespace()
 	var es []*env
@@ -117,7 +122,7 @@ func instances(t *testing.T, n int, mutate func(*relay.Config)) []*env {
 		e, _ := newRedisEnv(t, rs, ns, mutate)
 		es = append(es, e)
 	}
-	return es
+	return es, rs
 }
 
 // TestCrossInstanceDelivered: a publisher on one instance and its
@@ -301,4 +306,62 @@ func TestRedisBridgeTakesOverDeadInstance(t *testing.T) {
 	if _, ok := node.attempts(m.ID); ok != 1 {
 		t.Errorf("handed off %d times", ok)
 	}
+}
+
+// TestRedisRestartResyncs: when Redis restarts, the instances' link to
+// each other breaks and events may be lost, so every subscriber is closed
+// with 1012; after reconnecting, the relay works across instances again
+// and what was stored before the restart is replayed.
+func TestRedisRestartResyncs(t *testing.T) {
+	es, rs := instancesOn(t, 2, nil)
+	alice, bob := newIdentity(t, 1), newIdentity(t, 2)
+	pub := es[0].dial()
+	pub.auth2(alice, 0)
+	ct := ciphertext(64, "stored before the restart")
+	pub.publish(ct, bob.ID(), "before")
+	pub.expectResult(wire.StatusQueued)
+	rcv := es[1].dial()
+	rcv.auth2(bob, 1)
+	rs.Restart()
+	rcv.expectClose(wire.CloseServiceRestart)
+
+	// Reconnect (as clients do after 1012) until the relay takes it again.
+	var rcv2 *client
+	eventually(t, "a new subscription after the restart", func() bool {
+		c, err := es[1].tryDial()
+		if err != nil {
+			return false
+		}
+		c.auth(bob, bob.qm)
+		f := c.next()
+		if f.Kind == wire.KindDelivery && f.Delivery.ID == wire.MessageID(ct) {
+			rcv2 = c
+			return true
+		}
+		c.ws.CloseNow()
+		return false
+	})
+	rcv2.expect(wire.KindDrained)
+	// The link is back: a publish on the other instance reaches it live.
+	var pub2 *client
+	eventually(t, "the publisher reconnected", func() bool {
+		c, err := es[0].tryDial()
+		if err != nil {
+			return false
+		}
+		pub2 = c
+		return true
+	})
+	pub2.auth2(alice, 0)
+	ct2 := ciphertext(64, "after the restart")
+	eventually(t, "a live cross-instance delivery after the restart", func() bool {
+		pub2.publish(ct2, bob.ID(), "after")
+		pub2.next()
+		select {
+		case b := <-rcv2.frames:
+			return strings.Contains(string(b), wire.MessageID(ct2))
+		case <-time.After(time.Second):
+			return false
+		}
+	})
 }

@@ -287,8 +287,13 @@ func readyConns(r *cluster.Relay) int {
 //     queued or delivered reaches the recipient;
 //  3. kill -9 of the instance holding the recipient, still streaming:
 //     likewise, after the recipient reconnects through the front.
+//
+// Two sidecars with their devnodes, also through the front, send to each
+// other at a steady rate all through 2 and 3: every message a node handed
+// its sidecar reaches the other node exactly once (INDIRECT, or OFFLINE
+// where the sidecar fell back during a reconnect).
 func TestThreeInstancesBehindHAProxy(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	rs := redistest.Start(t, redistest.Options{})
 	c := cluster.New(t.TempDir(), bins)
@@ -332,6 +337,24 @@ delivery_wait = "3s"
 	f.waitUp(ctx, "relay1", "relay2", "relay3")
 	url := "ws://" + f.addr + "/"
 
+	nodeA, err := c.StartDevNode(ctx, "nodeA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeB, err := c.StartDevNode(ctx, "nodeB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sides := make([]*cluster.Sidecar, 2)
+	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
+		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, Node: n, Extra: sidecarDelivery}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := &world{t: t, ctx: ctx, c: c, nodeA: nodeA, nodeB: nodeB, sideA: sides[0], sideB: sides[1]}
+	w.waitConnected(w.sideA)
+	w.waitConnected(w.sideB)
+
 	alice := newPeer(t, ctx, 1, url)
 	eventually(t, ctx, "the publisher connected", alice.connected)
 	bob := newPeer(t, ctx, 2, url)
@@ -356,11 +379,14 @@ delivery_wait = "3s"
 		t.Fatalf("recipient got %d messages %v, want %d in publish order", len(got), got, len(want))
 	}
 
-	// 2 and 3 stream messages at a steady rate meanwhile.
+	// 2 and 3 stream messages at a steady rate meanwhile: the raw peers
+	// at 50 msg/s, the nodes both ways at 12.5 msg/s each.
 	var (
-		mu       sync.Mutex
-		answered = make(map[string]string) // ID -> queued / delivered
-		failed   []string
+		sentAB, sentBA []string
+		sendErrs       []string
+		mu             sync.Mutex
+		answered       = make(map[string]string) // ID -> queued / delivered
+		failed         []string
 	)
 	streamCtx, stopStream := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -387,6 +413,32 @@ delivery_wait = "3s"
 					failed = append(failed, fmt.Sprintf("%s: %s", ct, st))
 				}
 			})
+		}
+	})
+	wg.Go(func() {
+		tick := time.NewTicker(40 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-streamCtx.Done():
+				return
+			case <-tick.C:
+			}
+			from, to := nodeA, nodeB
+			if i%2 == 1 {
+				from, to = nodeB, nodeA
+			}
+			sent, err := from.Send(ctx, to, fmt.Sprintf("node message %05d", i))
+			mu.Lock()
+			switch {
+			case err != nil:
+				sendErrs = append(sendErrs, err.Error())
+			case from == nodeA:
+				sentAB = append(sentAB, sent.ID)
+			default:
+				sentBA = append(sentBA, sent.ID)
+			}
+			mu.Unlock()
 		}
 	})
 	countAnswered := func() int {
@@ -436,6 +488,24 @@ delivery_wait = "3s"
 
 	mu.Lock()
 	defer mu.Unlock()
+	if len(sendErrs) > 0 {
+		t.Fatalf("%d node sends refused by their sidecar: %v", len(sendErrs), sendErrs)
+	}
+	for _, d := range []struct {
+		side     *cluster.Sidecar
+		to       *cluster.DevNode
+		sent     []string
+		from, at string
+	}{{w.sideA, nodeB, sentAB, "nodeA", "nodeB"}, {w.sideB, nodeA, sentBA, "nodeB", "nodeA"}} {
+		states := w.waitFinal(d.side, d.sent)
+		paths := make(map[string]int)
+		for _, m := range states {
+			paths[m.State+"/"+m.Path]++
+		}
+		w.waitReceived(d.to, d.sent)
+		w.checkExactlyOnce(d.to, d.sent)
+		t.Logf("%s -> %s: %d messages, all at %s exactly once; by final state/path: %v", d.from, d.at, len(d.sent), d.at, paths)
+	}
 	if len(failed) > 0 {
 		t.Fatalf("%d publishes not answered queued or delivered: %v", len(failed), failed)
 	}

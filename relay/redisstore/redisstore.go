@@ -599,7 +599,7 @@ func (s *Store) sweepKey(ctx context.Context, key, lim string) (int, error) {
 			pipe.HIncrBy(ctx, s.totalsKey, "bytes", -bytes)
 			for _, v := range vals[3:] {
 				id, _ := v.(string)
-				dropIndexScript.Run(ctx, pipe, []string{s.indexKey(id)}, key)
+				dropIndexScript.Eval(ctx, pipe, []string{s.indexKey(id)}, key) // Eval: a pipeline cannot fall back on NOSCRIPT
 				// Its hand-off went with it (the sweep script).
 				pipe.ZRem(ctx, s.handoffKey, handoffEntry(key, id))
 				pipe.HDel(ctx, s.handoffOwnerKey, handoffEntry(key, id))
