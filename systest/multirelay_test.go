@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"courier/internal/cluster"
 	"courier/relay/redisstore/redistest"
 	"courier/upstream"
@@ -241,6 +243,73 @@ func publishUntilAnswered(ctx context.Context, p *peer, to string, ct []byte) (s
 	}
 }
 
+// anonSub is a level-1 (anonymous) subscriber of a key through the
+// front, as the light client is: it acks what it gets and reconnects
+// whenever the connection ends.
+type anonSub struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func startAnonSub(t *testing.T, ctx context.Context, url, key string) *anonSub {
+	a := &anonSub{seen: make(map[string]bool)}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for runCtx.Err() == nil {
+			a.session(runCtx, url, key)
+			select {
+			case <-runCtx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return a
+}
+
+// session is one connection: subscribe, then take and ack deliveries
+// until it ends.
+func (a *anonSub) session(ctx context.Context, url, key string) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ws, _, err := websocket.Dial(dctx, url, nil)
+	cancel()
+	if err != nil {
+		return
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(-1)
+	if ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(wire.TypeSubscribe, wire.Subscribe{UserID: "light client", SubscriptionKey: key})) != nil {
+		return
+	}
+	for {
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			return
+		}
+		f, err := wire.ParseServerFrame(b)
+		if err != nil || f.Kind != wire.KindDelivery {
+			continue
+		}
+		a.mu.Lock()
+		a.seen[f.Delivery.ID] = true
+		a.mu.Unlock()
+		if ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(wire.TypeAck, wire.Ack{MessageID: f.Delivery.ID})) != nil {
+			return
+		}
+	}
+}
+
+func (a *anonSub) has(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.seen[id]
+}
+
 // instanceOf returns the index of the relay whose log shows peer's most
 // recent level-2 subscription, -1 if none.
 func instanceOf(relays []*cluster.Relay, peerID string) int {
@@ -287,6 +356,10 @@ func readyConns(r *cluster.Relay) int {
 //     queued or delivered reaches the recipient;
 //  3. kill -9 of the instance holding the recipient, still streaming:
 //     likewise, after the recipient reconnects through the front.
+//
+// A level-1 subscriber of the recipient's key (as the light client is)
+// also gets every message answered queued or delivered, reconnecting
+// through the front whenever its instance goes.
 //
 // Two sidecars with their devnodes, also through the front, send to each
 // other at a steady rate all through 2 and 3: every message a node handed
@@ -359,6 +432,11 @@ delivery_wait = "3s"
 	eventually(t, ctx, "the publisher connected", alice.connected)
 	bob := newPeer(t, ctx, 2, url)
 	eventually(t, ctx, "the recipient connected", bob.connected)
+	bobID, err := wire.ParsePeerID(bob.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	light := startAnonSub(t, ctx, url, bobID.SubscriptionKey(wire.RelayPrefixBits))
 	ai, bi := instanceOf(relays, alice.id), instanceOf(relays, bob.id)
 	if ai < 0 || bi < 0 || ai == bi {
 		t.Fatalf("publisher on instance %d, recipient on %d: want two different instances (leastconn)", ai+1, bi+1)
@@ -512,20 +590,20 @@ delivery_wait = "3s"
 	missing := func() []string {
 		var out []string
 		for id := range answered {
-			if !bob.has(id) {
+			if !bob.has(id) || !light.has(id) {
 				out = append(out, id)
 			}
 		}
 		return out
 	}
-	eventually(t, ctx, "every answered message at the recipient", func() bool { return len(missing()) == 0 })
+	eventually(t, ctx, "every answered message at the recipient and the level-1 subscriber of its key", func() bool { return len(missing()) == 0 })
 	queued := 0
 	for _, st := range answered {
 		if st == wire.StatusQueued {
 			queued++
 		}
 	}
-	t.Logf("%d messages streamed and answered (%d queued, the rest delivered); all reached the recipient", len(answered), queued)
+	t.Logf("%d messages streamed and answered (%d queued, the rest delivered); all reached the recipient and the level-1 subscriber", len(answered), queued)
 	for _, r := range relays {
 		if n := readyConns(r); n < 0 {
 			t.Errorf("%s not ready at the end", r.Name)
