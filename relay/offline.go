@@ -190,7 +190,11 @@ func (b *bridge) attempt(ctx context.Context, h Handoff) {
 		b.s.waiters.handedOff(m.ID, false)
 		return
 	}
-	err := b.post(ctx, m)
+	// An attempt under way is finished even when the server stops (within
+	// offline.timeout, which Shutdown waits for): cut short, the node might
+	// have taken the message without the relay knowing, and it would be
+	// handed off again after the restart.
+	err := b.post(context.WithoutCancel(ctx), m)
 	if err == nil {
 		// Recorded before anyone is answered offline: a republish finds it.
 		if ferr := b.store.FinishHandoff(rctx, m.ID); ferr != nil {
