@@ -220,6 +220,9 @@ type OfflineConfig struct {
 	UnreadyAfter int `toml:"unready_after"`
 }
 
+// maxRetryMax bounds offline.retry_max.
+const maxRetryMax = 24 * time.Hour
+
 // DefaultOfflineConfig is what an [offline] section leaves out.
 func DefaultOfflineConfig() OfflineConfig {
 	return OfflineConfig{
@@ -469,6 +472,9 @@ func (o *OfflineConfig) validate(bad func(key, format string, args ...any), posi
 	positiveDur("offline.poll_interval", o.PollInterval)
 	if o.RetryMax < o.RetryMin {
 		bad("offline.retry_max", "must be at least offline.retry_min (%v), got %v", o.RetryMin, o.RetryMax)
+	}
+	if o.RetryMax > maxRetryMax {
+		bad("offline.retry_max", "must be at most %v, got %v", maxRetryMax, o.RetryMax)
 	}
 	if o.Concurrency < 1 || o.Concurrency > 1024 {
 		bad("offline.concurrency", "must be between 1 and 1024, got %d", o.Concurrency)

@@ -238,6 +238,7 @@ func TestValidateOfflineNamesTheKey(t *testing.T) {
 		{"offline.timeout", func(o *relay.OfflineConfig) { o.Timeout = 0 }},
 		{"offline.retry_min", func(o *relay.OfflineConfig) { o.RetryMin = 0 }},
 		{"offline.retry_max", func(o *relay.OfflineConfig) { o.RetryMax = o.RetryMin / 2 }},
+		{"offline.retry_max", func(o *relay.OfflineConfig) { o.RetryMax = 25 * time.Hour }},
 		{"offline.poll_interval", func(o *relay.OfflineConfig) { o.PollInterval = 0 }},
 		{"offline.concurrency", func(o *relay.OfflineConfig) { o.Concurrency = 0 }},
 		{"offline.unready_after", func(o *relay.OfflineConfig) { o.UnreadyAfter = 0 }},

@@ -49,8 +49,8 @@ func newHub() *hub {
 	}
 }
 
-// forSubscribers calls f for the subscribers of m: the anonymous ones of its key and
-// the authenticated connection of its recipient. h.mu is held.
+// forSubscribers calls f for the subscribers of m: the anonymous ones of
+// its key and the authenticated connection of its recipient. h.mu is held.
 func (h *hub) forSubscribers(m Message, f func(*conn)) {
 	for c := range h.byKey[m.Key] {
 		f(c)
@@ -78,17 +78,22 @@ func (h *hub) pushEarly(m Message) {
 
 // settle drops a message pushed early from inflight once its commit has
 // an outcome; a connection still replaying then reads the store again.
+// (After a failed commit the store may give its Seq to another message:
+// that one's entry stays.)
 func (h *hub) settle(m Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.inflight, seqKey{m.Key, m.Seq})
+	if e := h.inflight[seqKey{m.Key, m.Seq}]; e != nil && e.m.ID == m.ID {
+		delete(h.inflight, seqKey{m.Key, m.Seq})
+	}
 	h.forSubscribers(m, (*conn).committed)
 }
 
 // goLive switches c from replaying to live, having replayed up to Seq
 // after, unless a commit settled meanwhile (missed) and not force: then
-// the replay reads again and goLive reports false. Going live, c gets the messages pushed
-// before their commit that the replay could not see, oldest first.
+// the replay reads again and goLive reports false. Going live, c gets the
+// messages pushed before their commit that the replay could not see,
+// oldest first.
 func (h *hub) goLive(c *conn, after int64, force bool) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -215,6 +220,18 @@ type waiters struct {
 	byID     map[string][]*waiter
 	handoffs map[string][]*handoffWait
 	closed   bool
+	// Recipient acks heard from other instances while nobody here waited
+	// for them, kept for a while: with several instances the recipient's
+	// ack can arrive (over the Bus) before this instance has heard its own
+	// put's outcome and registered the wait (see resolveRemote).
+	recent  map[string]time.Time
+	recentQ []recentAck // recent, oldest first
+}
+
+// recentAck is an entry of waiters.recent.
+type recentAck struct {
+	id string
+	at time.Time
 }
 
 type waiter struct {
@@ -241,7 +258,35 @@ type handoffWait struct {
 }
 
 func newWaiters() *waiters {
-	return &waiters{byID: make(map[string][]*waiter), handoffs: make(map[string][]*handoffWait)}
+	return &waiters{byID: make(map[string][]*waiter), handoffs: make(map[string][]*handoffWait), recent: make(map[string]time.Time)}
+}
+
+// maxRecentAcks bounds waiters.recent; beyond it the oldest are dropped
+// (their publishes then answer queued, as without the record).
+const maxRecentAcks = 1 << 18
+
+// resolveRemote is resolve for an ack made on another instance. If
+// nobody waits for id yet, it is remembered for keep, so that a wait
+// registered within that time is answered delivered at once.
+func (ws *waiters) resolveRemote(id string, now time.Time, keep time.Duration) {
+	ws.mu.Lock()
+	if len(ws.byID[id]) == 0 && len(ws.handoffs[id]) == 0 && !ws.closed {
+		for len(ws.recentQ) > 0 && (now.Sub(ws.recentQ[0].at) > keep || len(ws.recentQ) >= maxRecentAcks) {
+			if ws.recent[ws.recentQ[0].id].Equal(ws.recentQ[0].at) {
+				delete(ws.recent, ws.recentQ[0].id)
+			}
+			ws.recentQ = ws.recentQ[1:]
+		}
+		ws.recent[id] = now
+		ws.recentQ = append(ws.recentQ, recentAck{id, now})
+		if cap(ws.recentQ) > 2*maxRecentAcks {
+			ws.recentQ = append([]recentAck(nil), ws.recentQ...)
+		}
+		ws.mu.Unlock()
+		return
+	}
+	ws.mu.Unlock()
+	ws.resolve(id)
 }
 
 // add registers a wait for message id on behalf of publisher c. After d
@@ -251,10 +296,19 @@ func newWaiters() *waiters {
 func (ws *waiters) add(c *conn, id, ref string, d time.Duration, committed bool, then func()) *waiter {
 	w := &waiter{c: c, id: id, ref: ref, committed: committed, then: then}
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
 	if ws.closed {
+		ws.mu.Unlock()
 		return nil
 	}
+	if _, ok := ws.recent[id]; ok {
+		// Acked on another instance already: delivered now. w is in no
+		// list, so committed and remove find nothing to do.
+		delete(ws.recent, id)
+		ws.mu.Unlock()
+		c.publishResult(id, ref, wire.StatusDelivered, "")
+		return w
+	}
+	defer ws.mu.Unlock()
 	ws.byID[id] = append(ws.byID[id], w)
 	w.timer = time.AfterFunc(d, func() {
 		ws.mu.Lock()
@@ -351,10 +405,18 @@ func (ws *waiters) resolve(id string) {
 func (ws *waiters) awaitHandoff(c *conn, id, ref string, d time.Duration, check func() string) {
 	h := &handoffWait{c: c, id: id, ref: ref}
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
 	if ws.closed {
+		ws.mu.Unlock()
 		return
 	}
+	if _, ok := ws.recent[id]; ok {
+		// Acked on another instance already (see resolveRemote).
+		delete(ws.recent, id)
+		ws.mu.Unlock()
+		c.publishResult(id, ref, wire.StatusDelivered, "")
+		return
+	}
+	defer ws.mu.Unlock()
 	ws.handoffs[id] = append(ws.handoffs[id], h)
 	h.timer = time.AfterFunc(d, func() {
 		ws.mu.Lock()

@@ -190,7 +190,11 @@ func (b *bridge) attempt(ctx context.Context, h Handoff) {
 		b.s.waiters.handedOff(m.ID, false)
 		return
 	}
-	err := b.post(ctx, m)
+	// An attempt under way is finished even when the server stops (within
+	// offline.timeout, which Shutdown waits for): cut short, the node might
+	// have taken the message without the relay knowing, and it would be
+	// handed off again after the restart.
+	err := b.post(context.WithoutCancel(ctx), m)
 	if err == nil {
 		// Recorded before anyone is answered offline: a republish finds it.
 		if ferr := b.store.FinishHandoff(rctx, m.ID); ferr != nil {
@@ -226,14 +230,11 @@ func (b *bridge) attempt(ctx context.Context, h Handoff) {
 // backoff is the wait before the next attempt after the n-th failed one:
 // capped exponential backoff with full jitter.
 func (b *bridge) backoff(n int) time.Duration {
-	ceil := b.cfg.RetryMax
-	if n < 40 {
-		ceil = min(ceil, b.cfg.RetryMin<<(n-1))
+	ceil := b.cfg.RetryMin
+	for i := 1; i < n && ceil < b.cfg.RetryMax; i++ {
+		ceil *= 2 // no overflow: retry_max is at most maxRetryMax
 	}
-	if ceil <= 0 {
-		ceil = b.cfg.RetryMax
-	}
-	return rand.N(ceil) + 1
+	return rand.N(min(ceil, b.cfg.RetryMax)) + 1
 }
 
 // offlineRequest is the body of a POST to the node's OFFLINE endpoint.

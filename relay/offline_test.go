@@ -732,3 +732,30 @@ func TestBridgeNeverLogsCiphertext(t *testing.T) {
 		t.Errorf("the logs contain the ciphertext:\n%s", out)
 	}
 }
+
+// TestBridgeShutdownDuringAttempt: Shutdown lets an attempt under way end
+// (bounded by offline.timeout) instead of cutting it short, and the
+// hand-off stays pending for the next start.
+func TestBridgeShutdownDuringAttempt(t *testing.T) {
+	node := newTestNode(t)
+	node.set(0, true)
+	const timeout = time.Second
+	e := newEnv(t, withBridge(node, func(o *relay.OfflineConfig) { o.Timeout = timeout }))
+	ct := ciphertext(100, "in flight at shutdown")
+	e.dial().publish(ct, newIdentity(t, 1).ID(), "")
+	select {
+	case <-node.holding:
+	case <-time.After(waitTimeout):
+		t.Fatal("no attempt in flight")
+	}
+	start := time.Now()
+	if err := e.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > timeout+10*time.Second {
+		t.Errorf("Shutdown took %v with an attempt of at most %v under way", took, timeout)
+	}
+	if got := handoffStatus(t, e.store, wire.MessageID(ct)); got != relay.HandoffPending {
+		t.Errorf("after Shutdown the hand-off is %v, want pending", got)
+	}
+}

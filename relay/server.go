@@ -133,7 +133,9 @@ type busHandler struct{ s *Server }
 func (h busHandler) Stored(m Message, existing bool) { h.s.hub.push(m, existing) }
 
 // RecipientAcked answers delivered to the publishes waiting here for id.
-func (h busHandler) RecipientAcked(id string) { h.s.waiters.resolve(id) }
+func (h busHandler) RecipientAcked(id string) {
+	h.s.waiters.resolveRemote(id, h.s.now(), h.s.cfg.Limits.DeliveryWait)
+}
 
 // PeerConnected replaces this instance's older connection of peer.
 func (h busHandler) PeerConnected(peer string, gen int64) { h.s.hub.replaceOlder(peer, gen) }

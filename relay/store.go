@@ -11,7 +11,9 @@ type Message struct {
 	// Seq is the message's position in the store. It increases in commit
 	// order, and commits are serial: a reader that sees Seq n sees every
 	// message with a smaller Seq too. Replay and live push rely on this to
-	// send each message once.
+	// send each message once. A store may number each subscription key on
+	// its own (the Redis store does: one INCR per key inside the put's
+	// script), so the relay compares Seqs only within one key.
 	Seq        int64
 	ID         string // wire.MessageID of Ciphertext
 	Key        string // subscription key of Recipient

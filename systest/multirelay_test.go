@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"courier/internal/cluster"
 	"courier/relay/redisstore/redistest"
 	"courier/upstream"
@@ -242,6 +244,73 @@ func publishUntilAnswered(ctx context.Context, p *peer, to string, ct []byte) (s
 	}
 }
 
+// anonSub is a level-1 (anonymous) subscriber of a key through the
+// front, as the light client is: it acks what it gets and reconnects
+// whenever the connection ends.
+type anonSub struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func startAnonSub(t *testing.T, ctx context.Context, url, key string) *anonSub {
+	a := &anonSub{seen: make(map[string]bool)}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for runCtx.Err() == nil {
+			a.session(runCtx, url, key)
+			select {
+			case <-runCtx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return a
+}
+
+// session is one connection: subscribe, then take and ack deliveries
+// until it ends.
+func (a *anonSub) session(ctx context.Context, url, key string) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ws, _, err := websocket.Dial(dctx, url, nil)
+	cancel()
+	if err != nil {
+		return
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(-1)
+	if ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(wire.TypeSubscribe, wire.Subscribe{UserID: "light client", SubscriptionKey: key})) != nil {
+		return
+	}
+	for {
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			return
+		}
+		f, err := wire.ParseServerFrame(b)
+		if err != nil || f.Kind != wire.KindDelivery {
+			continue
+		}
+		a.mu.Lock()
+		a.seen[f.Delivery.ID] = true
+		a.mu.Unlock()
+		if ws.Write(ctx, websocket.MessageText, wire.ClientFrameBytes(wire.TypeAck, wire.Ack{MessageID: f.Delivery.ID})) != nil {
+			return
+		}
+	}
+}
+
+func (a *anonSub) has(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.seen[id]
+}
+
 // instanceOf returns the index of the relay whose log shows peer's most
 // recent level-2 subscription, -1 if none.
 func instanceOf(relays []*cluster.Relay, peerID string) int {
@@ -288,8 +357,17 @@ func readyConns(r *cluster.Relay) int {
 //     queued or delivered reaches the recipient;
 //  3. kill -9 of the instance holding the recipient, still streaming:
 //     likewise, after the recipient reconnects through the front.
+//
+// A level-1 subscriber of the recipient's key (as the light client is)
+// also gets every message answered queued or delivered, reconnecting
+// through the front whenever its instance goes.
+//
+// Two sidecars with their devnodes, also through the front, send to each
+// other at a steady rate all through 2 and 3: every message a node handed
+// its sidecar reaches the other node exactly once (INDIRECT, or OFFLINE
+// where the sidecar fell back during a reconnect).
 func TestThreeInstancesBehindHAProxy(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	rs := redistest.Start(t, redistest.Options{})
 	c := cluster.New(t.TempDir(), bins)
@@ -312,7 +390,8 @@ namespace = "systest"
 [limits]
 publish_rate = 100000
 publish_burst = 100000
-delivery_wait = "3s"
+# Phase 1 wants every answer delivered: room for a loaded machine's ack.
+delivery_wait = "5s"
 `, rs.URL())
 	var relays []*cluster.Relay
 	for i := range 3 {
@@ -333,10 +412,33 @@ delivery_wait = "3s"
 	f.waitUp(ctx, "relay1", "relay2", "relay3")
 	url := "ws://" + f.addr + "/"
 
+	nodeA, err := c.StartDevNode(ctx, "nodeA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeB, err := c.StartDevNode(ctx, "nodeB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sides := make([]*cluster.Sidecar, 2)
+	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
+		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, Node: n, Extra: sidecarDelivery}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := &world{t: t, ctx: ctx, c: c, nodeA: nodeA, nodeB: nodeB, sideA: sides[0], sideB: sides[1]}
+	w.waitConnected(w.sideA)
+	w.waitConnected(w.sideB)
+
 	alice := newPeer(t, ctx, 1, url)
 	eventually(t, ctx, "the publisher connected", alice.connected)
 	bob := newPeer(t, ctx, 2, url)
 	eventually(t, ctx, "the recipient connected", bob.connected)
+	bobID, err := wire.ParsePeerID(bob.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	light := startAnonSub(t, ctx, url, bobID.SubscriptionKey(wire.RelayPrefixBits))
 	ai, bi := instanceOf(relays, alice.id), instanceOf(relays, bob.id)
 	if ai < 0 || bi < 0 || ai == bi {
 		t.Fatalf("publisher on instance %d, recipient on %d: want two different instances (leastconn)", ai+1, bi+1)
@@ -357,11 +459,14 @@ delivery_wait = "3s"
 		t.Fatalf("recipient got %d messages %v, want %d in publish order", len(got), got, len(want))
 	}
 
-	// 2 and 3 stream messages at a steady rate meanwhile.
+	// 2 and 3 stream messages at a steady rate meanwhile: the raw peers
+	// at 50 msg/s, the nodes both ways at 12.5 msg/s each.
 	var (
-		mu       sync.Mutex
-		answered = make(map[string]string) // ID -> queued / delivered
-		failed   []string
+		sentAB, sentBA []string
+		sendErrs       []string
+		mu             sync.Mutex
+		answered       = make(map[string]string) // ID -> queued / delivered
+		failed         []string
 	)
 	streamCtx, stopStream := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -388,6 +493,32 @@ delivery_wait = "3s"
 					failed = append(failed, fmt.Sprintf("%s: %s", ct, st))
 				}
 			})
+		}
+	})
+	wg.Go(func() {
+		tick := time.NewTicker(40 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-streamCtx.Done():
+				return
+			case <-tick.C:
+			}
+			from, to := nodeA, nodeB
+			if i%2 == 1 {
+				from, to = nodeB, nodeA
+			}
+			sent, err := from.Send(ctx, to, fmt.Sprintf("node message %05d", i))
+			mu.Lock()
+			switch {
+			case err != nil:
+				sendErrs = append(sendErrs, err.Error())
+			case from == nodeA:
+				sentAB = append(sentAB, sent.ID)
+			default:
+				sentBA = append(sentBA, sent.ID)
+			}
+			mu.Unlock()
 		}
 	})
 	countAnswered := func() int {
@@ -437,26 +568,44 @@ delivery_wait = "3s"
 
 	mu.Lock()
 	defer mu.Unlock()
+	if len(sendErrs) > 0 {
+		t.Fatalf("%d node sends refused by their sidecar: %v", len(sendErrs), sendErrs)
+	}
+	for _, d := range []struct {
+		side     *cluster.Sidecar
+		to       *cluster.DevNode
+		sent     []string
+		from, at string
+	}{{w.sideA, nodeB, sentAB, "nodeA", "nodeB"}, {w.sideB, nodeA, sentBA, "nodeB", "nodeA"}} {
+		states := w.waitFinal(d.side, d.sent)
+		paths := make(map[string]int)
+		for _, m := range states {
+			paths[m.State+"/"+m.Path]++
+		}
+		w.waitReceived(d.to, d.sent)
+		w.checkExactlyOnce(d.to, d.sent)
+		t.Logf("%s -> %s: %d messages, all at %s exactly once; by final state/path: %v", d.from, d.at, len(d.sent), d.at, paths)
+	}
 	if len(failed) > 0 {
 		t.Fatalf("%d publishes not answered queued or delivered: %v", len(failed), failed)
 	}
 	missing := func() []string {
 		var out []string
 		for id := range answered {
-			if !bob.has(id) {
+			if !bob.has(id) || !light.has(id) {
 				out = append(out, id)
 			}
 		}
 		return out
 	}
-	eventually(t, ctx, "every answered message at the recipient", func() bool { return len(missing()) == 0 })
+	eventually(t, ctx, "every answered message at the recipient and the level-1 subscriber of its key", func() bool { return len(missing()) == 0 })
 	queued := 0
 	for _, st := range answered {
 		if st == wire.StatusQueued {
 			queued++
 		}
 	}
-	t.Logf("%d messages streamed and answered (%d queued, the rest delivered); all reached the recipient", len(answered), queued)
+	t.Logf("%d messages streamed and answered (%d queued, the rest delivered); all reached the recipient and the level-1 subscriber", len(answered), queued)
 	for _, r := range relays {
 		if n := readyConns(r); n < 0 {
 			t.Errorf("%s not ready at the end", r.Name)
@@ -473,5 +622,171 @@ func eventually(t *testing.T, ctx context.Context, what string, cond func() bool
 			t.Fatalf("timed out waiting for %s", what)
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// TestSentinelFailoverBehindHAProxy: three instances behind HAProxy on
+// Redis with Sentinel (one primary, one replica, three Sentinels, all on
+// loopback); two sidecars with their nodes send to each other at a steady
+// rate while the primary is killed. The relays go on on the new primary
+// (the time is measured), and every message a node handed its sidecar
+// reaches the other node exactly once: what the relays could not take
+// during the failover went OFFLINE, and what asynchronous replication
+// might lose of what they had stored is covered by the same fallback only
+// if it was never answered; the test counts both.
+func TestSentinelFailoverBehindHAProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	sn := redistest.StartSentinel(t)
+	c := cluster.New(t.TempDir(), bins)
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("stopping the processes: %v", err)
+		}
+	})
+	addrs := make([]string, len(sn.Addrs))
+	for i, a := range sn.Addrs {
+		addrs[i] = fmt.Sprintf("%q", a)
+	}
+	conf := fmt.Sprintf(`listen = "127.0.0.1:1"
+public_host = "relay.test"
+log_level = "debug"
+drain_delay = "1s"
+
+[store]
+driver = "redis"
+sentinel_addrs = [%s]
+master_name = %q
+
+[limits]
+publish_rate = 100000
+publish_burst = 100000
+delivery_wait = "3s"
+`, strings.Join(addrs, ", "), sn.MasterName)
+	var relays []*cluster.Relay
+	for i := range 3 {
+		r, err := c.StartRelayConfig(ctx, fmt.Sprintf("relay%d", i+1), conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relays = append(relays, r)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, r := range relays {
+				t.Logf("%s:\n%s", r.Name, r.Tail(15))
+			}
+		}
+	})
+	f := startFront(t, c.Dir, relays)
+	f.waitUp(ctx, "relay1", "relay2", "relay3")
+	url := "ws://" + f.addr + "/"
+	nodeA, err := c.StartDevNode(ctx, "nodeA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeB, err := c.StartDevNode(ctx, "nodeB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sides := make([]*cluster.Sidecar, 2)
+	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
+		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, Node: n, Extra: sidecarDelivery}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := &world{t: t, ctx: ctx, c: c, nodeA: nodeA, nodeB: nodeB, sideA: sides[0], sideB: sides[1]}
+	w.waitConnected(w.sideA)
+	w.waitConnected(w.sideB)
+
+	var (
+		mu             sync.Mutex
+		sentAB, sentBA []string
+		sendErrs       []string
+	)
+	streamCtx, stopStream := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(40 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-streamCtx.Done():
+				return
+			case <-tick.C:
+			}
+			from, to := nodeA, nodeB
+			if i%2 == 1 {
+				from, to = nodeB, nodeA
+			}
+			sent, err := from.Send(ctx, to, fmt.Sprintf("failover message %05d", i))
+			mu.Lock()
+			switch {
+			case err != nil:
+				sendErrs = append(sendErrs, err.Error())
+			case from == nodeA:
+				sentAB = append(sentAB, sent.ID)
+			default:
+				sentBA = append(sentBA, sent.ID)
+			}
+			mu.Unlock()
+		}
+	})
+	sentCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(sentAB) + len(sentBA)
+	}
+	eventually(t, ctx, "40 messages sent", func() bool { return sentCount() >= 40 })
+
+	killed := time.Now()
+	sn.Primary.Stop() // kill -9
+	allReady := func() bool {
+		for _, r := range relays {
+			resp, err := http.Get(r.HTTPURL() + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return false
+			}
+		}
+		return true
+	}
+	// Ready again means Redis answers through the Sentinels' new primary.
+	eventually(t, ctx, "a relay not ready after the kill", func() bool { return !allReady() || time.Since(killed) > 5*time.Second })
+	eventually(t, ctx, "every relay ready on the new primary", allReady)
+	took := time.Since(killed)
+	w.waitConnected(w.sideA)
+	w.waitConnected(w.sideB)
+	n := sentCount()
+	eventually(t, ctx, "40 more messages sent", func() bool { return sentCount() >= n+40 })
+	stopStream()
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sendErrs) > 0 {
+		t.Fatalf("%d node sends refused by their sidecar: %v", len(sendErrs), sendErrs)
+	}
+	for _, d := range []struct {
+		side     *cluster.Sidecar
+		to       *cluster.DevNode
+		sent     []string
+		from, at string
+	}{{w.sideA, nodeB, sentAB, "nodeA", "nodeB"}, {w.sideB, nodeA, sentBA, "nodeB", "nodeA"}} {
+		states := w.waitFinal(d.side, d.sent)
+		paths := make(map[string]int)
+		for _, m := range states {
+			paths[m.State+"/"+m.Path]++
+		}
+		w.waitReceived(d.to, d.sent)
+		w.checkExactlyOnce(d.to, d.sent)
+		t.Logf("%s -> %s: %d messages, all at %s exactly once; by final state/path: %v", d.from, d.at, len(d.sent), d.at, paths)
+	}
+	t.Logf("Redis failover: every relay ready on the new primary %v after the primary was killed (Sentinel down-after 1s)", took.Round(10*time.Millisecond))
+	if took > 30*time.Second {
+		t.Errorf("relays ready again only after %v, want within 30s", took)
 	}
 }

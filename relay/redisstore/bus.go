@@ -66,6 +66,8 @@ func (s *Store) Listen(ctx context.Context, h relay.BusHandler) error {
 }
 
 func (s *Store) listen(ctx context.Context, ps *redis.PubSub, h relay.BusHandler) {
+	broken := false
+	wait := 100 * time.Millisecond
 	for {
 		msg, err := ps.Receive(ctx)
 		if err != nil {
@@ -73,10 +75,14 @@ func (s *Store) listen(ctx context.Context, ps *redis.PubSub, h relay.BusHandler
 				return
 			}
 			// go-redis reconnects and subscribes again on the next Receive.
-			s.log.Warn("bus: subscription broken; reconnecting", "err", err)
-			h.Resync("the relay lost its link to the other instances")
+			if !broken {
+				broken = true
+				s.log.Warn("bus: subscription broken; reconnecting", "err", err)
+				h.Resync("the relay lost its link to the other instances")
+			}
 			select {
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(wait):
+				wait = min(2*wait, time.Second)
 			case <-ctx.Done():
 				return
 			}
@@ -86,8 +92,13 @@ func (s *Store) listen(ctx context.Context, ps *redis.PubSub, h relay.BusHandler
 		case *redis.Message:
 			s.event(m.Payload, h)
 		case *redis.Subscription:
-			// A subscription confirmed again after a reconnect: events may
-			// have been lost in between.
+			// Subscribed again after a reconnect: events may have been
+			// lost in between, also by subscribers that connected while
+			// the link was down.
+			if broken {
+				s.log.Info("bus: subscription re-established")
+			}
+			broken, wait = false, 100*time.Millisecond
 			h.Resync("the relay's link to the other instances was re-established")
 		}
 	}

@@ -18,7 +18,13 @@
 // stored ID for another key is refused), the expiry index (a sorted set of
 // subscription keys by the oldest time stored under them, which Sweep
 // walks in batches instead of scanning every message), and the running
-// totals behind Stats.
+// totals behind Stats. The totals count a batch's puts in the scripts'
+// pipeline and take back, before any result is sent, those that stored
+// nothing; an instance killed in between leaves them high by those, so
+// Stats (and /readyz's counts) are exact only while no instance crashes.
+// The expiry index is written before the put (by the relay's clock), so a
+// key is never missing from it; an entry older than the key's oldest
+// message only makes a sweep look at the key early.
 //
 // Writes go through one writer goroutine, in call order: it takes what is
 // queued (up to Options.MaxBatch writes), looks up the message IDs in one
@@ -599,7 +605,7 @@ func (s *Store) sweepKey(ctx context.Context, key, lim string) (int, error) {
 			pipe.HIncrBy(ctx, s.totalsKey, "bytes", -bytes)
 			for _, v := range vals[3:] {
 				id, _ := v.(string)
-				dropIndexScript.Run(ctx, pipe, []string{s.indexKey(id)}, key)
+				dropIndexScript.Eval(ctx, pipe, []string{s.indexKey(id)}, key) // Eval: a pipeline cannot fall back on NOSCRIPT
 				// Its hand-off went with it (the sweep script).
 				pipe.ZRem(ctx, s.handoffKey, handoffEntry(key, id))
 				pipe.HDel(ctx, s.handoffOwnerKey, handoffEntry(key, id))

@@ -38,6 +38,8 @@ type Options struct {
 	TCP bool
 	// Fsync is the appendfsync setting: "always" (default) or "everysec".
 	Fsync string
+	// Args are more redis-server arguments (such as --replicaof).
+	Args []string
 }
 
 // Start starts redis-server, stopped (SIGKILL, then waited for) when the
@@ -64,6 +66,7 @@ func Start(t testing.TB, opts Options) *Server {
 		"--dir", dir, "--appendonly", "yes", "--appendfsync", opts.Fsync,
 		"--save", "", "--daemonize", "no", "--loglevel", "warning",
 	}
+	s.args = append(s.args, opts.Args...)
 	s.bin = bin
 	s.start()
 	t.Cleanup(s.Stop)
@@ -106,6 +109,9 @@ func (s *Server) start() {
 	}
 }
 
+// Addr is the server's TCP address (Options.TCP).
+func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
+
 // URL is the server's address as a redis URL (the Unix socket).
 func (s *Server) URL() string { return "unix://" + s.Socket }
 
@@ -135,3 +141,76 @@ func (s *Server) Restart() {
 
 // String describes the server for failure messages.
 func (s *Server) String() string { return fmt.Sprintf("redis-server on %s", s.Socket) }
+
+// Sentinel is a primary, a replica of it and three Sentinels watching it
+// as MasterName, all on loopback TCP ports: Redis high availability.
+type Sentinel struct {
+	Primary, Replica *Server
+	Addrs            []string // the Sentinels
+	MasterName       string
+	sentinels        []*exec.Cmd
+}
+
+// StartSentinel starts a primary, its replica and three Sentinels (quorum
+// 2, primary down after 1s without answers), and waits until the replica
+// is in sync and the Sentinels know it. Everything stops when the test ends.
+func StartSentinel(t testing.TB) *Sentinel {
+	t.Helper()
+	st := &Sentinel{MasterName: "courier"}
+	st.Primary = Start(t, Options{TCP: true})
+	st.Replica = Start(t, Options{TCP: true, Args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(st.Primary.Port)}})
+	for i := range 3 {
+		dir := t.TempDir()
+		port := freePort(t)
+		conf := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor %s 127.0.0.1 %d 2\n"+
+			"sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 5000\nsentinel parallel-syncs %s 1\n",
+			port, dir, st.MasterName, st.Primary.Port, st.MasterName, st.MasterName, st.MasterName)
+		path := filepath.Join(dir, fmt.Sprintf("sentinel%d.conf", i))
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(st.Primary.bin, path, "--sentinel")
+		out := new(bytes.Buffer)
+		cmd.Stdout, cmd.Stderr = out, out
+		setDeathSignal(cmd)
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start sentinel: %v", err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			if t.Failed() {
+				t.Logf("sentinel %d:\n%s", i, out)
+			}
+		})
+		st.sentinels = append(st.sentinels, cmd)
+		st.Addrs = append(st.Addrs, "127.0.0.1:"+strconv.Itoa(port))
+	}
+	// The replica in sync, and every Sentinel aware of it.
+	deadline := time.Now().Add(30 * time.Second)
+	ctx := context.Background()
+	for {
+		ok := true
+		rc := redis.NewClient(&redis.Options{Addr: st.Replica.Addr()})
+		info, err := rc.Info(ctx, "replication").Result()
+		rc.Close()
+		if err != nil || !bytes.Contains([]byte(info), []byte("master_link_status:up")) {
+			ok = false
+		}
+		for _, a := range st.Addrs {
+			sc := redis.NewSentinelClient(&redis.Options{Addr: a})
+			reps, err := sc.Replicas(ctx, st.MasterName).Result()
+			sc.Close()
+			if err != nil || len(reps) == 0 {
+				ok = false
+			}
+		}
+		if ok {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Sentinel setup not ready within 30s: replication %q, %v", info, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
