@@ -422,7 +422,7 @@ delivery_wait = "5s"
 	}
 	sides := make([]*cluster.Sidecar, 2)
 	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
-		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, Node: n, Extra: sidecarDelivery}); err != nil {
+		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, RelayHost: "relay.test", Node: n, Extra: sidecarDelivery}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -691,7 +691,7 @@ delivery_wait = "3s"
 	}
 	sides := make([]*cluster.Sidecar, 2)
 	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
-		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, Node: n, Extra: sidecarDelivery}); err != nil {
+		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, RelayHost: "relay.test", Node: n, Extra: sidecarDelivery}); err != nil {
 			t.Fatal(err)
 		}
 	}

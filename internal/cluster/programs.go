@@ -179,6 +179,9 @@ type Sidecar struct {
 // SidecarConfig is what StartSidecar writes into the sidecar's TOML.
 type SidecarConfig struct {
 	RelayURL string
+	// RelayHost, if set, is the sidecar's relay_host: the relay's
+	// public_host when it differs from relay_url's host (behind a front).
+	RelayHost string
 	// Node is the devnode the sidecar serves; it is pointed at the sidecar
 	// once it runs. Or leave it nil and set NodeURL: the base URL of any
 	// server with the node's endpoints (/ob/signmessage, /courier/offline,
@@ -222,6 +225,9 @@ func (s *Sidecar) writeConfig(name, relayURL string) error {
 	var b strings.Builder
 	if relayURL != "" {
 		fmt.Fprintf(&b, "relay_url = %q\n", relayURL)
+	}
+	if s.toml.RelayHost != "" {
+		fmt.Fprintf(&b, "relay_host = %q\n", s.toml.RelayHost)
 	}
 	n := s.toml.nodeURL()
 	fmt.Fprintf(&b, "\n[api]\nlisten = \"127.0.0.1:0\"\n\n[node]\noffline_publish_url = %q\ninbound_url = %q\nsign_url = %q\n\n[store]\npath = %q\n\n%s\n",
