@@ -13,6 +13,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -176,6 +177,19 @@ func (m *Main) Open() error {
 		st.Close()
 		return fmt.Errorf("listen: %w", err)
 	}
+	scheme := "http"
+	if cfg.TLS.Enabled() {
+		certs, err := relay.NewCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ReloadInterval, m.Logger.With("component", "tls"))
+		if err != nil {
+			ln.Close()
+			srv.Close()
+			st.Close()
+			return err
+		}
+		// HTTP/1.1 only (NextProtos): a WebSocket upgrade is HTTP/1.1.
+		ln = tls.NewListener(ln, certs.TLSConfig())
+		scheme = "https"
+	}
 	m.ln = ln
 	m.httpSrv = &http.Server{
 		Handler:           srv.Handler(),
@@ -195,7 +209,7 @@ func (m *Main) Open() error {
 			where = "redis sentinel " + cfg.Store.MasterName
 		}
 	}
-	m.Logger.Info("courier-relay listening", "addr", ln.Addr().String(), "version", version,
+	m.Logger.Info("courier-relay listening", "addr", ln.Addr().String(), "scheme", scheme, "version", version,
 		"public_host", cfg.PublicHost, "store", where, "offline_bridge", cfg.Offline != nil)
 	return nil
 }
