@@ -40,6 +40,8 @@ type Config struct {
 	// TLS, when both files are set, makes courier-relay serve https://
 	// and wss:// itself.
 	TLS TLSConfig `toml:"tls"`
+	// Log is the [log] section (log_level stays at the top).
+	Log LogConfig `toml:"log"`
 
 	Store     StoreConfig     `toml:"store"`
 	Limits    LimitsConfig    `toml:"limits"`

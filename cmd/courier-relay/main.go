@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -195,7 +196,8 @@ func (m *Main) Open() error {
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+		// net/http names the client in some lines (TLS handshake errors).
+		ErrorLog: log.New(relay.RedactingWriter(slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn).Writer(), cfg.Log.ClientDetails), "", 0),
 	}
 	go func() {
 		if err := m.httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

@@ -164,6 +164,30 @@ func TestTLSServesAndPicksUpARenewedCertificate(t *testing.T) {
 	}
 }
 
+// net/http's error log names the client of a failed handshake; without
+// log.client_details its address is redacted.
+func TestTLSHandshakeErrorLogsNoClientAddress(t *testing.T) {
+	ca := testcert.NewCA(t)
+	m, _, _, log := openTLSRelay(t, ca)
+	addr := m.Addr().String()
+	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: testcert.NewCA(t).Pool()}); err == nil {
+		c.Close()
+		t.Fatal("a client with another CA verified the relay")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(log.String(), "TLS handshake error") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no handshake error logged:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, line := range strings.Split(log.String(), "\n") {
+		if strings.Contains(line, "TLS handshake error") && (strings.Contains(line, "127.0.0.1") || !strings.Contains(line, "[client]")) {
+			t.Errorf("the client's address is logged: %s", line)
+		}
+	}
+}
+
 func TestTLSConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, c := range []struct{ name, tls, want string }{
