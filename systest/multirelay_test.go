@@ -245,7 +245,8 @@ func publishUntilAnswered(ctx context.Context, p *peer, to string, ct []byte) (s
 // instanceOf returns the index of the relay whose log shows peer's most
 // recent level-2 subscription, -1 if none.
 func instanceOf(relays []*cluster.Relay, peerID string) int {
-	re := regexp.MustCompile(`time=(\S+) level=DEBUG msg=subscribed .*level=2 peer=` + regexp.QuoteMeta(peerID))
+	// Logged at info with [log] client_details (the peer ID is not logged otherwise).
+	re := regexp.MustCompile(`time=(\S+) level=INFO msg=subscribed .*level=2 peer=` + regexp.QuoteMeta(peerID))
 	best, bestAt := -1, ""
 	for i, r := range relays {
 		b, err := os.ReadFile(r.Log)
@@ -313,6 +314,9 @@ namespace = "systest"
 publish_rate = 100000
 publish_burst = 100000
 delivery_wait = "3s"
+
+[log]
+client_details = true # instanceOf reads the peer IDs from the logs
 `, rs.URL())
 	var relays []*cluster.Relay
 	for i := range 3 {
