@@ -2,6 +2,7 @@ package sidecar_test
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,5 +125,45 @@ func TestRelayTLSConfigValidation(t *testing.T) {
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("Validate: %v", err)
+	}
+}
+
+// A relay_ca_file that disappears after the config was checked does not
+// fall back to the system roots: the relay is not dialled and the status
+// names relay_ca_file.
+func TestRelayCAFileGoneIsReported(t *testing.T) {
+	ca := testcert.NewCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	ca.WriteLeaf(t, 1, certFile, keyFile)
+	r := st.StartRelay(t, func(c *relay.Config) { c.TLS.CertFile, c.TLS.KeyFile = certFile, keyFile }, nil)
+	caCopy := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caCopy, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := st.NewNode(t, "A")
+	cfg := st.Config(n, r.URL(), t.TempDir())
+	cfg.RelayCAFile = caCopy
+	e, err := sidecar.New(cfg, st.Logger(), st.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := os.Remove(caCopy); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	st.Eventually(t, "relay_ca_file in the relay status", func() bool {
+		s := e.RelayStatus()
+		return s.State == sidecar.RelayDisconnected && strings.Contains(s.LastError, "relay_ca_file")
+	})
+	if len(n.Sign.Requests()) != 0 {
+		t.Error("the node was asked to sign although the relay could not be verified")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }
