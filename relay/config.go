@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -36,6 +37,12 @@ type Config struct {
 	// with 1012 and exits. Default 5s; 0 closes at once.
 	DrainDelay time.Duration `toml:"drain_delay"`
 
+	// TLS, when both files are set, makes courier-relay serve https://
+	// and wss:// itself.
+	TLS TLSConfig `toml:"tls"`
+	// Log is the [log] section (log_level stays at the top).
+	Log LogConfig `toml:"log"`
+
 	Store     StoreConfig     `toml:"store"`
 	Limits    LimitsConfig    `toml:"limits"`
 	Keepalive KeepaliveConfig `toml:"keepalive"`
@@ -49,6 +56,22 @@ type Config struct {
 	// Version is reported by GET /; the binary sets it. Not read from TOML.
 	Version string `toml:"-"`
 }
+
+// TLSConfig is the [tls] section. Set both files or neither.
+type TLSConfig struct {
+	// CertFile is the PEM certificate chain (leaf first), such as
+	// Let's Encrypt's fullchain.pem. A renewed file is picked up by new
+	// connections within a few seconds; open connections are kept.
+	CertFile string `toml:"cert_file"`
+	// KeyFile is the PEM private key of that certificate.
+	KeyFile string `toml:"key_file"`
+	// ReloadInterval is how often, at most, the files are checked for a
+	// renewal. Default 5s. Not read from TOML (tests set it).
+	ReloadInterval time.Duration `toml:"-"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLSConfig) Enabled() bool { return t.CertFile != "" && t.KeyFile != "" }
 
 // StoreConfig selects and tunes the message store.
 type StoreConfig struct {
@@ -358,6 +381,18 @@ func (c Config) Validate() error {
 	positiveDur("shutdown_timeout", c.ShutdownTimeout)
 	if c.DrainDelay < 0 || c.DrainDelay > 10*time.Minute {
 		bad("drain_delay", "must be between \"0s\" and \"10m\", got %v", c.DrainDelay)
+	}
+	switch t := c.TLS; {
+	case t.CertFile != "" && t.KeyFile == "":
+		bad("tls.key_file", "must be set with tls.cert_file (the certificate's private key, PEM); set both or neither")
+	case t.CertFile == "" && t.KeyFile != "":
+		bad("tls.cert_file", "must be set with tls.key_file (the certificate chain, PEM); set both or neither")
+	case t.Enabled():
+		for _, f := range []struct{ key, path string }{{"tls.cert_file", t.CertFile}, {"tls.key_file", t.KeyFile}} {
+			if _, err := os.Stat(f.path); err != nil {
+				bad(f.key, "cannot be read: %v", err)
+			}
+		}
 	}
 
 	switch c.Store.Driver {

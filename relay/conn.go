@@ -400,9 +400,9 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 	c.subscribed.Store(true)
 	c.subTimer.Stop()
 	if c.level2 {
-		c.log.Debug("subscribed", "level", 2, "peer", c.sub.ID, "key", c.key)
+		c.srv.logClient(c.log, "subscribed", []any{"peer", c.sub.ID, "key", c.key}, "level", 2)
 	} else {
-		c.log.Debug("subscribed", "level", 1, "key", c.key)
+		c.srv.logClient(c.log, "subscribed", []any{"key", c.key}, "level", 1)
 	}
 	// SubscribeOK is queued before the hub knows the connection: nothing
 	// can come before it.

@@ -491,13 +491,13 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		InsecureSkipVerify: true,
 	})
 	if err != nil {
-		s.log.Debug("websocket accept failed", "remote", r.RemoteAddr, "err", err)
+		s.logClient(s.log, "websocket accept failed", []any{"remote", r.RemoteAddr}, "err", err)
 		done()
 		return
 	}
 	c.ws = ws
 	s.metrics.connections.Inc()
-	c.log.Debug("connected", "remote", r.RemoteAddr)
+	s.logClient(c.log, "connected", []any{"remote", r.RemoteAddr})
 	go func() {
 		defer done()
 		defer s.metrics.connections.Dec()

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +32,16 @@ type Config struct {
 	// could pass on another relay's challenge and log in there as this
 	// node. Default: empty (relay_url's host only).
 	RelayHost string `toml:"relay_host"`
+	// RelayCAFile is a PEM file of the certificate authorities a wss://
+	// relay's certificate must chain to, instead of the system roots (a
+	// relay with its own CA or a self-signed certificate). [LoadConfig]
+	// resolves a relative path against the config file's directory.
+	// Default: empty (the system roots).
+	RelayCAFile string `toml:"relay_ca_file"`
+	// AllowInsecure permits a ws:// (unencrypted, unauthenticated)
+	// relay_url to a host that is not loopback: anyone on the path could
+	// read who talks to whom and stand in for the relay. Default false.
+	AllowInsecure bool `toml:"allow_insecure"`
 
 	API      APIConfig      `toml:"api"`
 	Node     NodeConfig     `toml:"node"`
@@ -256,7 +267,7 @@ func LoadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
-	for _, p := range []*string{&cfg.Store.Path, &cfg.Node.PasswordFile, &cfg.Node.CookieFile} {
+	for _, p := range []*string{&cfg.Store.Path, &cfg.Node.PasswordFile, &cfg.Node.CookieFile, &cfg.RelayCAFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(filepath.Dir(path), *p)
 		}
@@ -275,6 +286,13 @@ func (c Config) Validate() error {
 	if c.RelayURL != "" {
 		if err := checkURL(c.RelayURL, "ws", "wss"); err != nil {
 			add("relay_url", "%w; delete the line to opt out of INDIRECT", err)
+		} else if u, _ := url.Parse(c.RelayURL); u.Scheme == "ws" && !isLoopbackHost(u.Hostname()) && !c.AllowInsecure {
+			add("relay_url", "%q is ws:// (no TLS) to %q, which is not this machine: anyone on the path could read it and stand in for the relay. Use wss://, or set allow_insecure = true if you accept that", c.RelayURL, u.Hostname())
+		}
+	}
+	if c.RelayCAFile != "" {
+		if _, err := LoadRelayCA(c.RelayCAFile); err != nil {
+			add("relay_ca_file", "%w", err)
 		}
 	}
 
@@ -380,6 +398,28 @@ func checkURL(s string, schemes ...string) error {
 		return fmt.Errorf("%q names no host: write %s", s, want)
 	}
 	return nil
+}
+
+// isLoopbackHost reports whether host is "localhost" or a loopback IP.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// LoadRelayCA reads relay_ca_file: PEM certificates, at least one.
+func LoadRelayCA(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the relay's CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\"): give the CA certificate the relay's certificate is signed by", path)
+	}
+	return pool, nil
 }
 
 // checkListen checks a host:port listen address and reports whether it is

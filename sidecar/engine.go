@@ -158,7 +158,8 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		e.mu.Unlock()
 		return errors.New("store: store.path and store.synchronous cannot change while courier runs; restart it to use a new store")
 	}
-	relayChanged := cfg.RelayURL != e.cfg.RelayURL || cfg.RelayHost != e.cfg.RelayHost
+	relayChanged := cfg.RelayURL != e.cfg.RelayURL || cfg.RelayHost != e.cfg.RelayHost ||
+		cfg.RelayCAFile != e.cfg.RelayCAFile
 	e.cfg = cfg
 	e.mu.Unlock()
 	if relayChanged {

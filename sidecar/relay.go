@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"sync"
 	"time"
@@ -189,9 +190,22 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 			signal(e.wakeDispatch)
 			return
 		}
+		var roots *x509.CertPool
+		if cfg.RelayCAFile != "" {
+			var err error
+			if roots, err = LoadRelayCA(cfg.RelayCAFile); err != nil {
+				// Validate read it; it has gone since. Connecting with the
+				// system roots instead would trust what the operator chose
+				// not to: say so in the status and wait for a reload.
+				e.log.Error("relay_ca_file", "err", err)
+				e.onRelayCAError(g, err)
+				return
+			}
+		}
 		client, err := upstream.New(upstream.Config{
 			URL:           cfg.RelayURL,
 			ExpectedHost:  cfg.RelayHost,
+			RootCAs:       roots,
 			Sign:          e.sign,
 			Handle:        e.takeInbound,
 			Logger:        e.log.With("component", "upstream"),
@@ -253,3 +267,14 @@ func (e *Engine) armGraceTimer() {
 
 // RelayStatus returns the relay connection's status.
 func (e *Engine) RelayStatus() RelayStatus { return e.link.snapshot() }
+
+// onRelayCAError records that generation gen's client could not start
+// because relay_ca_file could not be read.
+func (e *Engine) onRelayCAError(gen uint64, err error) {
+	e.link.mu.Lock()
+	if gen == e.link.gen {
+		e.link.status = RelayStatus{State: RelayDisconnected, Since: time.Now(), LastError: "relay_ca_file: " + err.Error()}
+	}
+	e.link.mu.Unlock()
+	e.m.relayState(RelayDisconnected)
+}

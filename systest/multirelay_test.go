@@ -314,7 +314,8 @@ func (a *anonSub) has(id string) bool {
 // instanceOf returns the index of the relay whose log shows peer's most
 // recent level-2 subscription, -1 if none.
 func instanceOf(relays []*cluster.Relay, peerID string) int {
-	re := regexp.MustCompile(`time=(\S+) level=DEBUG msg=subscribed .*level=2 peer=` + regexp.QuoteMeta(peerID))
+	// Logged at info with [log] client_details (the peer ID is not logged otherwise).
+	re := regexp.MustCompile(`time=(\S+) level=INFO msg=subscribed .*level=2 peer=` + regexp.QuoteMeta(peerID))
 	best, bestAt := -1, ""
 	for i, r := range relays {
 		b, err := os.ReadFile(r.Log)
@@ -392,6 +393,9 @@ publish_rate = 100000
 publish_burst = 100000
 # Phase 1 wants every answer delivered: room for a loaded machine's ack.
 delivery_wait = "5s"
+
+[log]
+client_details = true # instanceOf reads the peer IDs from the logs
 `, rs.URL())
 	var relays []*cluster.Relay
 	for i := range 3 {

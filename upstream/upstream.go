@@ -15,6 +15,8 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -103,7 +105,11 @@ type Config struct {
 	ExpectedHost string
 	Sign         SignFunc
 	Handle       Handler
-	Logger       *slog.Logger
+	// RootCAs, if set, are the only certificate authorities a wss:// relay's
+	// certificate may chain to (the sidecar's relay_ca_file). Default nil:
+	// the system roots.
+	RootCAs *x509.CertPool
+	Logger  *slog.Logger
 	// OnStateChange, if set, is called after every state change. It runs on
 	// the client's goroutine and must not block.
 	OnStateChange func(Status)
@@ -147,8 +153,9 @@ func (c *Config) setDefaults() {
 // with Run; Publish may be called from any goroutine.
 type Client struct {
 	cfg      Config
-	host     string // the relay's host[:port], for logs
-	hostname string // the relay URL's host name, without port
+	http     *http.Client // for the WebSocket dial and GET /, with RootCAs
+	host     string       // the relay's host[:port], for logs
+	hostname string       // the relay URL's host name, without port
 
 	mu      sync.Mutex
 	status  Status
@@ -165,8 +172,16 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("upstream: relay URL %q: want ws://host[:port]/ or wss://host[:port]/", cfg.URL)
 	}
 	cfg.setDefaults()
+	// One transport per client, HTTP/1.1 only (a WebSocket upgrade is
+	// HTTP/1.1), verifying the relay with RootCAs or the system roots.
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment, // as http.DefaultClient did
+		TLSClientConfig:     &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: cfg.HandshakeTimeout,
+	}
 	return &Client{
 		cfg:      cfg,
+		http:     &http.Client{Transport: tr},
 		host:     u.Host,
 		hostname: u.Hostname(),
 		status:   Status{State: StateDisconnected, Since: time.Now()},
@@ -271,7 +286,7 @@ func (c *Client) Publish(ctx context.Context, recipient string, ciphertext []byt
 func (c *Client) connectAndServe(ctx context.Context) error {
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
 	defer cancel()
-	conn, _, err := websocket.Dial(hctx, c.cfg.URL, nil)
+	conn, _, err := websocket.Dial(hctx, c.cfg.URL, &websocket.DialOptions{HTTPClient: c.http})
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
@@ -315,7 +330,7 @@ func (c *Client) relayMessageLimit(ctx context.Context) int {
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Close = true // once per connection: no idle connection left behind
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.http.Do(req)
 	if err != nil {
 		c.cfg.Logger.Debug("relay description unavailable", "relay", c.host, "err", err)
 		return 0

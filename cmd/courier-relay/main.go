@@ -13,10 +13,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -176,12 +178,26 @@ func (m *Main) Open() error {
 		st.Close()
 		return fmt.Errorf("listen: %w", err)
 	}
+	scheme := "http"
+	if cfg.TLS.Enabled() {
+		certs, err := relay.NewCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ReloadInterval, m.Logger.With("component", "tls"))
+		if err != nil {
+			ln.Close()
+			srv.Close()
+			st.Close()
+			return err
+		}
+		// HTTP/1.1 only (NextProtos): a WebSocket upgrade is HTTP/1.1.
+		ln = tls.NewListener(ln, certs.TLSConfig())
+		scheme = "https"
+	}
 	m.ln = ln
 	m.httpSrv = &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+		// net/http names the client in some lines (TLS handshake errors).
+		ErrorLog: log.New(relay.RedactingWriter(slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn).Writer(), cfg.Log.ClientDetails), "", 0),
 	}
 	go func() {
 		if err := m.httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -195,7 +211,7 @@ func (m *Main) Open() error {
 			where = "redis sentinel " + cfg.Store.MasterName
 		}
 	}
-	m.Logger.Info("courier-relay listening", "addr", ln.Addr().String(), "version", version,
+	m.Logger.Info("courier-relay listening", "addr", ln.Addr().String(), "scheme", scheme, "version", version,
 		"public_host", cfg.PublicHost, "store", where, "offline_bridge", cfg.Offline != nil)
 	return nil
 }

@@ -5,6 +5,7 @@
 package relaytest
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -67,8 +68,14 @@ func Start(t testing.TB, mutate func(*relay.Config), logger *slog.Logger) *Relay
 	return r
 }
 
-// URL is the relay's WebSocket URL, for relay_url.
-func (r *Relay) URL() string { return "ws://" + r.Addr + "/" }
+// URL is the relay's WebSocket URL, for relay_url: wss:// when Cfg.TLS
+// is set.
+func (r *Relay) URL() string {
+	if r.Cfg.TLS.Enabled() {
+		return "wss://" + r.Addr + "/"
+	}
+	return "ws://" + r.Addr + "/"
+}
 
 func (r *Relay) serve(ln net.Listener) {
 	r.t.Helper()
@@ -83,9 +90,16 @@ func (r *Relay) serve(ln net.Listener) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	if r.Cfg.TLS.Enabled() { // as courier-relay serves [tls]
+		certs, err := relay.NewCertReloader(r.Cfg.TLS.CertFile, r.Cfg.TLS.KeyFile, r.Cfg.TLS.ReloadInterval, r.log)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		ln = tls.NewListener(ln, certs.TLSConfig())
+	}
 	h := srv.Handler()
 	r.handler.Store(&h)
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	hs := &http.Server{ErrorLog: slog.NewLogLogger(r.log.Handler(), slog.LevelDebug), Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		(*r.handler.Load()).ServeHTTP(w, req)
 	})}
 	go hs.Serve(ln)
