@@ -27,12 +27,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"courier/internal/sqlitedb"
 	"courier/relay"
 
 	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
@@ -85,9 +85,9 @@ type Store struct {
 	path       string // absolute
 	opts       Options
 	log        *slog.Logger
-	lock       *os.File
-	w          *sql.DB // exactly one connection, used only by the writer goroutine
-	r          *sql.DB // read-only pool
+	db         *sqlitedb.DB
+	w          *sql.DB // db.W: exactly one connection, used only by the writer goroutine
+	r          *sql.DB // db.R: read-only pool
 	sweepChunk int
 	batchBytes int
 
@@ -174,44 +174,25 @@ func (o *Options) normalize() error {
 // open takes the lock, opens both pools and migrates. On error the caller
 // releases whatever was opened (closeHandles).
 func (s *Store) open() error {
-	var err error
-	if s.lock, err = lockFile(s.path + ".lock"); err != nil {
-		return err
-	}
-	ms, err := loadMigrations(migrationFS)
-	if err != nil {
-		return err
-	}
-
-	s.w, err = sql.Open("sqlite3", dsn(s.path,
-		"_journal_mode=WAL",
-		"_synchronous="+s.opts.Synchronous,
-		fmt.Sprintf("_busy_timeout=%d", busyTimeout.Milliseconds()),
-		"_foreign_keys=1",
-		"_txlock=immediate",
-		"_stmt_cache_size=32",
-	))
-	if err != nil {
-		return err
-	}
-	s.w.SetMaxOpenConns(1)
-	s.w.SetMaxIdleConns(1)
-	s.w.SetConnMaxIdleTime(0)
-	s.w.SetConnMaxLifetime(0)
-
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var mode string
-	if err := s.w.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+	db, err := sqlitedb.Open(ctx, s.path, sqlitedb.Options{
+		Synchronous:  s.opts.Synchronous,
+		BusyTimeout:  busyTimeout,
+		Migrations:   migrationFS,
+		ReadConns:    readConns,
+		WriterParams: []string{"_stmt_cache_size=32"},
+		ReaderParams: []string{"_stmt_cache_size=16"},
+	})
+	switch {
+	case errors.Is(err, sqlitedb.ErrLocked):
+		return fmt.Errorf("%w (%w); stop it, or give this one another store path", ErrLocked, err)
+	case errors.Is(err, sqlitedb.ErrTooNew):
+		return fmt.Errorf("%w: it was written by a newer courier-relay", err)
+	case err != nil:
 		return err
 	}
-	if !strings.EqualFold(mode, "wal") {
-		return fmt.Errorf("journal_mode is %q, not WAL: does the file system support shared memory?", mode)
-	}
-	version, err := migrate(ctx, s.w, ms)
-	if err != nil {
-		return err
-	}
+	s.db, s.w, s.r = db, db.W, db.R
 	// The writer checkpoints every walCheckpointPages of WAL instead of
 	// SQLite's 1000: pages that every commit touches (the tails of the
 	// table and its indexes, the totals) are copied into the database
@@ -230,22 +211,7 @@ func (s *Store) open() error {
 	if _, err := s.w.ExecContext(ctx, handoffReleaseSQL, time.Now().UnixNano()); err != nil {
 		return fmt.Errorf("release hand-off leases: %w", err)
 	}
-
-	// mode=ro: these connections can never write, whatever a bug asks of them.
-	s.r, err = sql.Open("sqlite3", dsn(s.path,
-		"mode=ro",
-		fmt.Sprintf("_busy_timeout=%d", busyTimeout.Milliseconds()),
-		"_stmt_cache_size=16",
-	))
-	if err != nil {
-		return err
-	}
-	s.r.SetMaxOpenConns(readConns)
-	s.r.SetMaxIdleConns(readConns)
-	if err := s.r.PingContext(ctx); err != nil {
-		return fmt.Errorf("read pool: %w", err)
-	}
-	s.log.Info("sqlitestore: opened", "path", s.path, "schema_version", version,
+	s.log.Info("sqlitestore: opened", "path", s.path, "schema_version", db.Version,
 		"synchronous", s.opts.Synchronous, "max_batch", s.opts.MaxBatch)
 	return nil
 }
@@ -278,30 +244,18 @@ func (s *Store) loadUsage(ctx context.Context) error {
 	return nil
 }
 
-// dsn builds a go-sqlite3 URI for path. The path is absolute and cleaned;
-// the characters a URI would misread are escaped.
-func dsn(path string, params ...string) string {
-	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
-	return "file:" + esc.Replace(path) + "?" + strings.Join(params, "&")
-}
-
-// closeHandles closes the pools and releases the lock, whichever are open.
+// closeHandles closes the statements, the pools and releases the lock,
+// whichever are open.
 func (s *Store) closeHandles() error {
 	var errs []error
-	if s.r != nil {
-		errs = append(errs, s.r.Close())
-	}
 	for _, st := range s.stmts {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
 	}
 	// Closing the last connection checkpoints the WAL into the database.
-	if s.w != nil {
-		errs = append(errs, s.w.Close())
-	}
-	if s.lock != nil {
-		errs = append(errs, unlockFile(s.lock))
+	if s.db != nil {
+		errs = append(errs, s.db.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -14,6 +14,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	"courier/internal/sqlitedb"
 	"courier/relay"
 	"courier/relay/storetest"
 )
@@ -249,7 +250,7 @@ func TestPragmas(t *testing.T) {
 }
 
 func TestMigrations(t *testing.T) {
-	ms, err := loadMigrations(migrationFS)
+	ms, err := sqlitedb.LoadMigrations(migrationFS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func TestMigrations(t *testing.T) {
 		t.Fatalf("user_version = %d, %v; want %d", v, err, len(ms))
 	}
 	// Running them again changes nothing (each applies once).
-	if got, err := migrate(context.Background(), s.w, ms); err != nil || got != len(ms) {
+	if got, err := sqlitedb.Migrate(context.Background(), s.w, ms); err != nil || got != len(ms) {
 		t.Errorf("migrate again = %d, %v", got, err)
 	}
 	// A database from a newer program is refused, not guessed at.
@@ -282,8 +283,8 @@ func TestMigrations(t *testing.T) {
 		{"zero", fstest.MapFS{"migrations/0000_a.sql": {}}},
 	}
 	for _, tt := range bad {
-		if _, err := loadMigrations(tt.fs); err == nil {
-			t.Errorf("loadMigrations(%s) accepted", tt.name)
+		if _, err := sqlitedb.LoadMigrations(tt.fs); err == nil {
+			t.Errorf("sqlitedb.LoadMigrations(%s) accepted", tt.name)
 		}
 	}
 }
@@ -292,13 +293,13 @@ func TestMigrations(t *testing.T) {
 // statements nor its version behind.
 func TestMigrationIsAtomic(t *testing.T) {
 	s, _ := openTest(t, Options{})
-	ms, err := loadMigrations(migrationFS)
+	ms, err := sqlitedb.LoadMigrations(migrationFS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	broken := append(ms, migration{version: len(ms) + 1, name: "broken.sql",
-		sql: "CREATE TABLE half (x); INSERT INTO no_such_table VALUES (1);"})
-	if _, err := migrate(context.Background(), s.w, broken); err == nil || !strings.Contains(err.Error(), "broken.sql") {
+	broken := append(ms, sqlitedb.Migration{Version: len(ms) + 1, Name: "broken.sql",
+		SQL: "CREATE TABLE half (x); INSERT INTO no_such_table VALUES (1);"})
+	if _, err := sqlitedb.Migrate(context.Background(), s.w, broken); err == nil || !strings.Contains(err.Error(), "broken.sql") {
 		t.Fatalf("migrate with a broken step: %v", err)
 	}
 	var v, n int

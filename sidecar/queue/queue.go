@@ -17,15 +17,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
-	"golang.org/x/sys/unix"
+	"courier/internal/sqlitedb"
 )
 
 // State is where an outbound message stands.
@@ -167,9 +163,9 @@ type Queue struct {
 	path string
 	log  *slog.Logger
 	opts Options
-	wdb  *sql.DB // one connection, used only by the writer goroutine (and Open)
-	rdb  *sql.DB // readers
-	lock *os.File
+	db   *sqlitedb.DB
+	wdb  *sql.DB // db.W: one connection, used only by the writer goroutine (and Open)
+	rdb  *sql.DB // db.R: read-only connections
 
 	mu      sync.RWMutex // guards closed against sends on ops
 	closed  bool
@@ -199,130 +195,43 @@ func Open(path string, opts Options) (*Queue, error) {
 	default:
 		return nil, fmt.Errorf("open queue %s: %w: synchronous %q: use \"full\" or \"normal\"", path, ErrInvalid, opts.Synchronous)
 	}
-	lock, err := lockFile(path + ".lock")
-	if err != nil {
-		return nil, fmt.Errorf("open queue %s: %w", path, err)
-	}
-	if err := createPrivate(path); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("open queue %s: %w", path, err)
-	}
 	q := &Queue{
 		path:    path,
 		log:     opts.Logger,
 		opts:    opts,
-		lock:    lock,
 		ops:     make(chan *op, maxBatch),
 		stopped: make(chan struct{}),
 	}
-	if err := q.open(syncMode); err != nil {
-		q.closeDBs()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := sqlitedb.Open(ctx, path, sqlitedb.Options{
+		Synchronous: syncMode,
+		BusyTimeout: busyTimeout,
+		// The writer is the only connection that writes, so the only one
+		// that checkpoints: after a checkpoint that empties the WAL it
+		// truncates the file to this size, so one burst does not leave a
+		// large WAL behind.
+		JournalSizeLimit: JournalSizeLimit,
+		Migrations:       migrationFS,
+		ReadConns:        readConns,
+		WriterParams:     []string{"_stmt_cache_size=32"},
+		ReaderParams:     []string{"_foreign_keys=1", "_stmt_cache_size=32"},
+		Private:          true,
+	})
+	switch {
+	case errors.Is(err, sqlitedb.ErrLocked):
+		return nil, fmt.Errorf("open queue %s: %w (%w): stop the other courier using this queue, or set another store.path", path, ErrLocked, err)
+	case errors.Is(err, sqlitedb.ErrTooNew):
+		return nil, fmt.Errorf("open queue %s: %w: upgrade courier, or use another store.path", path, err)
+	case err != nil:
 		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	q.db, q.wdb, q.rdb = db, db.W, db.R
+	if n := db.Version - db.FromVersion; n > 0 {
+		q.log.Info("queue schema updated", "path", q.path, "migrations", n, "version", db.Version)
 	}
 	go q.writer()
 	return q, nil
-}
-
-func (q *Queue) open(syncMode string) error {
-	var err error
-	q.wdb, err = sql.Open("sqlite3", dsn(q.path,
-		"_synchronous="+syncMode,
-		"_txlock=immediate",
-	))
-	if err != nil {
-		return err
-	}
-	q.wdb.SetMaxOpenConns(1)
-	q.wdb.SetMaxIdleConns(1)
-	q.wdb.SetConnMaxLifetime(0)
-	q.wdb.SetConnMaxIdleTime(0)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := q.wdb.PingContext(ctx); err != nil {
-		return err
-	}
-	ms, err := loadMigrations(migrationFS)
-	if err != nil {
-		return err
-	}
-	n, err := migrate(ctx, q.wdb, ms)
-	if err != nil {
-		return err
-	}
-	if n > 0 {
-		q.log.Info("queue schema updated", "path", q.path, "migrations", n, "version", len(ms))
-	}
-	// The writer is the only connection that writes, so the only one that
-	// checkpoints: after a checkpoint that empties the WAL it truncates the
-	// file to this size, so one burst does not leave a large WAL behind.
-	if _, err := q.wdb.ExecContext(ctx, fmt.Sprintf("PRAGMA journal_size_limit = %d", JournalSizeLimit)); err != nil {
-		return fmt.Errorf("set journal_size_limit: %w", err)
-	}
-
-	q.rdb, err = sql.Open("sqlite3", dsn(q.path, "_query_only=1"))
-	if err != nil {
-		return err
-	}
-	q.rdb.SetMaxOpenConns(readConns)
-	q.rdb.SetMaxIdleConns(readConns)
-	return q.rdb.PingContext(ctx)
-}
-
-// dsn builds a go-sqlite3 DSN for path with the settings every connection
-// shares plus extra.
-func dsn(path string, extra ...string) string {
-	params := append([]string{
-		"_journal_mode=WAL",
-		fmt.Sprintf("_busy_timeout=%d", busyTimeout.Milliseconds()),
-		"_foreign_keys=1",
-		"_stmt_cache_size=32",
-	}, extra...)
-	// A file: URI, so that '?' or '#' in the path cannot be mistaken for
-	// the start of the parameters.
-	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
-	return "file:" + esc.Replace(path) + "?" + strings.Join(params, "&")
-}
-
-// lockFile takes an exclusive, non-blocking flock on name, creating it.
-// The kernel releases it when the process dies.
-func lockFile(name string) (*os.File, error) {
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock file: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s is locked: stop the other courier using this queue, or set another store.path", ErrLocked, name)
-		}
-		return nil, fmt.Errorf("lock %s: %w", name, err)
-	}
-	return f, nil
-}
-
-// createPrivate creates path, if it does not exist, readable by its owner
-// only (SQLite gives its -wal and -shm files the same mode), and makes the
-// new directory entry durable.
-func createPrivate(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	dir, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer dir.Close()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	return nil
 }
 
 // Close finishes the writes already submitted, stops the writer, closes the
@@ -347,18 +256,7 @@ func (q *Queue) Close() error {
 }
 
 func (q *Queue) closeDBs() error {
-	var errs []error
-	if q.rdb != nil {
-		errs = append(errs, q.rdb.Close())
-	}
-	if q.wdb != nil {
-		errs = append(errs, q.wdb.Close())
-	}
-	if q.lock != nil {
-		// Closing the descriptor releases the flock.
-		errs = append(errs, q.lock.Close())
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := q.db.Close(); err != nil {
 		return fmt.Errorf("close queue %s: %w", q.path, err)
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"courier/internal/sqlitedb"
 	"courier/wire"
 )
 
@@ -707,7 +708,7 @@ func TestOpenErrors(t *testing.T) {
 	}
 	// ... and the lock is released after a failed Open.
 	if err := func() error {
-		f, err := lockFile(path + ".lock")
+		f, err := sqlitedb.Lock(path + ".lock")
 		if err == nil {
 			f.Close()
 		}
@@ -736,9 +737,9 @@ func TestPathWithQuestionMark(t *testing.T) {
 }
 
 func TestMigrationNumbering(t *testing.T) {
-	ms, err := loadMigrations(migrationFS)
+	ms, err := sqlitedb.LoadMigrations(migrationFS)
 	if err != nil || len(ms) == 0 {
-		t.Fatalf("loadMigrations = %d, %v", len(ms), err)
+		t.Fatalf("sqlitedb.LoadMigrations = %d, %v", len(ms), err)
 	}
 }
 
