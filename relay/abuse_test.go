@@ -500,6 +500,10 @@ func TestAcksAreLimited(t *testing.T) {
 		b.ack(d.ID)
 		b.barrier()
 		pub.expectResult(wire.StatusDelivered)
+		// delivered may come before the relay's own commit (it pushes while
+		// committing): wait for it, or a later subscribe could be handed
+		// this message live, as one whose commit is still running.
+		eventually(t, "the live message committed", func() bool { return e.metric("courier_relay_messages_stored_total") >= 21 })
 	})
 
 	t.Run("fresh userID acking what it was not sent", func(t *testing.T) {
