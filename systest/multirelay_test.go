@@ -397,42 +397,8 @@ delivery_wait = "5s"
 [log]
 client_details = true # instanceOf reads the peer IDs from the logs
 `, rs.URL())
-	var relays []*cluster.Relay
-	for i := range 3 {
-		r, err := c.StartRelayConfig(ctx, fmt.Sprintf("relay%d", i+1), conf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		relays = append(relays, r)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, r := range relays {
-				t.Logf("%s:\n%s", r.Name, r.Tail(15))
-			}
-		}
-	})
-	f := startFront(t, c.Dir, relays)
-	f.waitUp(ctx, "relay1", "relay2", "relay3")
-	url := "ws://" + f.addr + "/"
-
-	nodeA, err := c.StartDevNode(ctx, "nodeA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeB, err := c.StartDevNode(ctx, "nodeB")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sides := make([]*cluster.Sidecar, 2)
-	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
-		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, RelayHost: "relay.test", Node: n, Extra: sidecarDelivery}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	w := &world{t: t, ctx: ctx, c: c, nodeA: nodeA, nodeB: nodeB, sideA: sides[0], sideB: sides[1]}
-	w.waitConnected(w.sideA)
-	w.waitConnected(w.sideB)
+	relays, f, url, w := startFrontedSidecars(t, ctx, c, conf)
+	nodeA, nodeB := w.nodeA, w.nodeB
 
 	alice := newPeer(t, ctx, 1, url)
 	eventually(t, ctx, "the publisher connected", alice.connected)
@@ -667,41 +633,8 @@ publish_rate = 100000
 publish_burst = 100000
 delivery_wait = "3s"
 `, strings.Join(addrs, ", "), sn.MasterName)
-	var relays []*cluster.Relay
-	for i := range 3 {
-		r, err := c.StartRelayConfig(ctx, fmt.Sprintf("relay%d", i+1), conf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		relays = append(relays, r)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, r := range relays {
-				t.Logf("%s:\n%s", r.Name, r.Tail(15))
-			}
-		}
-	})
-	f := startFront(t, c.Dir, relays)
-	f.waitUp(ctx, "relay1", "relay2", "relay3")
-	url := "ws://" + f.addr + "/"
-	nodeA, err := c.StartDevNode(ctx, "nodeA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeB, err := c.StartDevNode(ctx, "nodeB")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sides := make([]*cluster.Sidecar, 2)
-	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
-		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, RelayHost: "relay.test", Node: n, Extra: sidecarDelivery}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	w := &world{t: t, ctx: ctx, c: c, nodeA: nodeA, nodeB: nodeB, sideA: sides[0], sideB: sides[1]}
-	w.waitConnected(w.sideA)
-	w.waitConnected(w.sideB)
+	relays, _, _, w := startFrontedSidecars(t, ctx, c, conf)
+	nodeA, nodeB := w.nodeA, w.nodeB
 
 	var (
 		mu             sync.Mutex
@@ -793,4 +726,48 @@ delivery_wait = "3s"
 	if took > 30*time.Second {
 		t.Errorf("relays ready again only after %v, want within 30s", took)
 	}
+}
+
+// startFrontedSidecars starts three relay instances with conf behind a
+// real HAProxy, and two devnodes with their sidecars connected through
+// the front (told the instances' public_host, relay.test).
+func startFrontedSidecars(t *testing.T, ctx context.Context, c *cluster.Cluster, conf string) ([]*cluster.Relay, *front, string, *world) {
+	t.Helper()
+	var relays []*cluster.Relay
+	for i := range 3 {
+		r, err := c.StartRelayConfig(ctx, fmt.Sprintf("relay%d", i+1), conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relays = append(relays, r)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, r := range relays {
+				t.Logf("%s:\n%s", r.Name, r.Tail(15))
+			}
+		}
+	})
+	f := startFront(t, c.Dir, relays)
+	f.waitUp(ctx, "relay1", "relay2", "relay3")
+	url := "ws://" + f.addr + "/"
+
+	nodeA, err := c.StartDevNode(ctx, "nodeA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeB, err := c.StartDevNode(ctx, "nodeB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sides := make([]*cluster.Sidecar, 2)
+	for i, n := range []*cluster.DevNode{nodeA, nodeB} {
+		if sides[i], err = c.StartSidecar(ctx, fmt.Sprintf("sidecar%c", 'A'+i), cluster.SidecarConfig{RelayURL: url, RelayHost: "relay.test", Node: n, Extra: sidecarDelivery}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := &world{t: t, ctx: ctx, c: c, nodeA: nodeA, nodeB: nodeB, sideA: sides[0], sideB: sides[1]}
+	w.waitConnected(w.sideA)
+	w.waitConnected(w.sideB)
+	return relays, f, url, w
 }
