@@ -398,7 +398,6 @@ delivery_wait = "5s"
 client_details = true # instanceOf reads the peer IDs from the logs
 `, rs.URL())
 	relays, f, url, w := startFrontedSidecars(t, ctx, c, conf)
-	nodeA, nodeB := w.nodeA, w.nodeB
 
 	alice := newPeer(t, ctx, 1, url)
 	eventually(t, ctx, "the publisher connected", alice.connected)
@@ -432,11 +431,9 @@ client_details = true # instanceOf reads the peer IDs from the logs
 	// 2 and 3 stream messages at a steady rate meanwhile: the raw peers
 	// at 50 msg/s, the nodes both ways at 12.5 msg/s each.
 	var (
-		sentAB, sentBA []string
-		sendErrs       []string
-		mu             sync.Mutex
-		answered       = make(map[string]string) // ID -> queued / delivered
-		failed         []string
+		mu       sync.Mutex
+		answered = make(map[string]string) // ID -> queued / delivered
+		failed   []string
 	)
 	streamCtx, stopStream := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -465,32 +462,7 @@ client_details = true # instanceOf reads the peer IDs from the logs
 			})
 		}
 	})
-	wg.Go(func() {
-		tick := time.NewTicker(40 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-streamCtx.Done():
-				return
-			case <-tick.C:
-			}
-			from, to := nodeA, nodeB
-			if i%2 == 1 {
-				from, to = nodeB, nodeA
-			}
-			sent, err := from.Send(ctx, to, fmt.Sprintf("node message %05d", i))
-			mu.Lock()
-			switch {
-			case err != nil:
-				sendErrs = append(sendErrs, err.Error())
-			case from == nodeA:
-				sentAB = append(sentAB, sent.ID)
-			default:
-				sentBA = append(sentBA, sent.ID)
-			}
-			mu.Unlock()
-		}
-	})
+	ns := startNodeStream(ctx, w, "node message")
 	countAnswered := func() int {
 		mu.Lock()
 		defer mu.Unlock()
@@ -535,27 +507,10 @@ client_details = true # instanceOf reads the peer IDs from the logs
 	streamFor(10)
 	stopStream()
 	wg.Wait()
+	ns.finish()
 
 	mu.Lock()
 	defer mu.Unlock()
-	if len(sendErrs) > 0 {
-		t.Fatalf("%d node sends refused by their sidecar: %v", len(sendErrs), sendErrs)
-	}
-	for _, d := range []struct {
-		side     *cluster.Sidecar
-		to       *cluster.DevNode
-		sent     []string
-		from, at string
-	}{{w.sideA, nodeB, sentAB, "nodeA", "nodeB"}, {w.sideB, nodeA, sentBA, "nodeB", "nodeA"}} {
-		states := w.waitFinal(d.side, d.sent)
-		paths := make(map[string]int)
-		for _, m := range states {
-			paths[m.State+"/"+m.Path]++
-		}
-		w.waitReceived(d.to, d.sent)
-		w.checkExactlyOnce(d.to, d.sent)
-		t.Logf("%s -> %s: %d messages, all at %s exactly once; by final state/path: %v", d.from, d.at, len(d.sent), d.at, paths)
-	}
 	if len(failed) > 0 {
 		t.Fatalf("%d publishes not answered queued or delivered: %v", len(failed), failed)
 	}
@@ -634,46 +589,9 @@ publish_burst = 100000
 delivery_wait = "3s"
 `, strings.Join(addrs, ", "), sn.MasterName)
 	relays, _, _, w := startFrontedSidecars(t, ctx, c, conf)
-	nodeA, nodeB := w.nodeA, w.nodeB
 
-	var (
-		mu             sync.Mutex
-		sentAB, sentBA []string
-		sendErrs       []string
-	)
-	streamCtx, stopStream := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		tick := time.NewTicker(40 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-streamCtx.Done():
-				return
-			case <-tick.C:
-			}
-			from, to := nodeA, nodeB
-			if i%2 == 1 {
-				from, to = nodeB, nodeA
-			}
-			sent, err := from.Send(ctx, to, fmt.Sprintf("failover message %05d", i))
-			mu.Lock()
-			switch {
-			case err != nil:
-				sendErrs = append(sendErrs, err.Error())
-			case from == nodeA:
-				sentAB = append(sentAB, sent.ID)
-			default:
-				sentBA = append(sentBA, sent.ID)
-			}
-			mu.Unlock()
-		}
-	})
-	sentCount := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(sentAB) + len(sentBA)
-	}
+	ns := startNodeStream(ctx, w, "failover message")
+	sentCount := ns.sent
 	eventually(t, ctx, "40 messages sent", func() bool { return sentCount() >= 40 })
 
 	killed := time.Now()
@@ -699,29 +617,7 @@ delivery_wait = "3s"
 	w.waitConnected(w.sideB)
 	n := sentCount()
 	eventually(t, ctx, "40 more messages sent", func() bool { return sentCount() >= n+40 })
-	stopStream()
-	wg.Wait()
-
-	mu.Lock()
-	defer mu.Unlock()
-	if len(sendErrs) > 0 {
-		t.Fatalf("%d node sends refused by their sidecar: %v", len(sendErrs), sendErrs)
-	}
-	for _, d := range []struct {
-		side     *cluster.Sidecar
-		to       *cluster.DevNode
-		sent     []string
-		from, at string
-	}{{w.sideA, nodeB, sentAB, "nodeA", "nodeB"}, {w.sideB, nodeA, sentBA, "nodeB", "nodeA"}} {
-		states := w.waitFinal(d.side, d.sent)
-		paths := make(map[string]int)
-		for _, m := range states {
-			paths[m.State+"/"+m.Path]++
-		}
-		w.waitReceived(d.to, d.sent)
-		w.checkExactlyOnce(d.to, d.sent)
-		t.Logf("%s -> %s: %d messages, all at %s exactly once; by final state/path: %v", d.from, d.at, len(d.sent), d.at, paths)
-	}
+	ns.finish()
 	t.Logf("Redis failover: every relay ready on the new primary %v after the primary was killed (Sentinel down-after 1s)", took.Round(10*time.Millisecond))
 	if took > 30*time.Second {
 		t.Errorf("relays ready again only after %v, want within 30s", took)
@@ -770,4 +666,85 @@ func startFrontedSidecars(t *testing.T, ctx context.Context, c *cluster.Cluster,
 	w.waitConnected(w.sideA)
 	w.waitConnected(w.sideB)
 	return relays, f, url, w
+}
+
+// nodeStream sends node messages at a steady 25 msg/s, alternately node A
+// to node B and back, through their sidecars, until finish.
+type nodeStream struct {
+	w    *world
+	stop context.CancelFunc
+	done chan struct{}
+
+	mu             sync.Mutex
+	sentAB, sentBA []string // message IDs accepted by the sending sidecar
+	errs           []string // sends a sidecar refused
+}
+
+func startNodeStream(ctx context.Context, w *world, text string) *nodeStream {
+	streamCtx, stop := context.WithCancel(ctx)
+	s := &nodeStream{w: w, stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tick := time.NewTicker(40 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-streamCtx.Done():
+				return
+			case <-tick.C:
+			}
+			from, to := w.nodeA, w.nodeB
+			if i%2 == 1 {
+				from, to = w.nodeB, w.nodeA
+			}
+			sent, err := from.Send(ctx, to, fmt.Sprintf("%s %05d", text, i))
+			s.mu.Lock()
+			switch {
+			case err != nil:
+				s.errs = append(s.errs, err.Error())
+			case from == w.nodeA:
+				s.sentAB = append(s.sentAB, sent.ID)
+			default:
+				s.sentBA = append(s.sentBA, sent.ID)
+			}
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+// sent counts the messages accepted so far, both ways.
+func (s *nodeStream) sent() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sentAB) + len(s.sentBA)
+}
+
+// finish stops the stream and checks that every accepted message reached
+// the other node exactly once, whichever path it took.
+func (s *nodeStream) finish() {
+	w, t := s.w, s.w.t
+	t.Helper()
+	s.stop()
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.errs) > 0 {
+		t.Fatalf("%d node sends refused by their sidecar: %v", len(s.errs), s.errs)
+	}
+	for _, d := range []struct {
+		side     *cluster.Sidecar
+		to       *cluster.DevNode
+		sent     []string
+		from, at string
+	}{{w.sideA, w.nodeB, s.sentAB, "nodeA", "nodeB"}, {w.sideB, w.nodeA, s.sentBA, "nodeB", "nodeA"}} {
+		states := w.waitFinal(d.side, d.sent)
+		paths := make(map[string]int)
+		for _, m := range states {
+			paths[m.State+"/"+m.Path]++
+		}
+		w.waitReceived(d.to, d.sent)
+		w.checkExactlyOnce(d.to, d.sent)
+		t.Logf("%s -> %s: %d messages, all at %s exactly once; by final state/path: %v", d.from, d.at, len(d.sent), d.at, paths)
+	}
 }
