@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"courier/internal/nodeauth"
 )
 
 // Outcomes of hand-offs, as the courier_relay_handoffs_total "outcome"
@@ -46,7 +48,7 @@ type bridge struct {
 	store  HandoffStore
 	log    *slog.Logger
 	client *http.Client
-	creds  *nodeCreds
+	creds  *nodeauth.Creds
 	owner  string        // this instance's claims
 	lease  time.Duration // how long a claim keeps others off
 	ttl    time.Duration // limits.message_ttl
@@ -60,9 +62,9 @@ type bridge struct {
 
 func newBridge(s *Server, store HandoffStore) (*bridge, error) {
 	cfg := *s.cfg.Offline
-	creds, err := newNodeCreds(cfg)
-	if err != nil {
-		return nil, err
+	creds := nodeauth.New("offline", nodeauth.Files{Username: cfg.Username, PasswordFile: cfg.PasswordFile, CookieFile: cfg.CookieFile})
+	if err := creds.Check(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	var id [8]byte
 	_, _ = crand.Read(id[:])
@@ -258,7 +260,7 @@ func (b *bridge) post(ctx context.Context, m Message) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if err := b.creds.apply(req); err != nil {
+	if err := b.creds.Apply(req); err != nil {
 		return err
 	}
 	resp, err := b.client.Do(req)
@@ -279,7 +281,7 @@ func (b *bridge) post(ctx context.Context, m Message) error {
 		return nil
 	}
 	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-		b.creds.stale()
+		b.creds.Stale()
 	}
 	if len(b64) >= 16 && bytes.Contains(snippet, []byte(b64[:16])) {
 		// The node quotes the request: no ciphertext in logs.
@@ -314,83 +316,4 @@ func (b *bridge) unready() string {
 		last = ": " + *p
 	}
 	return fmt.Sprintf("offline bridge: the operator's node failed the last %d hand-off attempts%s", n, last)
-}
-
-// nodeCreds are the credentials of the operator's node (offline.username
-// with offline.password_file, offline.cookie_file). They go into requests
-// only, never into logs or errors.
-type nodeCreds struct {
-	username, password string
-	cookieFile         string
-
-	mu       sync.Mutex
-	cookie   string
-	cookieAt time.Time // when the cookie file was read
-}
-
-// cookieName is openbazaar-go's authentication cookie.
-const cookieName = "OpenBazaar_Auth_Cookie"
-
-// cookieMaxAge is how long a cookie read from the file is used before the
-// file is read again.
-const cookieMaxAge = 5 * time.Second
-
-func newNodeCreds(cfg OfflineConfig) (*nodeCreds, error) {
-	c := &nodeCreds{username: cfg.Username, cookieFile: cfg.CookieFile}
-	if cfg.PasswordFile != "" {
-		b, err := os.ReadFile(cfg.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("config: offline.password_file: %w", err)
-		}
-		c.password = strings.TrimRight(string(b), "\r\n")
-	}
-	if cfg.CookieFile != "" {
-		if err := c.readCookie(); err != nil {
-			return nil, fmt.Errorf("config: offline.cookie_file: %w", err)
-		}
-	}
-	return c, nil
-}
-
-// readCookie reads the cookie file; c.mu is held or c is not shared yet.
-func (c *nodeCreds) readCookie() error {
-	b, err := os.ReadFile(c.cookieFile)
-	if err != nil {
-		return err
-	}
-	s := strings.TrimSpace(string(b))
-	if v, ok := strings.CutPrefix(s, cookieName+"="); ok {
-		s = v
-	}
-	if s == "" {
-		return fmt.Errorf("%s is empty: point it at the .cookie file in openbazaar-go's data directory", c.cookieFile)
-	}
-	c.cookie, c.cookieAt = s, time.Now()
-	return nil
-}
-
-// stale makes the next request read the cookie file again (the node
-// answered 401 or 403: it may have started with a new cookie).
-func (c *nodeCreds) stale() {
-	c.mu.Lock()
-	c.cookieAt = time.Time{}
-	c.mu.Unlock()
-}
-
-func (c *nodeCreds) apply(req *http.Request) error {
-	if c.username != "" {
-		req.SetBasicAuth(c.username, c.password)
-	}
-	if c.cookieFile == "" {
-		return nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.cookieAt) > cookieMaxAge {
-		if err := c.readCookie(); err != nil && c.cookie == "" {
-			return fmt.Errorf("offline.cookie_file: %w", err)
-		}
-	}
-	req.AddCookie(&http.Cookie{Name: cookieName, Value: c.cookie})
-	return nil
 }

@@ -9,11 +9,10 @@ import (
 	"io"
 	"net/http"
 	neturl "net/url"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
+	"courier/internal/nodeauth"
 	"courier/upstream"
 )
 
@@ -30,7 +29,7 @@ type nodeClient struct {
 	http *http.Client
 
 	mu    sync.Mutex
-	creds credentials
+	creds *nodeauth.Creds // for the files of the last call's NodeConfig
 }
 
 func newNodeClient(timeout time.Duration) *nodeClient {
@@ -44,73 +43,17 @@ func newNodeClient(timeout time.Duration) *nodeClient {
 // close drops the idle connections to the node.
 func (n *nodeClient) close() { n.http.CloseIdleConnections() }
 
-// credentials are the node API's, read from the configured files.
-type credentials struct {
-	cfg      NodeConfig // the settings they were read for
-	readAt   time.Time
-	username string
-	password string
-	cookie   string
-	err      error // reading a file failed
-}
-
-// credsMaxAge is how long credentials read from their files are used before
-// the files are read again: openbazaar-go writes a new cookie at every
-// start, and an operator may rotate the password.
-const credsMaxAge = 5 * time.Second
-
-// cookieName is openbazaar-go's authentication cookie.
-const cookieName = "OpenBazaar_Auth_Cookie"
-
-// credentialsFor returns the credentials for cfg, reading their files again
-// when they are older than credsMaxAge, or when fresh is set (the node
-// answered 401 or 403: it may have a new cookie).
-func (n *nodeClient) credentialsFor(cfg NodeConfig, fresh bool) credentials {
+// credsFor returns the credentials for cfg's files, made anew when the
+// configuration names other files (a live reload), so that nothing read for
+// the old ones is used for the new.
+func (n *nodeClient) credsFor(cfg NodeConfig) *nodeauth.Creds {
+	files := nodeauth.Files{Username: cfg.Username, PasswordFile: cfg.PasswordFile, CookieFile: cfg.CookieFile}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	c := n.creds
-	if !fresh && c.cfg == cfg && time.Since(c.readAt) < credsMaxAge {
-		return c
+	if n.creds == nil || n.creds.Files() != files {
+		n.creds = nodeauth.New("node", files)
 	}
-	c = credentials{cfg: cfg, readAt: time.Now(), username: cfg.Username}
-	if cfg.PasswordFile != "" {
-		b, err := os.ReadFile(cfg.PasswordFile)
-		if err != nil {
-			c.err = fmt.Errorf("node.password_file: %w", err)
-		}
-		c.password = strings.TrimRight(string(b), "\r\n")
-	}
-	if cfg.CookieFile != "" && c.err == nil {
-		b, err := os.ReadFile(cfg.CookieFile)
-		if err != nil {
-			c.err = fmt.Errorf("node.cookie_file: %w", err)
-		}
-		c.cookie = parseCookieFile(b)
-		if c.err == nil && c.cookie == "" {
-			c.err = fmt.Errorf("node.cookie_file %s: is empty: point it at the .cookie file in openbazaar-go's data directory", cfg.CookieFile)
-		}
-	}
-	n.creds = c
-	return c
-}
-
-// parseCookieFile reads openbazaar-go's cookie file: one line,
-// "OpenBazaar_Auth_Cookie=<value>". A file holding the bare value works too.
-func parseCookieFile(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if v, ok := strings.CutPrefix(s, cookieName+"="); ok {
-		return strings.TrimSpace(v)
-	}
-	return s
-}
-
-func (c credentials) apply(req *http.Request) {
-	if c.username != "" || c.password != "" {
-		req.SetBasicAuth(c.username, c.password)
-	}
-	if c.cookie != "" {
-		req.AddCookie(&http.Cookie{Name: cookieName, Value: c.cookie})
-	}
+	return n.creds
 }
 
 // nodeError is an answer from the node that was not 2xx.
@@ -142,28 +85,28 @@ func (n *nodeClient) post(ctx context.Context, cfg NodeConfig, url string, body,
 	if err != nil {
 		return fmt.Errorf("encode request: %w", err)
 	}
-	err = n.postOnce(ctx, n.credentialsFor(cfg, false), url, b, out)
+	creds := n.credsFor(cfg)
+	err = n.postOnce(ctx, creds, url, b, out)
 	var ne *nodeError
-	if errors.As(err, &ne) && (ne.Status == http.StatusUnauthorized || ne.Status == http.StatusForbidden) && (cfg.CookieFile != "" || cfg.PasswordFile != "") {
+	if errors.As(err, &ne) && (ne.Status == http.StatusUnauthorized || ne.Status == http.StatusForbidden) {
 		// The node may have started again with a new cookie: read the
 		// files again for the next call (this one counts as failed).
-		n.credentialsFor(cfg, true)
+		creds.Stale()
 	}
 	return err
 }
 
-func (n *nodeClient) postOnce(ctx context.Context, creds credentials, url string, b []byte, out any) error {
+func (n *nodeClient) postOnce(ctx context.Context, creds *nodeauth.Creds, url string, b []byte, out any) error {
 	target := url
 	url = redacted(url) // from here on, url is for messages only
-	if creds.err != nil {
-		return fmt.Errorf("POST %s: credentials: %w", url, creds.err)
-	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(b))
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	creds.apply(req)
+	if err := creds.Apply(req); err != nil {
+		return fmt.Errorf("POST %s: credentials: %w", url, err)
+	}
 	resp, err := n.http.Do(req)
 	if err != nil {
 		var ue *neturl.Error
