@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -431,6 +432,63 @@ func TestConnectionsPerAddress(t *testing.T) {
 		}
 		c.ws.CloseNow()
 		return true
+	})
+}
+
+// TestConnectionsPerAddressBehindFront: behind a trusted front (HAProxy
+// with "option forwardfor"), max_connections_per_ip counts the address the
+// front names in X-Forwarded-For, so clients behind one front do not share
+// one limit; from a peer that is not trusted, the header is ignored, so a
+// client cannot escape its limit by writing it.
+func TestConnectionsPerAddressBehindFront(t *testing.T) {
+	xff := func(v string) http.Header { return http.Header{"X-Forwarded-For": {v}} }
+	refused := func(err error) bool { return err != nil && strings.Contains(err.Error(), "HTTP 503") }
+
+	t.Run("trusted front", func(t *testing.T) {
+		e := newEnv(t, func(c *relay.Config) {
+			c.Limits.MaxConnectionsPerIP = 2
+			c.TrustedProxies = []string{"127.0.0.1"}
+		})
+		for i := range 2 {
+			if _, err := e.tryDialHeader(xff("203.0.113.7")); err != nil {
+				t.Fatalf("client 203.0.113.7, connection %d: %v", i+1, err)
+			}
+		}
+		if _, err := e.tryDialHeader(xff("203.0.113.7")); !refused(err) {
+			t.Fatalf("third connection of 203.0.113.7: %v, want HTTP 503", err)
+		}
+		// Another client behind the same front has its own limit, even if
+		// it wrote the first client's address into the header itself: the
+		// front appends the address it saw, and only that one counts.
+		for i := range 2 {
+			if _, err := e.tryDialHeader(xff("203.0.113.7, 198.51.100.9")); err != nil {
+				t.Fatalf("client 198.51.100.9, connection %d: %v", i+1, err)
+			}
+		}
+		if _, err := e.tryDialHeader(xff("198.51.100.9")); !refused(err) {
+			t.Fatalf("third connection of 198.51.100.9: %v, want HTTP 503", err)
+		}
+		// Without the header, the front itself is the client.
+		for range 2 {
+			if _, err := e.tryDial(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := e.tryDial(); !refused(err) {
+			t.Fatalf("third connection without the header: %v, want HTTP 503", err)
+		}
+	})
+
+	t.Run("untrusted peer", func(t *testing.T) {
+		e := newEnv(t, func(c *relay.Config) { c.Limits.MaxConnectionsPerIP = 2 })
+		for i, addr := range []string{"203.0.113.1", "203.0.113.2"} {
+			if _, err := e.tryDialHeader(xff(addr)); err != nil {
+				t.Fatalf("connection %d: %v", i+1, err)
+			}
+		}
+		if _, err := e.tryDialHeader(xff("203.0.113.3")); !refused(err) {
+			t.Fatalf("third connection from 127.0.0.1 with a made-up header: %v, want HTTP 503", err)
+		}
 	})
 }
 

@@ -1,11 +1,16 @@
 package relay
 
 import (
+	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"golang.org/x/time/rate"
+
+	"courier/wire"
 )
 
 // clients holds what the relay limits per client address and per
@@ -73,6 +78,82 @@ func addrKey(remote string) string {
 	}
 	p, _ := a.Prefix(64)
 	return "addr:" + p.String()
+}
+
+// parsePrefixes reads trusted_proxies: addresses ("127.0.0.1", "::1") and
+// CIDR prefixes ("10.0.0.0/8").
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("entry %d, %s, is neither an address nor a CIDR prefix: write \"127.0.0.1\" or \"10.0.0.0/8\"", i+1, wire.Excerpt(s))
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
+
+// maxForwardHops is how many X-Forwarded-For entries, from the right, the
+// relay looks at: fronts chained deeper than this are not expected, and a
+// client's own long header costs nothing to skip.
+const maxForwardHops = 8
+
+// clientAddr is the address of the client behind r: the TCP peer, or,
+// when the peer is a trusted proxy, the rightmost X-Forwarded-For entry
+// that is not itself a trusted proxy. Entries left of that one were
+// written by the client or by fronts nobody vouches for, so they are never
+// used. A front that names no valid address leaves the front's own.
+func clientAddr(r *http.Request, trusted []netip.Prefix) string {
+	if len(trusted) == 0 {
+		return r.RemoteAddr
+	}
+	peer, ok := parseHostAddr(r.RemoteAddr)
+	if !ok || !within(peer, trusted) {
+		return r.RemoteAddr
+	}
+	hdr := strings.Join(r.Header.Values("X-Forwarded-For"), ",")
+	for hop := 0; hdr != "" && hop < maxForwardHops; hop++ {
+		entry := hdr
+		if i := strings.LastIndexByte(hdr, ','); i >= 0 {
+			entry, hdr = hdr[i+1:], hdr[:i]
+		} else {
+			hdr = ""
+		}
+		a, ok := parseHostAddr(strings.TrimSpace(entry))
+		if !ok {
+			break
+		}
+		if !within(a, trusted) {
+			return a.String()
+		}
+	}
+	return r.RemoteAddr
+}
+
+// parseHostAddr reads "host:port", "[v6]:port" or a bare address.
+func parseHostAddr(s string) (netip.Addr, bool) {
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		s = host
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
+}
+
+func within(a netip.Addr, prefixes []netip.Prefix) bool {
+	for _, p := range prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // openConn counts a new connection from an address. It reports false, and

@@ -36,6 +36,16 @@ type Config struct {
 	// stops sending it new connections, before it closes its connections
 	// with 1012 and exits. Default 5s; 0 closes at once.
 	DrainDelay time.Duration `toml:"drain_delay"`
+	// TrustedProxies are the addresses (or CIDR prefixes) of fronts such as
+	// HAProxy that connect on behalf of clients and name the client in
+	// X-Forwarded-For. For a connection from one of them, the relay's
+	// per-address limits (max_connections_per_ip, subscribe_rate,
+	// anonymous_publish_rate) and client_details logs use the address
+	// the nearest front names, not the front's own; from anyone else the
+	// header is ignored, since a client could write anything there.
+	// Default none: behind a front, every client would share the front's
+	// address and its limits.
+	TrustedProxies []string `toml:"trusted_proxies"`
 
 	// TLS, when both files are set, makes courier-relay serve https://
 	// and wss:// itself.
@@ -267,6 +277,7 @@ func DefaultConfig() Config {
 		SweepInterval:   10 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
 		DrainDelay:      5 * time.Second,
+		TrustedProxies:  []string{},
 		Store: StoreConfig{
 			Driver:      "sqlite",
 			Path:        "courier-relay.db",
@@ -376,6 +387,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		bad("log_level", "%v", err)
+	}
+	if _, err := parsePrefixes(c.TrustedProxies); err != nil {
+		bad("trusted_proxies", "%v", err)
 	}
 	positiveDur("sweep_interval", c.SweepInterval)
 	positiveDur("shutdown_timeout", c.ShutdownTimeout)

@@ -120,6 +120,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"limits.max_inflight", func(c *relay.Config) { c.Limits.MaxInflight = 0 }},
 		{"limits.write_timeout", func(c *relay.Config) { c.Limits.WriteTimeout = 0 }},
 		{"limits.max_connections_per_ip", func(c *relay.Config) { c.Limits.MaxConnectionsPerIP = -1 }},
+		{"trusted_proxies", func(c *relay.Config) { c.TrustedProxies = []string{"127.0.0.1/40"} }},
 		{"limits.anonymous_publish_rate", func(c *relay.Config) { c.Limits.AnonymousPublishRate = -1 }},
 		{"limits.anonymous_publish_burst", func(c *relay.Config) { c.Limits.AnonymousPublishBurst = 0 }},
 		{"limits.subscribe_rate", func(c *relay.Config) { c.Limits.SubscribeRate = -1 }},

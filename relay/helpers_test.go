@@ -180,10 +180,13 @@ func (e *env) dial() *client {
 	return c
 }
 
-func (e *env) tryDial() (*client, error) {
+func (e *env) tryDial() (*client, error) { return e.tryDialHeader(nil) }
+
+// tryDialHeader dials with extra request headers (as a front adds them).
+func (e *env) tryDialHeader(h http.Header) (*client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	ws, resp, err := websocket.Dial(ctx, e.url, nil)
+	ws, resp, err := websocket.Dial(ctx, e.url, &websocket.DialOptions{HTTPHeader: h})
 	if err != nil {
 		if resp != nil {
 			b, _ := io.ReadAll(resp.Body)

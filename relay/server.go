@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,8 +34,9 @@ type Server struct {
 	bridge  *bridge // the OFFLINE bridge; nil when [offline] is not configured
 	bus     Bus     // nil for a store of one instance
 	handler http.Handler
-	clients *clients    // per-address and per-peer limits
-	budget  *byteBudget // limits.max_inflight_bytes
+	clients *clients       // per-address and per-peer limits
+	trusted []netip.Prefix // trusted_proxies
+	budget  *byteBudget    // limits.max_inflight_bytes
 
 	ctx    context.Context // ends at Shutdown
 	cancel context.CancelFunc
@@ -62,6 +64,7 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 	if store == nil {
 		return nil, errors.New("relay: nil store")
 	}
+	trusted, _ := parsePrefixes(cfg.TrustedProxies) // Validate checked it
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -74,6 +77,7 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Server, error) {
 		waiters: newWaiters(),
 		conns:   make(map[*conn]struct{}),
 		clients: newClients(cfg.Limits),
+		trusted: trusted,
 		budget:  newByteBudget(cfg.Limits.MaxInflightBytes),
 	}
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -437,7 +441,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	addr, ok := s.clients.openConn(addrKey(r.RemoteAddr))
+	remote := clientAddr(r, s.trusted)
+	addr, ok := s.clients.openConn(addrKey(remote))
 	if !ok {
 		s.nconns.Add(-1)
 		s.metrics.connsRefused.WithLabelValues("max_connections_per_ip").Inc()
@@ -491,13 +496,13 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		InsecureSkipVerify: true,
 	})
 	if err != nil {
-		s.logClient(s.log, "websocket accept failed", []any{"remote", r.RemoteAddr}, "err", err)
+		s.logClient(s.log, "websocket accept failed", []any{"remote", remote}, "err", err)
 		done()
 		return
 	}
 	c.ws = ws
 	s.metrics.connections.Inc()
-	s.logClient(c.log, "connected", []any{"remote", r.RemoteAddr})
+	s.logClient(c.log, "connected", []any{"remote", remote})
 	go func() {
 		defer done()
 		defer s.metrics.connections.Dec()
