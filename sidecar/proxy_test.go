@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"courier/internal/dantetest"
+	"courier/internal/testcert"
 	"courier/relay"
 	"courier/relay/sqlitestore"
 	"courier/sidecar"
@@ -312,4 +313,34 @@ func startProxySidecar(t *testing.T, name, relayURL, proxy string) *st.Sidecar {
 	s := st.StartSidecar(t, n, cfg, st.Options())
 	s.WaitRelay(sidecar.RelayConnected)
 	return s
+}
+
+// wss:// through the proxy: TLS runs end to end over the proxied
+// connection, the relay's certificate checked against relay_ca_file.
+func TestRelayOverTLSThroughSOCKS5Proxy(t *testing.T) {
+	ca := testcert.NewCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	ca.WriteLeaf(t, 1, certFile, keyFile)
+	proxy := dantetest.Start(t, dantetest.Options{External: "127.0.0.2"})
+	p := startPair(t, func(c *relay.Config) {
+		c.TLS.CertFile, c.TLS.KeyFile = certFile, keyFile
+	}, func(c *sidecar.Config) {
+		c.RelayCAFile = ca.CAFile
+		c.RelayProxy = proxy.URL("socks5h", "")
+	})
+	if !strings.HasPrefix(p.cfgA.RelayURL, "wss://") {
+		t.Fatalf("relay_url %q is not wss://", p.cfgA.RelayURL)
+	}
+	ct := st.Ciphertext("TLS through socks", 1, 300)
+	id := p.a.Submit(p.b.Node, ct)
+	if m := p.a.WaitMessage(id, queue.Delivered); m.Path != queue.PathIndirect {
+		t.Errorf("delivered by %q, want INDIRECT", m.Path)
+	}
+	if got := waitInbound(t, p.b.Node, id); !bytes.Equal(got.Ciphertext, ct) {
+		t.Error("ciphertext changed")
+	}
+	if !strings.Contains(proxy.Log(), "127.0.0.2") {
+		t.Errorf("Dante logged no connection from its external address:\n%s", proxy.Log())
+	}
 }
