@@ -195,12 +195,13 @@ socks pass {
 	return s, nil
 }
 
-// Stop stops Dante (SIGTERM, which ends its children too; SIGKILL to its
-// process group after 5 s) and waits for it. Idempotent.
+// Stop stops Dante (SIGTERM to its process group, its children with open
+// sessions included, which the main process alone would wait for; SIGKILL
+// after 5 s) and waits for it. Idempotent.
 func (s *Server) Stop() {
 	s.once.Do(func() {
 		pgid := s.cmd.Process.Pid
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
 		select {
 		case <-s.done:
 		case <-time.After(5 * time.Second):
