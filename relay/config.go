@@ -552,6 +552,11 @@ func (st StoreConfig) validateRedis(bad func(key, format string, args ...any)) {
 		u, err := url.Parse(st.URL)
 		switch {
 		case err != nil:
+			// Not err itself: net/url quotes the whole URL, password and all.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			bad("store.url", "not a URL: %v", err)
 		case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
 			bad("store.url", "scheme must be redis://, rediss:// (TLS) or unix://, got %q", u.Scheme+"://")

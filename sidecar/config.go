@@ -42,6 +42,17 @@ type Config struct {
 	// relay_url to a host that is not loopback: anyone on the path could
 	// read who talks to whom and stand in for the relay. Default false.
 	AllowInsecure bool `toml:"allow_insecure"`
+	// RelayProxy is a SOCKS5 proxy every connection to the relay goes
+	// through, such as Tor's "socks5://127.0.0.1:9050": the relay then
+	// sees the proxy's (for Tor, an exit's) address instead of this
+	// machine's. The relay's host name is resolved by the proxy, never
+	// here, whether the scheme is socks5:// or socks5h:// (both mean the
+	// same); a user and password in the URL authenticate to the proxy and
+	// are never logged or shown. HTTP proxies from the environment are
+	// then ignored. With it, a ws:// relay_url to a .onion host needs no
+	// allow_insecure: Tor encrypts and authenticates onion connections end
+	// to end. Default: empty (connect directly).
+	RelayProxy string `toml:"relay_proxy"`
 
 	API      APIConfig      `toml:"api"`
 	Node     NodeConfig     `toml:"node"`
@@ -286,13 +297,20 @@ func (c Config) Validate() error {
 	if c.RelayURL != "" {
 		if err := checkURL(c.RelayURL, "ws", "wss"); err != nil {
 			add("relay_url", "%w; delete the line to opt out of INDIRECT", err)
-		} else if u, _ := url.Parse(c.RelayURL); u.Scheme == "ws" && !isLoopbackHost(u.Hostname()) && !c.AllowInsecure {
+		} else if u, _ := url.Parse(c.RelayURL); u.Scheme == "ws" && !isLoopbackHost(u.Hostname()) && !c.AllowInsecure &&
+			!(c.RelayProxy != "" && isOnionHost(u.Hostname())) {
 			add("relay_url", "%q is ws:// (no TLS) to %q, which is not this machine: anyone on the path could read it and stand in for the relay. Use wss://, or set allow_insecure = true if you accept that", c.RelayURL, u.Hostname())
 		}
 	}
 	if c.RelayCAFile != "" {
 		if _, err := LoadRelayCA(c.RelayCAFile); err != nil {
 			add("relay_ca_file", "%w", err)
+		}
+	}
+
+	if c.RelayProxy != "" {
+		if _, err := ParseRelayProxy(c.RelayProxy); err != nil {
+			add("relay_proxy", "%w", err)
 		}
 	}
 
@@ -398,6 +416,50 @@ func checkURL(s string, schemes ...string) error {
 		return fmt.Errorf("%q names no host: write %s", s, want)
 	}
 	return nil
+}
+
+// ParseRelayProxy parses relay_proxy: socks5:// or socks5h://, a host and
+// a numeric port, optionally a user and password, nothing else. Its errors
+// never quote the password.
+func ParseRelayProxy(s string) (*url.URL, error) {
+	const want = "write the SOCKS5 proxy as socks5h://host:port, such as \"socks5h://127.0.0.1:9050\" for Tor"
+	u, err := url.Parse(s)
+	if err != nil {
+		// Not err itself: net/url quotes the whole URL, password and all.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("is not a URL (%w): %s", err, want)
+	}
+	shown := RedactProxy(u)
+	if u.Scheme != "socks5" && u.Scheme != "socks5h" {
+		if u.Scheme == "http" || u.Scheme == "https" {
+			return nil, fmt.Errorf("%q is an HTTP proxy: only SOCKS5 is supported; %s", shown, want)
+		}
+		return nil, fmt.Errorf("%q has scheme %q: %s", shown, u.Scheme, want)
+	}
+	if u.Opaque != "" || u.Hostname() == "" {
+		return nil, fmt.Errorf("%q names no host: %s", shown, want)
+	}
+	if n, err := strconv.Atoi(u.Port()); err != nil || n < 1 || n > 65535 {
+		return nil, fmt.Errorf("%q needs a port from 1 to 65535 (Tor's is 9050): %s", shown, want)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%q has a path, query or fragment: a proxy is only host:port; %s", shown, want)
+	}
+	return u, nil
+}
+
+// RedactProxy returns the proxy URL as it may be logged and shown: its
+// scheme and host:port, without user or password.
+func RedactProxy(u *url.URL) string {
+	return u.Scheme + "://" + u.Host
+}
+
+// isOnionHost reports whether host is a Tor onion service name (RFC 7686).
+func isOnionHost(host string) bool {
+	return strings.HasSuffix(strings.ToLower(strings.TrimSuffix(host, ".")), ".onion")
 }
 
 // isLoopbackHost reports whether host is "localhost" or a loopback IP.

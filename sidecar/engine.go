@@ -159,7 +159,7 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		return errors.New("store: store.path and store.synchronous cannot change while courier runs; restart it to use a new store")
 	}
 	relayChanged := cfg.RelayURL != e.cfg.RelayURL || cfg.RelayHost != e.cfg.RelayHost ||
-		cfg.RelayCAFile != e.cfg.RelayCAFile
+		cfg.RelayCAFile != e.cfg.RelayCAFile || cfg.RelayProxy != e.cfg.RelayProxy
 	e.cfg = cfg
 	e.mu.Unlock()
 	if relayChanged {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"net/url"
 	"sync"
 	"time"
 
@@ -25,6 +26,9 @@ type RelayStatus struct {
 	Since     time.Time `json:"since"`
 	LastError string    `json:"last_error,omitempty"`
 	PeerID    string    `json:"peer_id,omitempty"`
+	// Proxy is relay_proxy without user or password ("socks5h://host:port")
+	// when the connection goes through one.
+	Proxy string `json:"proxy,omitempty"`
 }
 
 // relayLink is the engine's part that owns the relay connection: the
@@ -202,10 +206,19 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 				return
 			}
 		}
+		var proxy *url.URL
+		if cfg.RelayProxy != "" {
+			var err error
+			if proxy, err = ParseRelayProxy(cfg.RelayProxy); err != nil { // Validate checked it
+				e.log.Error("relay_proxy", "err", err)
+				return
+			}
+		}
 		client, err := upstream.New(upstream.Config{
 			URL:           cfg.RelayURL,
 			ExpectedHost:  cfg.RelayHost,
 			RootCAs:       roots,
+			Proxy:         proxy,
 			Sign:          e.sign,
 			Handle:        e.takeInbound,
 			Logger:        e.log.With("component", "upstream"),
@@ -266,7 +279,15 @@ func (e *Engine) armGraceTimer() {
 }
 
 // RelayStatus returns the relay connection's status.
-func (e *Engine) RelayStatus() RelayStatus { return e.link.snapshot() }
+func (e *Engine) RelayStatus() RelayStatus {
+	st := e.link.snapshot()
+	if cfg := e.Config(); cfg.RelayURL != "" && cfg.RelayProxy != "" {
+		if u, err := ParseRelayProxy(cfg.RelayProxy); err == nil {
+			st.Proxy = RedactProxy(u)
+		}
+	}
+	return st
+}
 
 // onRelayCAError records that generation gen's client could not start
 // because relay_ca_file could not be read.

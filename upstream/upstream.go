@@ -23,6 +23,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -31,6 +32,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/net/proxy"
 
 	"courier/wire"
 )
@@ -109,7 +111,15 @@ type Config struct {
 	// certificate may chain to (the sidecar's relay_ca_file). Default nil:
 	// the system roots.
 	RootCAs *x509.CertPool
-	Logger  *slog.Logger
+	// Proxy, if set, is a SOCKS5 proxy (scheme socks5 or socks5h, both
+	// alike; user and password in the URL authenticate to it) that every
+	// connection to the relay goes through: the WebSocket and the GET / of
+	// its description. The relay's host name is passed to the proxy to
+	// resolve, never looked up here, and proxy settings from the
+	// environment do not apply. Default nil: direct, or an HTTP proxy
+	// from the environment (HTTPS_PROXY, NO_PROXY).
+	Proxy  *url.URL
+	Logger *slog.Logger
 	// OnStateChange, if set, is called after every state change. It runs on
 	// the client's goroutine and must not block.
 	OnStateChange func(Status)
@@ -156,6 +166,7 @@ type Client struct {
 	http     *http.Client // for the WebSocket dial and GET /, with RootCAs
 	host     string       // the relay's host[:port], for logs
 	hostname string       // the relay URL's host name, without port
+	via      string       // the SOCKS5 proxy's host:port (no credentials), or ""
 
 	mu      sync.Mutex
 	status  Status
@@ -179,11 +190,44 @@ func New(cfg Config) (*Client, error) {
 		TLSClientConfig:     &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout: cfg.HandshakeTimeout,
 	}
+	var via string
+	if p := cfg.Proxy; p != nil {
+		if (p.Scheme != "socks5" && p.Scheme != "socks5h") || p.Host == "" {
+			return nil, fmt.Errorf("upstream: proxy %s://%s: want socks5://host:port or socks5h://host:port", p.Scheme, p.Host)
+		}
+		// golang.org/x/net/proxy's SOCKS5 client sends the relay's host
+		// name to the proxy as a name (ATYP DOMAINNAME), for both schemes:
+		// no local DNS lookup of the relay. It dials every connection of
+		// tr, to any host, loopback too; tr.Proxy is nil, so no proxy from
+		// the environment applies either.
+		d, err := proxy.FromURL(p, &net.Dialer{})
+		if err != nil {
+			return nil, fmt.Errorf("upstream: proxy %s://%s: %w", p.Scheme, p.Host, err)
+		}
+		cd, ok := d.(proxy.ContextDialer)
+		if !ok {
+			return nil, fmt.Errorf("upstream: proxy %s://%s: no context dialer", p.Scheme, p.Host)
+		}
+		// net/http dials on a context detached from the request's, with
+		// no deadline: a proxy that accepts and never answers would hold
+		// each attempt's connection and goroutine forever (net/http's
+		// built-in socks5 support has the same hole). The dial through
+		// the proxy, handshake included, is bounded here instead.
+		timeout := cfg.HandshakeTimeout
+		tr.Proxy = nil
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			return cd.DialContext(ctx, network, addr)
+		}
+		via = p.Host
+	}
 	return &Client{
 		cfg:      cfg,
 		http:     &http.Client{Transport: tr},
 		host:     u.Host,
 		hostname: u.Hostname(),
+		via:      via,
 		status:   Status{State: StateDisconnected, Since: time.Now()},
 	}, nil
 }
@@ -288,6 +332,9 @@ func (c *Client) connectAndServe(ctx context.Context) error {
 	defer cancel()
 	conn, _, err := websocket.Dial(hctx, c.cfg.URL, &websocket.DialOptions{HTTPClient: c.http})
 	if err != nil {
+		if c.via != "" {
+			return fmt.Errorf("dial through the SOCKS5 proxy %s: %w", c.via, err)
+		}
 		return fmt.Errorf("dial: %w", err)
 	}
 	defer conn.CloseNow()
@@ -303,7 +350,11 @@ func (c *Client) connectAndServe(ctx context.Context) error {
 	c.session = s
 	c.mu.Unlock()
 	c.setStatus(StateConnected, nil, peerID)
-	c.cfg.Logger.Info("relay connected", "relay", c.host, "peer_id", peerID)
+	if c.via != "" {
+		c.cfg.Logger.Info("relay connected", "relay", c.host, "peer_id", peerID, "via_proxy", c.via)
+	} else {
+		c.cfg.Logger.Info("relay connected", "relay", c.host, "peer_id", peerID)
+	}
 
 	err = s.serve(ctx)
 

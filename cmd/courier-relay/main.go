@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -206,7 +207,7 @@ func (m *Main) Open() error {
 	}()
 	where := cfg.Store.Path
 	if cfg.Store.Driver == "redis" {
-		where = "redis " + cfg.Store.URL
+		where = "redis " + redactURL(cfg.Store.URL)
 		if cfg.Store.URL == "" {
 			where = "redis sentinel " + cfg.Store.MasterName
 		}
@@ -214,6 +215,18 @@ func (m *Main) Open() error {
 	m.Logger.Info("courier-relay listening", "addr", ln.Addr().String(), "scheme", scheme, "version", version,
 		"public_host", cfg.PublicHost, "store", where, "offline_bridge", cfg.Offline != nil)
 	return nil
+}
+
+// redactURL returns a URL fit for a log line: a password in it (store.url
+// may be redis://user:password@host:6379/0) is replaced by "xxxxx", while
+// the scheme, user, host, path and database stay. A string that is not a
+// URL is not logged at all (net/url's error would quote it whole).
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "[not a URL]"
+	}
+	return u.Redacted()
 }
 
 // openStore opens the store the configuration names.

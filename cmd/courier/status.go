@@ -61,6 +61,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func printStatus(w io.Writer, st apiclient.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "relay\t%s since %s\n", st.Relay.State, st.Relay.Since.Format(time.RFC3339))
+	if st.Relay.Proxy != "" {
+		fmt.Fprintf(tw, "via proxy\t%s\n", st.Relay.Proxy)
+	}
 	if st.Relay.PeerID != "" {
 		fmt.Fprintf(tw, "peer ID\t%s\n", st.Relay.PeerID)
 	}

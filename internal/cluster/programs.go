@@ -190,6 +190,9 @@ type SidecarConfig struct {
 	NodeURL string
 	// Extra is appended verbatim ([delivery] settings and such).
 	Extra string
+	// Top is written verbatim before the first table: top-level keys
+	// such as relay_ca_file or relay_proxy.
+	Top string
 }
 
 func (sc SidecarConfig) nodeURL() string {
@@ -229,6 +232,7 @@ func (s *Sidecar) writeConfig(name, relayURL string) error {
 	if s.toml.RelayHost != "" {
 		fmt.Fprintf(&b, "relay_host = %q\n", s.toml.RelayHost)
 	}
+	b.WriteString(s.toml.Top + "\n")
 	n := s.toml.nodeURL()
 	fmt.Fprintf(&b, "\n[api]\nlisten = \"127.0.0.1:0\"\n\n[node]\noffline_publish_url = %q\ninbound_url = %q\nsign_url = %q\n\n[store]\npath = %q\n\n%s\n",
 		n+"/courier/offline", n+"/courier/inbound", n+"/ob/signmessage",

@@ -46,6 +46,7 @@ type RelayStatus struct {
 	Since     time.Time `json:"since"`
 	LastError string    `json:"last_error,omitempty"`
 	PeerID    string    `json:"peer_id,omitempty"` // the node's, as authenticated at the relay
+	Proxy     string    `json:"proxy,omitempty"`   // relay_proxy without credentials, when set
 }
 
 // InboxStatus counts inbound messages.
