@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,6 +14,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
 
 	"courier/internal/cluster"
 	"courier/internal/testcert"
@@ -47,7 +51,10 @@ func TestHAProxyTerminatesTLS(t *testing.T) {
 	})
 	// Plain ws:// behind the front; no drain on stop (nothing to drain
 	// from at the end of the test).
-	relay, err := c.StartRelayConfig(ctx, "relay", fmt.Sprintf("public_host = \"127.0.0.1\"\ndrain_delay = \"0s\"\n\n[store]\npath = %q\n\n%s",
+	// The front names the client in X-Forwarded-For; the relay believes
+	// it from the front only, and limits each client address to 2
+	// connections.
+	relay, err := c.StartRelayConfig(ctx, "relay", fmt.Sprintf("public_host = \"127.0.0.1\"\ndrain_delay = \"0s\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n[store]\npath = %q\n\n%smax_connections_per_ip = 2\n",
 		filepath.Join(dir, "relay.db"), relayLimits))
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +174,38 @@ func TestHAProxyTerminatesTLS(t *testing.T) {
 			t.Errorf("%s received %+v", d.to.Name, got)
 		}
 		w.checkExactlyOnce(d.to, []string{id})
+	}
+
+	// The per-address limit counts the client the front names: sidecars A
+	// and B fill 127.0.0.1's two slots, yet clients from 127.0.0.5 and
+	// 127.0.0.6 get theirs, and a third connection from 127.0.0.5 is
+	// refused. (Without "option forwardfor" in the shipped file or
+	// without trusted_proxies, every client would be the front's
+	// 127.0.0.1, already full.)
+	dialFrom := func(src string) (*websocket.Conn, error) {
+		tr := &http.Transport{
+			DialContext:     (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext,
+			TLSClientConfig: &tls.Config{RootCAs: ca.Pool()},
+		}
+		defer tr.CloseIdleConnections()
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ws, resp, err := websocket.Dial(dctx, relayURL, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+		if err != nil && resp != nil {
+			err = fmt.Errorf("%w (HTTP %d)", err, resp.StatusCode)
+		}
+		if ws != nil {
+			t.Cleanup(func() { ws.CloseNow() })
+		}
+		return ws, err
+	}
+	for _, src := range []string{"127.0.0.5", "127.0.0.5", "127.0.0.6"} {
+		if _, err := dialFrom(src); err != nil {
+			t.Fatalf("a connection from %s through the front: %v", src, err)
+		}
+	}
+	if _, err := dialFrom("127.0.0.5"); err == nil || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Errorf("a third connection from 127.0.0.5: %v, want HTTP 503 (max_connections_per_ip = 2)", err)
 	}
 
 	// Without relay_ca_file the front's certificate is not trusted.
