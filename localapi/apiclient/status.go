@@ -46,6 +46,7 @@ type RelayStatus struct {
 	Since     time.Time `json:"since"`
 	LastError string    `json:"last_error,omitempty"`
 	PeerID    string    `json:"peer_id,omitempty"` // the node's, as authenticated at the relay
+	Identity  string    `json:"identity"`          // relay_identity: "peer" or "anonymous" (then no PeerID)
 }
 
 // InboxStatus counts inbound messages.
@@ -53,6 +54,9 @@ type InboxStatus struct {
 	Pending   int `json:"pending"`   // not at the node yet
 	Delivered int `json:"delivered"` // at the node
 	Refused   int `json:"refused"`   // refused by the node (400/422): kept, not retried
+	// NotForNode: anonymous mode only: received under the shared
+	// subscription key, not opened by the node (another peer's).
+	NotForNode int `json:"not_for_node"`
 }
 
 // EndpointHealth is how one of the node's endpoints has been answering.

@@ -15,8 +15,8 @@ import (
 
 // Front is a capturing front for the relay: a WebSocket-level proxy that
 // takes a client's connection, opens one to the relay for it, passes the
-// frames both ways, and records every message the client sends and every
-// HTTP request it makes (headers included), so that a test can check what
+// frames both ways, and records every message in each direction and every
+// HTTP request the client makes (headers included), so that a test can check what
 // the relay could have learned from that client. Plain HTTP (the relay's
 // description at GET /) is passed on unless NoDescription was set.
 type Front struct {
@@ -27,6 +27,7 @@ type Front struct {
 
 	mu       sync.Mutex
 	frames   [][]byte      // client → relay messages, in order
+	received [][]byte      // relay → client messages, in order
 	requests []http.Header // every request's headers, with "Path" and "Query" added
 	conns    map[*websocket.Conn]bool
 	wg       sync.WaitGroup
@@ -73,6 +74,14 @@ func (f *Front) Frames() [][]byte {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([][]byte(nil), f.frames...)
+}
+
+// FramesFromRelay returns every message the relay sent to the clients so
+// far.
+func (f *Front) FramesFromRelay() [][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]byte(nil), f.received...)
 }
 
 // Requests returns the headers of every HTTP request so far, with the
@@ -124,7 +133,7 @@ func (f *Front) serveWS(w http.ResponseWriter, req *http.Request) {
 	}()
 	// pump copies messages from src to dst until either fails, then closes
 	// dst with src's close code (or 1011 when src just went away).
-	pump := func(dst, src *websocket.Conn, record bool) {
+	pump := func(dst, src *websocket.Conn, record *[][]byte) {
 		defer cancel()
 		for {
 			typ, b, err := src.Read(ctx)
@@ -136,11 +145,9 @@ func (f *Front) serveWS(w http.ResponseWriter, req *http.Request) {
 				dst.Close(code, "front: the other side closed")
 				return
 			}
-			if record {
-				f.mu.Lock()
-				f.frames = append(f.frames, b)
-				f.mu.Unlock()
-			}
+			f.mu.Lock()
+			*record = append(*record, b)
+			f.mu.Unlock()
 			if err := dst.Write(ctx, typ, b); err != nil {
 				return
 			}
@@ -149,8 +156,8 @@ func (f *Front) serveWS(w http.ResponseWriter, req *http.Request) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pump(client, up, false)
+		pump(client, up, &f.received)
 	}()
-	pump(up, client, true)
+	pump(up, client, &f.frames)
 	<-done
 }
