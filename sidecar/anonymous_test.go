@@ -6,8 +6,11 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -381,4 +384,73 @@ func TestRelayIdentityConfig(t *testing.T) {
 			t.Errorf("%q: Anonymous() = %v", tc.line, cfg.Anonymous())
 		}
 	}
+}
+
+// The same switch made in the TOML file of a running sidecar (Watch, as
+// cmd/courier runs it): saving relay_identity = "anonymous" reconnects at
+// level 1 by key, and deleting the line goes back to the peer login.
+func TestRelayIdentityReloadFromTOML(t *testing.T) {
+	r := st.StartRelay(t, nil, nil)
+	front := relaytest.StartFront(t, r, false)
+	a := st.NewNode(t, "A")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "courier.toml")
+	toml := func(identity string) string {
+		s := fmt.Sprintf("relay_url = %q\n", front.URL())
+		if identity != "" {
+			s += fmt.Sprintf("relay_identity = %q\n", identity)
+		}
+		return s + fmt.Sprintf("[api]\nlisten = \"127.0.0.1:0\"\n[node]\noffline_publish_url = %q\ninbound_url = %q\nsign_url = %q\n[store]\npath = \"courier.db\"\nsynchronous = \"normal\"\n[delivery]\nrelay_grace = \"300ms\"\n",
+			a.OfflineURL(), a.InboundURL(), a.SignURL())
+	}
+	write := func(identity string) {
+		if err := os.WriteFile(path, []byte(toml(identity)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	cfg, err := sidecar.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := st.StartSidecar(t, a, cfg, st.Options())
+	if got := s.WaitRelay(sidecar.RelayConnected); got.PeerID != a.Peer.String() {
+		t.Fatalf("status %+v, want logged in as %s", got, a.Peer)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- sidecar.Watch(ctx, path, cfg, st.Logger(), func(c sidecar.Config) {
+			if err := s.E.Reconfigure(c); err != nil {
+				t.Errorf("Reconfigure: %v", err)
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+
+	before := len(front.Frames())
+	write(sidecar.IdentityAnonymous)
+	st.Eventually(t, "anonymous and connected after the edit", func() bool {
+		got := s.E.RelayStatus()
+		return got.Identity == sidecar.IdentityAnonymous && got.State == sidecar.RelayConnected && got.PeerID == ""
+	})
+	level1 := false
+	for _, f := range front.Frames()[before:] {
+		if cf, err := wire.ParseClientFrame(f); err == nil {
+			level1 = level1 || (cf.Type == wire.TypeSubscribe && cf.Subscribe.Protocol == 0 && cf.Subscribe.UserID != a.Peer.String())
+		}
+	}
+	if !level1 {
+		t.Error("no level-1 subscribe after relay_identity = \"anonymous\" was saved")
+	}
+	write("")
+	st.Eventually(t, "logged in as the peer again after the line was deleted", func() bool {
+		got := s.E.RelayStatus()
+		return got.Identity == sidecar.IdentityPeer && got.State == sidecar.RelayConnected && got.PeerID == a.Peer.String()
+	})
 }
