@@ -454,3 +454,38 @@ func TestRelayIdentityReloadFromTOML(t *testing.T) {
 		return got.Identity == sidecar.IdentityPeer && got.State == sidecar.RelayConnected && got.PeerID == a.Peer.String()
 	})
 }
+
+// The relay restarts under an anonymous sidecar (1012, then back on the
+// same store): the sidecar comes back at level 1 under the same userID and
+// takes what was sent to it meanwhile; what it sent while the relay was
+// away went OFFLINE after the grace.
+func TestAnonymousRelayRestart(t *testing.T) {
+	r := st.StartRelay(t, nil, nil)
+	front := relaytest.StartFront(t, r, false)
+	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
+	sa := st.StartSidecar(t, a, anonymousConfig(a, front.URL(), t.TempDir()), st.Options())
+	sb := st.StartSidecar(t, b, st.Config(b, r.URL(), t.TempDir()), st.Options())
+	sa.WaitRelay(sidecar.RelayConnected)
+	sb.WaitRelay(sidecar.RelayConnected)
+
+	r.Stop()
+	sa.WaitRelay(sidecar.RelayDisconnected)
+	away := sa.Submit(b, st.Ciphertext("A while the relay is away", 1, 200))
+	if m := sa.WaitMessage(away, queue.HandedOff); m.Path != queue.PathOffline || !strings.Contains(m.LastError, "relay unreachable") {
+		t.Errorf("A's message while the relay was away: %+v", m)
+	}
+	r.Restart()
+	sa.WaitRelay(sidecar.RelayConnected)
+	sb.WaitRelay(sidecar.RelayConnected)
+	toA := sb.Submit(a, st.Ciphertext("B to A after the restart", 1, 200))
+	st.Eventually(t, "B's message at A's node", func() bool { return a.Inbound.AcceptedIDs()[toA] == 1 })
+	ids := checkFrames(t, front, a)
+	if len(ids) < 2 {
+		t.Fatalf("subscribes: %q, want one before and one after the restart", ids)
+	}
+	for _, id := range ids[1:] {
+		if id != ids[0] {
+			t.Errorf("userIDs %q: changed across the relay's restart", ids)
+		}
+	}
+}
