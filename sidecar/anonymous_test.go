@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"courier/relay"
 	"courier/relay/relaytest"
 	"courier/sidecar"
 	"courier/sidecar/queue"
@@ -487,5 +488,35 @@ func TestAnonymousRelayRestart(t *testing.T) {
 		if id != ids[0] {
 			t.Errorf("userIDs %q: changed across the relay's restart", ids)
 		}
+	}
+}
+
+// The relay answers a level-1 publish with {"error": "too_large: …"} (the
+// sidecar could not read the relay's limit: the front hides GET /). The
+// message is not lost, it went OFFLINE as well; the error is counted by
+// kind; the connection stays and the next message goes through.
+func TestAnonymousPublishRefusedByRelay(t *testing.T) {
+	r := st.StartRelay(t, func(c *relay.Config) { c.Limits.MaxMessageBytes = 1024 }, nil)
+	front := relaytest.StartFront(t, r, true)
+	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
+	sa := st.StartSidecar(t, a, anonymousConfig(a, front.URL(), t.TempDir()), st.Options())
+	sb := st.StartSidecar(t, b, st.Config(b, r.URL(), t.TempDir()), st.Options())
+	sa.WaitRelay(sidecar.RelayConnected)
+	sb.WaitRelay(sidecar.RelayConnected)
+
+	big := sa.Submit(b, st.Ciphertext("too large for the relay", 1, 4096))
+	if m := sa.WaitMessage(big, queue.HandedOff); m.Path != queue.PathOffline {
+		t.Errorf("refused message: %+v", m)
+	}
+	st.Eventually(t, "the relay's too_large counted", func() bool {
+		return labelledCounter(t, sa.E, "courier_relay_errors_total", "too_large") == 1
+	})
+	small := sa.Submit(b, st.Ciphertext("small enough", 1, 200))
+	st.Eventually(t, "the next message at B's node, INDIRECT", func() bool { return b.Inbound.AcceptedIDs()[small] == 1 })
+	if got := b.Inbound.AcceptedIDs()[big]; got != 0 {
+		t.Errorf("B's node got the refused message INDIRECT %d times", got)
+	}
+	if st := sa.E.RelayStatus(); st.State != sidecar.RelayConnected {
+		t.Errorf("after the relay's error A is %s", st.State)
 	}
 }
