@@ -377,8 +377,9 @@ func TestHealthReadyMetricsStatus(t *testing.T) {
 	r = a.do("GET", "/v1/status", "", nil)
 	var stat struct {
 		Relay struct {
-			State string    `json:"state"`
-			Since time.Time `json:"since"`
+			State    string    `json:"state"`
+			Since    time.Time `json:"since"`
+			Identity string    `json:"identity"`
 		} `json:"relay"`
 		Outbox   map[string]int            `json:"outbox"`
 		Inbox    map[string]int            `json:"inbox"`
@@ -396,6 +397,9 @@ func TestHealthReadyMetricsStatus(t *testing.T) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&stat); err != nil || r.status != 200 {
 		t.Fatalf("status = %d %s: %v", r.status, r.body, err)
+	}
+	if stat.Relay.Identity != "peer" {
+		t.Errorf("status relay identity = %q, want the default, peer", stat.Relay.Identity)
 	}
 	if stat.Relay.State != "disabled" || stat.Relay.Since.IsZero() || stat.Outbox["handed_off"] != 1 || stat.Outbox["queued"] != 0 ||
 		stat.Paths["OFFLINE"] != 1 || stat.Paths["INDIRECT"] != 0 || stat.Inbox["pending"] != 0 || stat.Node["offline"]["consecutive_failures"] != 0.0 {

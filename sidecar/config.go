@@ -32,6 +32,18 @@ type Config struct {
 	// could pass on another relay's challenge and log in there as this
 	// node. Default: empty (relay_url's host only).
 	RelayHost string `toml:"relay_host"`
+	// RelayIdentity is who the sidecar is to the relay. "peer" (the
+	// default; empty means the same): it authenticates as the node's peer
+	// ID at protocol level 2, receives only messages addressed to that
+	// peer, and gets a publish result, so a message the recipient took is
+	// delivered INDIRECT without OFFLINE. "anonymous": it subscribes at
+	// level 1 by its subscription key alone under a random userID kept in
+	// the store, so the relay never learns the peer ID; it receives every
+	// message under that key (other peers share it) and passes them to
+	// the node, which drops what it cannot open (counted as not_for_node);
+	// its publishes get no result, so each is also handed to the node's
+	// OFFLINE endpoint. A change reconnects, like a relay_url change.
+	RelayIdentity string `toml:"relay_identity"`
 	// RelayCAFile is a PEM file of the certificate authorities a wss://
 	// relay's certificate must chain to, instead of the system roots (a
 	// relay with its own CA or a self-signed certificate). [LoadConfig]
@@ -155,6 +167,15 @@ type LogConfig struct {
 	// or "error".
 	Level string `toml:"level"`
 }
+
+// Values of relay_identity.
+const (
+	IdentityPeer      = "peer"      // level 2, authenticated as the node's peer ID (default)
+	IdentityAnonymous = "anonymous" // level 1, by subscription key under a random userID
+)
+
+// Anonymous reports whether relay_identity is "anonymous".
+func (c Config) Anonymous() bool { return c.RelayIdentity == IdentityAnonymous }
 
 // SlogLevel returns Level as a [slog.Level]; [slog.LevelInfo] when Level
 // is not valid (which [Config.Validate] reports).
@@ -319,6 +340,12 @@ func (c Config) Validate() error {
 		if strings.ContainsAny(c.RelayHost, "/ @?#") || strings.Contains(c.RelayHost, "://") {
 			add("relay_host", "%q is not a host name: write the relay's public_host alone, e.g. %q", c.RelayHost, "relay.example.org")
 		}
+	}
+
+	switch c.RelayIdentity {
+	case "", IdentityPeer, IdentityAnonymous:
+	default:
+		add("relay_identity", "is %q: use %q (authenticate as the node's peer ID; the default) or %q (subscribe by subscription key only; the relay never learns the peer ID)", c.RelayIdentity, IdentityPeer, IdentityAnonymous)
 	}
 
 	if c.API.MaxMessageBytes < 1 || c.API.MaxMessageBytes > MaxMessageBytes {

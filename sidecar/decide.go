@@ -56,6 +56,14 @@ type publishOutcome struct {
 	Jitter   float64         // a random number in [0, 1), spreading retries
 }
 
+// The anonymous path: what a level-1 publish leads to. Its reason stays
+// the message's last error once it is handed off, so /v1/messages/{id}
+// shows handed_off, path OFFLINE, and that it was also published INDIRECT.
+const (
+	causeUnconfirmed  = "unconfirmed"
+	reasonUnconfirmed = "anonymous mode: also published INDIRECT at level 1, which gets no publish result; handed OFFLINE too"
+)
+
 // Retry rules for the answers worth another INDIRECT try.
 const (
 	// maxLostPublishes is how many INDIRECT publishes of one message may
@@ -92,6 +100,12 @@ func decide(o publishOutcome) action {
 	switch {
 	case o.TimedOut:
 		return action{Kind: nextOffline, Cause: "timeout", Reason: fmt.Sprintf("no publish result from the relay within %s", o.Timeout)}
+	case r.Err == nil && r.Unconfirmed:
+		// Anonymous mode: a level-1 publish gets no result, so nothing
+		// can ever confirm it delivered. It is on the relay (the fast
+		// path); OFFLINE now as well, and the recipient's node drops the
+		// second copy by message ID.
+		return action{Kind: nextOffline, Cause: causeUnconfirmed, Reason: reasonUnconfirmed}
 	case r.Err != nil && o.Attempts >= maxLostPublishes:
 		return action{Kind: nextOffline, Cause: "connection_lost",
 			Reason: fmt.Sprintf("relay connection lost before the publish result, %d times: %v", o.Attempts, r.Err)}

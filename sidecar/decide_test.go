@@ -41,6 +41,12 @@ func TestDecide(t *testing.T) {
 		{"connection lost, third", publishOutcome{Attempts: maxLostPublishes, Result: lost}, nextOffline, time.Time{}, "connection_lost", "3 times"},
 		{"unknown status", publishOutcome{Attempts: 1, Result: res("bogus", "")}, nextOffline, time.Time{}, "bogus", "relay answered bogus"},
 		{"no status", publishOutcome{Attempts: 1, Result: res("", "")}, nextOffline, time.Time{}, "unknown", "relay answered"},
+		// Anonymous mode: a level-1 publish is answered Unconfirmed and
+		// goes OFFLINE as well, whatever else holds: within a comeback's
+		// grace (no queued answer to retry on), at any attempt.
+		{"anonymous: unconfirmed", publishOutcome{Attempts: 1, Result: upstream.Result{Unconfirmed: true}}, nextOffline, time.Time{}, "unconfirmed", "also published INDIRECT at level 1"},
+		{"anonymous: unconfirmed just after a comeback", publishOutcome{Attempts: 1, Result: upstream.Result{Unconfirmed: true}, BackAt: now.Add(-time.Second), Grace: grace}, nextOffline, time.Time{}, "unconfirmed", "handed OFFLINE too"},
+		{"anonymous: connection lost before the write", publishOutcome{Attempts: 1, Result: upstream.Result{Unconfirmed: true, Err: upstream.ErrConnectionLost}}, nextIndirect, now, "", "connection lost"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

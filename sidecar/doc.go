@@ -10,8 +10,13 @@
 //     MarkHandedOff, RecordOfflineAttempt, Fail, Revive, Resume), each with
 //     its from-states and attempts rule:
 //     sidecar/queue/transitions.go.
-//   - The inbox states (pending, delivered, refused) and their transitions:
-//     sidecar/queue/inbox.go.
+//   - The inbox states (pending, delivered, refused, not_for_node) and
+//     their transitions: sidecar/queue/inbox.go.
+//   - Anonymous mode (relay_identity = "anonymous"): the level-1 session is
+//     upstream's; a publish answered Unconfirmed goes OFFLINE as well
+//     (decide, cause "unconfirmed"); the node's 400/422 becomes
+//     not_for_node instead of refused (refuseInbound, inbound.go); the
+//     random userID is kept in the store (anonymousUserID, relay.go).
 //   - What happens after one INDIRECT publish (delivered, retry INDIRECT
 //     when, or OFFLINE with which cause): decide, a pure function, in
 //     decide.go; the engine only gathers its inputs and applies its answer.

@@ -133,7 +133,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
 		cfg:      cfg,
 	}
 	e.opts = opts
-	initial := e.link.configure(cfg.RelayURL, time.Now())
+	initial := e.link.configure(cfg, time.Now())
 	e.m = newMetrics(e, initial.State)
 	return e, nil
 }
@@ -147,7 +147,8 @@ func (e *Engine) Config() Config {
 
 // Reconfigure puts a new, valid configuration in force. A changed relay_url
 // reconnects; a removed one disconnects and sends everything OFFLINE; one
-// put back turns INDIRECT on again. The store path cannot change while
+// put back turns INDIRECT on again; a changed relay_identity reconnects in
+// the new mode. The store path cannot change while
 // running: a change there is refused.
 func (e *Engine) Reconfigure(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
@@ -159,13 +160,14 @@ func (e *Engine) Reconfigure(cfg Config) error {
 		return errors.New("store: store.path and store.synchronous cannot change while courier runs; restart it to use a new store")
 	}
 	relayChanged := cfg.RelayURL != e.cfg.RelayURL || cfg.RelayHost != e.cfg.RelayHost ||
-		cfg.RelayCAFile != e.cfg.RelayCAFile || cfg.RelayProxy != e.cfg.RelayProxy
+		cfg.RelayCAFile != e.cfg.RelayCAFile || cfg.RelayProxy != e.cfg.RelayProxy ||
+		cfg.Anonymous() != e.cfg.Anonymous()
 	e.cfg = cfg
 	e.mu.Unlock()
 	if relayChanged {
 		// The old client's reports no longer count, and the status says
 		// at once what is happening now, not what the old client saw.
-		e.m.relayState(e.link.configure(cfg.RelayURL, time.Now()).State)
+		e.m.relayState(e.link.configure(cfg, time.Now()).State)
 	}
 	signal(e.reconfigured)
 	signal(e.wakeDispatch)

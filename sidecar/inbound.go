@@ -218,9 +218,7 @@ func (e *Engine) finishDirect(ctx context.Context, ids []string, created []bool,
 		switch {
 		case refused(stopErr):
 			e.health.record("inbound", nil)
-			e.log.Error("node refused an inbound message; kept as refused, not offered again", "id", ids[took], "err", stopErr)
-			e.m.refused.Inc()
-			if err := e.q.MarkInboundRefused(markCtx, ids[took], "refused by the node: "+stopErr.Error()); err != nil {
+			if err := e.refuseInbound(markCtx, e.Config(), ids[took], stopErr); err != nil {
 				e.log.Error("record inbound refusal", "id", ids[took], "err", err)
 			}
 		case errors.Is(stopErr, errBehindFailure):
@@ -423,12 +421,8 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 				if err == nil {
 					delivered = append(delivered, m.ID)
 					e.m.pushed.Inc()
-				} else {
-					e.log.Error("node refused an inbound message; kept as refused, not offered again", "id", m.ID, "err", err)
-					e.m.refused.Inc()
-					if err := e.q.MarkInboundRefused(markCtx, m.ID, "refused by the node: "+err.Error()); err != nil {
-						return fmt.Errorf("record inbound refusal: %w", err)
-					}
+				} else if err := e.refuseInbound(markCtx, cfg, m.ID, err); err != nil {
+					return fmt.Errorf("record inbound refusal: %w", err)
 				}
 				tookOne, p.down, p.tries = true, false, 0
 				e.endpointDown.Store(false)
@@ -470,6 +464,25 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 		return e.inboundPoison(markCtx, cfg, *suspect, suspectEr)
 	}
 	return e.inboundDown(markCtx, cfg, p, suspectEr, *suspect)
+}
+
+// refuseInbound records the node's final refusal (400 or 422) of inbound
+// message id. Authenticated, the relay sends only messages addressed to
+// this peer: a refusal is a problem, kept as refused and listed for
+// attention. Anonymous, the subscription gets every message under its
+// subscription key, other peers' too, and the node cannot open those:
+// expected, kept as not_for_node, counted apart, logged at debug. The
+// node's answer cannot tell another peer's message from a broken one of
+// its own, so in anonymous mode every refusal counts as not_for_node.
+func (e *Engine) refuseInbound(ctx context.Context, cfg Config, id string, cause error) error {
+	if cfg.Anonymous() {
+		e.m.notForNode.Inc()
+		e.log.Debug("node could not open an inbound message: another peer's under the same subscription key, most likely", "id", id, "err", cause)
+		return e.q.MarkInboundNotForNode(ctx, id, "not opened by the node (anonymous mode: most likely another peer's message under the same subscription key): "+cause.Error())
+	}
+	e.log.Error("node refused an inbound message; kept as refused, not offered again", "id", id, "err", cause)
+	e.m.refused.Inc()
+	return e.q.MarkInboundRefused(ctx, id, "refused by the node: "+cause.Error())
 }
 
 // pushOne offers one message to the node's inbound endpoint. A push under

@@ -23,6 +23,8 @@ type metrics struct {
 	pushed         prometheus.Counter
 	pushedDirect   prometheus.Counter
 	refused        prometheus.Counter
+	notForNode     prometheus.Counter
+	relayErrors    *prometheus.CounterVec
 	revived        prometheus.Counter
 	pruned         *prometheus.CounterVec
 	latency        *prometheus.HistogramVec
@@ -44,7 +46,7 @@ func newMetrics(e *Engine, relayState string) *metrics {
 			Name: "courier_publish_results_total", Help: "PublishResults from the relay, by status.",
 		}, []string{"status"}),
 		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "courier_fallbacks_total", Help: "Messages sent OFFLINE after INDIRECT could not confirm them, by cause (queued, rejected, timeout, too_large, connection_lost).",
+			Name: "courier_fallbacks_total", Help: "Messages sent OFFLINE after INDIRECT could not confirm them, by cause (queued, rejected, timeout, too_large, connection_lost; unconfirmed: published at level 1 in anonymous mode, which gets no result).",
 		}, []string{"cause"}),
 		failed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_messages_failed_total", Help: "Outbound messages given up on.",
@@ -55,6 +57,12 @@ func newMetrics(e *Engine, relayState string) *metrics {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_inbound_refused_total", Help: "Inbound messages the node refused for good (400 or 422): kept as refused, not retried.",
 		}),
+		notForNode: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "courier_inbound_not_for_node_total", Help: "Inbound messages an anonymous subscription received that the node could not open (400 or 422): other peers' messages under the same subscription key, expected in anonymous mode.",
+		}),
+		relayErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "courier_relay_errors_total", Help: "Error frames the relay sent outside the handshake, by kind (too_large, rate_limited, invalid, over_quota, other); at level 1 (anonymous) a refused publish, which names no message.",
+		}, []string{"kind"}),
 		revived: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "courier_messages_revived_total", Help: "Failed outbound messages queued again by a new POST.",
 		}),
@@ -77,7 +85,7 @@ func newMetrics(e *Engine, relayState string) *metrics {
 		}, []string{"state"}),
 	}
 	m.reg.MustRegister(m.accepted, m.deliveries, m.publishResults, m.fallbacks, m.failed,
-		m.inbound, m.pushed, m.pushedDirect, m.refused, m.revived, m.pruned, m.latency, m.relay, queueCollector{e},
+		m.inbound, m.pushed, m.pushedDirect, m.refused, m.notForNode, m.relayErrors, m.revived, m.pruned, m.latency, m.relay, queueCollector{e},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.relayState(relayState)
 	return m
@@ -102,7 +110,7 @@ func (m *metrics) delivered(o queue.Outbound) {
 var (
 	outboxDesc = prometheus.NewDesc("courier_outbox_messages", "Outbound messages by state and path.", []string{"state", "path"}, nil)
 	inboxDesc  = prometheus.NewDesc("courier_inbox_pending_messages", "Inbound messages the node does not have yet.", nil, nil)
-	inboxState = prometheus.NewDesc("courier_inbox_messages", "Inbound messages in the store by state (pending, delivered, refused).", []string{"state"}, nil)
+	inboxState = prometheus.NewDesc("courier_inbox_messages", "Inbound messages in the store by state (pending, delivered, refused, not_for_node).", []string{"state"}, nil)
 )
 
 // queueCollector reports queue depths, counted once per scrape.
@@ -131,7 +139,7 @@ func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range []struct {
 		state queue.InboxState
 		n     int
-	}{{queue.InboxPending, counts.InboxPending}, {queue.InboxDelivered, counts.InboxDelivered}, {queue.InboxRefused, counts.InboxRefused}} {
+	}{{queue.InboxPending, counts.InboxPending}, {queue.InboxDelivered, counts.InboxDelivered}, {queue.InboxRefused, counts.InboxRefused}, {queue.InboxNotForNode, counts.InboxNotForNode}} {
 		ch <- prometheus.MustNewConstMetric(inboxState, prometheus.GaugeValue, float64(s.n), string(s.state))
 	}
 }

@@ -309,7 +309,7 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 			return // left queued or sending: published again at the next start
 		}
 	}
-	if o.Result.Err == nil && !o.TimedOut {
+	if o.Result.Err == nil && !o.TimedOut && !o.Result.Unconfirmed {
 		e.m.publishResults.WithLabelValues(o.Result.Status).Inc()
 	}
 	o.Now, o.BackAt, o.Jitter = time.Now(), e.link.comeback(), rand.Float64()

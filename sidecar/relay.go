@@ -2,13 +2,17 @@ package sidecar
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
 	"courier/upstream"
+	"courier/wire"
 )
 
 // Relay connection states, as /v1/status reports them: upstream's three,
@@ -29,6 +33,9 @@ type RelayStatus struct {
 	// Proxy is relay_proxy without user or password ("socks5h://host:port")
 	// when the connection goes through one.
 	Proxy string `json:"proxy,omitempty"`
+	// Identity is relay_identity in force: "peer" (authenticated as
+	// PeerID) or "anonymous" (level 1 by subscription key; PeerID empty).
+	Identity string `json:"identity"`
 }
 
 // relayLink is the engine's part that owns the relay connection: the
@@ -47,18 +54,23 @@ type relayLink struct {
 	downAt time.Time // when the configured relay was last seen not connected
 	backAt time.Time // when the connection came back after it had been lost; zero before
 	wasUp  bool      // the current generation's client has been connected before
+	ident  string    // the current generation's relay_identity, for the status
 }
 
-// configure starts a new generation for relayURL, as of now, and returns
-// the status it begins with.
-func (l *relayLink) configure(relayURL string, now time.Time) RelayStatus {
+// configure starts a new generation for cfg's relay_url and
+// relay_identity, as of now, and returns the status it begins with.
+func (l *relayLink) configure(cfg Config, now time.Time) RelayStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.gen++
-	if relayURL == "" {
-		l.status = RelayStatus{State: RelayDisabled, Since: now}
+	l.ident = IdentityPeer
+	if cfg.Anonymous() {
+		l.ident = IdentityAnonymous
+	}
+	if cfg.RelayURL == "" {
+		l.status = RelayStatus{State: RelayDisabled, Since: now, Identity: l.ident}
 	} else {
-		l.status = RelayStatus{State: RelayConnecting, Since: now}
+		l.status = RelayStatus{State: RelayConnecting, Since: now, Identity: l.ident}
 		l.downAt = now
 	}
 	l.backAt, l.wasUp = time.Time{}, false // a new relay: its first connection is no comeback
@@ -90,7 +102,7 @@ func (l *relayLink) report(gen uint64, s upstream.Status, now time.Time) (taken,
 		return false, false
 	}
 	wasConnected = l.status.State == RelayConnected
-	l.status = RelayStatus{State: string(s.State), Since: s.Since, LastError: s.LastError, PeerID: s.PeerID}
+	l.status = RelayStatus{State: string(s.State), Since: s.Since, LastError: s.LastError, PeerID: s.PeerID, Identity: l.ident}
 	if wasConnected && s.State != upstream.StateConnected {
 		l.downAt = now
 	}
@@ -202,7 +214,20 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 				// system roots instead would trust what the operator chose
 				// not to: say so in the status and wait for a reload.
 				e.log.Error("relay_ca_file", "err", err)
-				e.onRelayCAError(g, err)
+				e.onRelayStartError(g, fmt.Errorf("relay_ca_file: %w", err))
+				return
+			}
+		}
+		var userID string
+		if cfg.Anonymous() {
+			var err error
+			if userID, err = e.anonymousUserID(ctx); err != nil {
+				// Without it the relay would replay every unacked message
+				// under the key at each connection: wait for the store.
+				e.log.Error("anonymous userID", "err", err)
+				e.onRelayStartError(g, err)
+				running = false // tried again at the next wake
+				time.AfterFunc(time.Second, func() { signal(e.reconfigured) })
 				return
 			}
 		}
@@ -221,6 +246,9 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 			Proxy:         proxy,
 			Sign:          e.sign,
 			Handle:        e.takeInbound,
+			Anonymous:     cfg.Anonymous(),
+			UserID:        userID,
+			OnRelayError:  e.onRelayError,
 			Logger:        e.log.With("component", "upstream"),
 			OnStateChange: func(s upstream.Status) { e.onRelayState(g, s) },
 			BackoffMax:    e.opts.ReconnectWaitMax, // 0: upstream's default
@@ -249,6 +277,42 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 			apply()
 		}
 	}
+}
+
+// anonymousUserIDKey is where the store keeps the anonymous userID.
+const anonymousUserIDKey = "anonymous_user_id"
+
+// anonymousUserID returns the userID of the anonymous (level-1)
+// subscription: 16 random bytes in hex, made the first time and kept in
+// the store, so that the relay's acks for it hold across reconnects and
+// restarts. It is not derived from the peer ID and says nothing of it.
+func (e *Engine) anonymousUserID(ctx context.Context) (string, error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	id, err := e.q.MetaOrInit(ctx, anonymousUserIDKey, hex.EncodeToString(b[:]))
+	if err != nil {
+		return "", fmt.Errorf("anonymous userID: %w", err)
+	}
+	return id, nil
+}
+
+// onRelayError counts an {"error": …} the relay sent outside the
+// handshake. At level 1 it answers a refused publish (too_large,
+// rate_limited, …) that way, naming no message: the message went OFFLINE
+// too, so nothing is lost, but an operator should see it.
+func (e *Engine) onRelayError(reason string) {
+	e.m.relayErrors.WithLabelValues(relayErrorKind(reason)).Inc()
+}
+
+// relayErrorKind is the metric label for a relay's error reason: its
+// protocol prefix (too_large, rate_limited, invalid, over_quota) or other.
+func relayErrorKind(reason string) string {
+	for _, k := range []string{wire.ReasonTooLarge, wire.ReasonRateLimited, wire.ReasonInvalid, wire.ReasonOverQuota} {
+		if strings.HasPrefix(reason, strings.TrimSpace(k)) {
+			return strings.TrimSuffix(strings.TrimSpace(k), ":")
+		}
+	}
+	return "other"
 }
 
 func (e *Engine) sign(ctx context.Context, content string) (upstream.Signature, error) {
@@ -289,12 +353,12 @@ func (e *Engine) RelayStatus() RelayStatus {
 	return st
 }
 
-// onRelayCAError records that generation gen's client could not start
-// because relay_ca_file could not be read.
-func (e *Engine) onRelayCAError(gen uint64, err error) {
+// onRelayStartError records that generation gen's client could not start
+// (relay_ca_file could not be read, the anonymous userID not stored).
+func (e *Engine) onRelayStartError(gen uint64, err error) {
 	e.link.mu.Lock()
 	if gen == e.link.gen {
-		e.link.status = RelayStatus{State: RelayDisconnected, Since: time.Now(), LastError: "relay_ca_file: " + err.Error()}
+		e.link.status = RelayStatus{State: RelayDisconnected, Since: time.Now(), LastError: err.Error(), Identity: e.link.ident}
 	}
 	e.link.mu.Unlock()
 	e.m.relayState(RelayDisconnected)

@@ -100,6 +100,10 @@ type InboxStatus struct {
 	Pending   int `json:"pending"`
 	Delivered int `json:"delivered"`
 	Refused   int `json:"refused"`
+	// NotForNode: received by an anonymous subscription (which gets every
+	// message under its subscription key) and not opened by the node:
+	// other peers' messages, expected in anonymous mode; not retried.
+	NotForNode int `json:"not_for_node"`
 }
 
 // Status reports the relay connection, queue depths, counts per path and
@@ -112,7 +116,7 @@ func (e *Engine) Status(ctx context.Context, recent int) (Status, error) {
 	st := Status{
 		Relay:  e.RelayStatus(),
 		Outbox: make(map[queue.State]int),
-		Inbox:  InboxStatus{Pending: c.InboxPending, Delivered: c.InboxDelivered, Refused: c.InboxRefused},
+		Inbox:  InboxStatus{Pending: c.InboxPending, Delivered: c.InboxDelivered, Refused: c.InboxRefused, NotForNode: c.InboxNotForNode},
 		Paths: map[queue.Path]int{
 			queue.PathIndirect: c.Count(queue.Delivered, queue.PathIndirect),
 			queue.PathOffline:  c.Count(queue.HandedOff, queue.PathOffline),

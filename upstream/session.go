@@ -24,7 +24,8 @@ type session struct {
 
 	writeMu sync.Mutex // held across ref assignment and write: publish order is call order
 
-	maxMessageBytes int // the relay's limit, 0 if unknown; set before the session is shared
+	maxMessageBytes int  // the relay's limit, 0 if unknown; set before the session is shared
+	level1          bool // an anonymous level-1 session: no refs, no PublishResults; set before the session is shared
 
 	mu      sync.Mutex
 	closed  bool
@@ -66,6 +67,9 @@ func (s *session) publish(ctx context.Context, recipient string, ciphertext []by
 		return nil, fmt.Errorf("%w: the message is %d bytes, the relay accepts at most %d", ErrTooLarge, len(ciphertext), s.maxMessageBytes)
 	}
 	ch := make(chan Result, 1)
+	if s.level1 {
+		return s.publishLevel1(ctx, recipient, ciphertext, ch)
+	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.mu.Lock()
@@ -91,6 +95,30 @@ func (s *session) publish(ctx context.Context, recipient string, ciphertext []by
 		// (coder/websocket closes it): the caller retries after the reconnect.
 		return nil, fmt.Errorf("%w: write publish: %w", ErrNotConnected, err)
 	}
+	return ch, nil
+}
+
+// publishLevel1 writes a level-1 publish: no ref, and no PublishResult
+// will come, so the answer (Unconfirmed) is on ch as soon as the frame is
+// written. A relay's {"error": …} to it names no message; the reader
+// passes it to OnRelayError.
+func (s *session) publishLevel1(ctx context.Context, recipient string, ciphertext []byte, ch chan Result) (<-chan Result, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, ErrNotConnected
+	}
+	frame := wire.ClientFrameBytes(wire.TypePublish, wire.Publish{
+		EncryptedMessage: base64.StdEncoding.EncodeToString(ciphertext),
+		Recipient:        recipient,
+	})
+	if err := s.c.write(ctx, s.conn, frame); err != nil {
+		return nil, fmt.Errorf("%w: write publish: %w", ErrNotConnected, err)
+	}
+	ch <- Result{Unconfirmed: true}
 	return ch, nil
 }
 
@@ -147,6 +175,9 @@ func (s *session) read(ctx context.Context) error {
 			log.Debug("relay replay drained", "count", f.Drained.Count)
 		case wire.KindError, wire.KindLevel2Error:
 			log.Warn("relay reported an error", "reason", f.Error)
+			if s.c.cfg.OnRelayError != nil {
+				s.c.cfg.OnRelayError(f.Error)
+			}
 		default:
 			log.Debug("ignoring unexpected relay frame", "kind", f.Kind)
 		}

@@ -9,6 +9,14 @@
 // messages are handed up in order, in batches, and acked only after the
 // handler says it has them durably.
 //
+// With Config.Anonymous the session is a level-1 one instead: no
+// AuthRequest, no signature; the client subscribes by its subscription key
+// alone under an opaque UserID, publishes without a ref and gets no
+// PublishResult (each publish is answered at once with Result.Unconfirmed),
+// and acks what it received at level 1. The relay never learns the peer ID
+// from it: the SignFunc is asked for the identity only to compute the
+// subscription key, and nothing it returns is sent.
+//
 // upstream knows nothing of queues or nodes: the sidecar's engine gives it
 // functions to sign and to take inbound messages.
 package upstream
@@ -81,6 +89,10 @@ type Status struct {
 type Result struct {
 	wire.PublishResult
 	Err error // ErrConnectionLost when the connection dropped before the answer
+	// Unconfirmed: a level-1 (anonymous) publish, written to the
+	// connection; the relay answers none, so nobody can tell whether it
+	// was stored or reached the recipient. PublishResult is empty.
+	Unconfirmed bool
 }
 
 // Errors callers branch on.
@@ -107,6 +119,23 @@ type Config struct {
 	ExpectedHost string
 	Sign         SignFunc
 	Handle       Handler
+	// Anonymous makes the session a level-1 one: subscribe by the
+	// subscription key alone, as UserID, with no AuthRequest and no
+	// signature; publish without a ref (no PublishResult comes: each
+	// publish is answered Unconfirmed as soon as it is written). Sign is
+	// still asked for the node's identity, to compute the key; nothing it
+	// returns is sent to the relay. Default false (level 2, as the peer).
+	Anonymous bool
+	// UserID is the level-1 subscription's userID, required with
+	// Anonymous: the relay remembers acks per userID, so it must stay the
+	// same across connections (and restarts) for acked messages not to be
+	// sent again. It must not be the peer ID. Unused without Anonymous.
+	UserID string
+	// OnRelayError, if set, is called with the reason of every {"error": …}
+	// or level-2 Error frame the relay sends outside the handshake (at
+	// level 1, the answer to a refused publish, which names no message).
+	// It runs on the reader's goroutine and must not block.
+	OnRelayError func(reason string)
 	// RootCAs, if set, are the only certificate authorities a wss:// relay's
 	// certificate may chain to (the sidecar's relay_ca_file). Default nil:
 	// the system roots.
@@ -177,6 +206,14 @@ type Client struct {
 func New(cfg Config) (*Client, error) {
 	if cfg.Sign == nil || cfg.Handle == nil {
 		return nil, errors.New("upstream: Config.Sign and Config.Handle are required")
+	}
+	if cfg.Anonymous {
+		if cfg.UserID == "" {
+			return nil, errors.New("upstream: Config.UserID is required with Anonymous")
+		}
+		if _, err := wire.ParsePeerID(cfg.UserID); err == nil {
+			return nil, errors.New("upstream: Config.UserID must not be a peer ID with Anonymous: use an opaque random string")
+		}
 	}
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
@@ -340,21 +377,32 @@ func (c *Client) connectAndServe(ctx context.Context) error {
 	defer conn.CloseNow()
 	conn.SetReadLimit(c.cfg.MaxFrameBytes)
 
-	peerID, err := c.handshake(hctx, conn)
+	var peerID string
+	if c.cfg.Anonymous {
+		err = c.subscribeAnonymous(hctx, conn)
+	} else {
+		peerID, err = c.handshake(hctx, conn)
+	}
 	if err != nil {
 		return err
 	}
 	s := newSession(c, conn)
+	s.level1 = c.cfg.Anonymous
 	s.maxMessageBytes = c.relayMessageLimit(hctx)
 	c.mu.Lock()
 	c.session = s
 	c.mu.Unlock()
 	c.setStatus(StateConnected, nil, peerID)
-	if c.via != "" {
-		c.cfg.Logger.Info("relay connected", "relay", c.host, "peer_id", peerID, "via_proxy", c.via)
+	attrs := []any{"relay", c.host}
+	if c.cfg.Anonymous {
+		attrs = append(attrs, "identity", "anonymous (level 1)")
 	} else {
-		c.cfg.Logger.Info("relay connected", "relay", c.host, "peer_id", peerID)
+		attrs = append(attrs, "peer_id", peerID)
 	}
+	if c.via != "" {
+		attrs = append(attrs, "via_proxy", c.via)
+	}
+	c.cfg.Logger.Info("relay connected", attrs...)
 
 	err = s.serve(ctx)
 
@@ -454,6 +502,33 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn) (string, e
 		return "", fmt.Errorf("relay refused the subscription: %s", describe(f))
 	}
 	return peer.String(), nil
+}
+
+// subscribeAnonymous subscribes at level 1 by the node's subscription key
+// under cfg.UserID. The node's identity is asked of the sign endpoint (it
+// is needed for the key) and stays here: the relay gets the key and the
+// opaque userID, nothing else.
+func (c *Client) subscribeAnonymous(ctx context.Context, conn *websocket.Conn) error {
+	ident, err := c.cfg.Sign(ctx, "courier-identity:v1")
+	if err != nil {
+		return fmt.Errorf("sign endpoint: %w", err)
+	}
+	peer, err := wire.ParsePeerID(ident.PeerID)
+	if err != nil {
+		return fmt.Errorf("sign endpoint returned a bad peer ID: %w", err)
+	}
+	sub := wire.Subscribe{UserID: c.cfg.UserID, SubscriptionKey: peer.SubscriptionKey(wire.RelayPrefixBits)}
+	if err := c.write(ctx, conn, wire.ClientFrameBytes(wire.TypeSubscribe, sub)); err != nil {
+		return fmt.Errorf("send SubscribeMessage: %w", err)
+	}
+	f, err := readFrame(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("read subscribe answer: %w", err)
+	}
+	if f.Kind != wire.KindSubscribed {
+		return fmt.Errorf("relay refused the subscription: %s", describe(f))
+	}
+	return nil
 }
 
 // hostExpected reports whether a challenge naming host may be signed: host

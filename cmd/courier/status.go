@@ -67,11 +67,18 @@ func printStatus(w io.Writer, st apiclient.Status) {
 	if st.Relay.PeerID != "" {
 		fmt.Fprintf(tw, "peer ID\t%s\n", st.Relay.PeerID)
 	}
+	if st.Relay.Identity == "anonymous" {
+		fmt.Fprintf(tw, "identity\tanonymous (level 1 by subscription key; the relay does not learn the peer ID)\n")
+	}
 	if st.Relay.LastError != "" {
 		fmt.Fprintf(tw, "relay error\t%s\n", st.Relay.LastError)
 	}
 	fmt.Fprintf(tw, "outbox\t%s\n", joinCounts(st.Outbox))
-	fmt.Fprintf(tw, "inbox\t%d pending for the node, %d refused by it\n", st.Inbox.Pending, st.Inbox.Refused)
+	fmt.Fprintf(tw, "inbox\t%d pending for the node, %d refused by it", st.Inbox.Pending, st.Inbox.Refused)
+	if st.Inbox.NotForNode > 0 {
+		fmt.Fprintf(tw, ", %d not for it (anonymous mode: other peers' under the same key)", st.Inbox.NotForNode)
+	}
+	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "delivered\t%s\n", joinCounts(st.Paths))
 	for i, path := range []string{"INDIRECT", "OFFLINE"} {
 		label := ""

@@ -47,6 +47,7 @@ type RelayStatus struct {
 	LastError string    `json:"last_error,omitempty"`
 	PeerID    string    `json:"peer_id,omitempty"` // the node's, as authenticated at the relay
 	Proxy     string    `json:"proxy,omitempty"`   // relay_proxy without credentials, when set
+	Identity  string    `json:"identity"`          // relay_identity: "peer" or "anonymous" (then no PeerID)
 }
 
 // InboxStatus counts inbound messages.
@@ -54,6 +55,9 @@ type InboxStatus struct {
 	Pending   int `json:"pending"`   // not at the node yet
 	Delivered int `json:"delivered"` // at the node
 	Refused   int `json:"refused"`   // refused by the node (400/422): kept, not retried
+	// NotForNode: anonymous mode only: received under the shared
+	// subscription key, not opened by the node (another peer's).
+	NotForNode int `json:"not_for_node"`
 }
 
 // EndpointHealth is how one of the node's endpoints has been answering.

@@ -171,12 +171,12 @@ func (q *Queue) RefusedInbound(ctx context.Context, after int64, limit int) ([]I
 // a message in another state is left as it is (no error), an unknown ID
 // gives ErrNotFound.
 
-// MarkInboundDelivered records that the node has the message: pending or
-// refused → delivered (a polling node may ack a refused message after
-// all). Marking it twice is not an error (the first DeliveredAt stays).
+// MarkInboundDelivered records that the node has the message: pending,
+// refused or not_for_node → delivered (a polling node may ack such a
+// message after all). Marking it twice is not an error (the first DeliveredAt stays).
 func (q *Queue) MarkInboundDelivered(ctx context.Context, id string) error {
 	return q.updateInbox(ctx, "mark inbound "+id+" delivered", id,
-		`UPDATE inbox SET state = 'delivered', finished_at = ?, next_attempt_at = 0 WHERE id = ? AND state IN ('pending', 'refused')`,
+		`UPDATE inbox SET state = 'delivered', finished_at = ?, next_attempt_at = 0 WHERE id = ? AND state IN ('pending', 'refused', 'not_for_node')`,
 		time.Now().UnixNano(), id)
 }
 
@@ -189,7 +189,7 @@ func (q *Queue) MarkInboundDeliveredBatch(ctx context.Context, ids []string) err
 	err := q.write(ctx, func(tx *sql.Tx) error {
 		now := time.Now().UnixNano()
 		for _, id := range ids {
-			if _, err := tx.Exec(`UPDATE inbox SET state = 'delivered', finished_at = ?, next_attempt_at = 0 WHERE id = ? AND state IN ('pending', 'refused')`, now, id); err != nil {
+			if _, err := tx.Exec(`UPDATE inbox SET state = 'delivered', finished_at = ?, next_attempt_at = 0 WHERE id = ? AND state IN ('pending', 'refused', 'not_for_node')`, now, id); err != nil {
 				return fmt.Errorf("update %s: %w", id, err)
 			}
 		}
@@ -207,6 +207,19 @@ func (q *Queue) MarkInboundDeliveredBatch(ctx context.Context, ids []string) err
 func (q *Queue) MarkInboundRefused(ctx context.Context, id, reason string) error {
 	return q.updateInbox(ctx, "mark inbound "+id+" refused", id,
 		`UPDATE inbox SET state = 'refused', finished_at = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = 0 WHERE id = ? AND state = 'pending'`,
+		time.Now().UnixNano(), reason, id)
+}
+
+// MarkInboundNotForNode records that the node could not open a pending
+// message received by an anonymous subscription (its inbound endpoint
+// answered 400 or 422): pending → not_for_node, with reason as its last
+// error. An anonymous subscription gets every message stored under its
+// subscription key, other peers' too, so this is expected, not a
+// problem: unlike refused, it is not listed for attention. It is not
+// offered to the node again.
+func (q *Queue) MarkInboundNotForNode(ctx context.Context, id, reason string) error {
+	return q.updateInbox(ctx, "mark inbound "+id+" not for this node", id,
+		`UPDATE inbox SET state = 'not_for_node', finished_at = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = 0 WHERE id = ? AND state = 'pending'`,
 		time.Now().UnixNano(), reason, id)
 }
 
@@ -253,4 +266,25 @@ func inboxOutcome(tx *sql.Tx, res sql.Result, id string) (outcome, err error) {
 		return ErrNotFound, nil
 	}
 	return nil, err
+}
+
+// MetaOrInit returns the value stored under key in the sidecar's own
+// settings (the meta table), storing init there first if the key has
+// none: the first caller's init wins, later ones get it back. It returns
+// after the commit, so the value survives a crash once returned.
+func (q *Queue) MetaOrInit(ctx context.Context, key, init string) (string, error) {
+	if key == "" || init == "" {
+		return "", fmt.Errorf("meta: %w: key and init must not be empty", ErrInvalid)
+	}
+	var value string
+	err := q.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`, key, init); err != nil {
+			return fmt.Errorf("insert %s: %w", key, err)
+		}
+		return tx.QueryRow(`SELECT value FROM meta WHERE key = ?`, key).Scan(&value)
+	})
+	if err != nil {
+		return "", fmt.Errorf("meta %s: %w", key, err)
+	}
+	return value, nil
 }

@@ -241,8 +241,10 @@ type OutboxCounts struct {
 	Outbox map[State]map[Path]int
 	// InboxPending counts inbound messages the node does not have yet;
 	// InboxDelivered those it has.
-	// InboxRefused those the node refused (400 or 422).
-	InboxPending, InboxDelivered, InboxRefused int
+	// InboxRefused those the node refused (400 or 422); InboxNotForNode
+	// those an anonymous subscription received that the node could not
+	// open (another peer's, under the same subscription key).
+	InboxPending, InboxDelivered, InboxRefused, InboxNotForNode int
 }
 
 // State returns how many outbound messages are in state s, on any path.
@@ -303,7 +305,8 @@ func (q *Queue) Counts(ctx context.Context) (OutboxCounts, error) {
 	err = tx.QueryRowContext(ctx, `SELECT
 		(SELECT count(*) FROM inbox WHERE state = 'pending'),
 		(SELECT count(*) FROM inbox WHERE state = 'delivered'),
-		(SELECT count(*) FROM inbox WHERE state = 'refused')`).Scan(&c.InboxPending, &c.InboxDelivered, &c.InboxRefused)
+		(SELECT count(*) FROM inbox WHERE state = 'refused'),
+		(SELECT count(*) FROM inbox WHERE state = 'not_for_node')`).Scan(&c.InboxPending, &c.InboxDelivered, &c.InboxRefused, &c.InboxNotForNode)
 	if err != nil {
 		return OutboxCounts{}, q.readErr("counts", err)
 	}
@@ -342,7 +345,8 @@ const pruneBatch = 1000
 
 // Prune deletes what is finished and older than before: outbound messages
 // delivered, handed_off or failed and last updated before it, and inbound
-// messages the node has had, or refused, since before it. Pending inbound
+// messages the node has had, refused, or could not open (not_for_node),
+// since before it. Pending inbound
 // and queued or sending outbound messages are never deleted. It returns how many of each
 // it deleted. A pruned ID is forgotten: enqueued again, it is sent again;
 // redelivered by the relay, it is handed to the node again.
@@ -354,7 +358,7 @@ func (q *Queue) Prune(ctx context.Context, before time.Time) (outbound, inbound 
 		{&outbound, `DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox
 			WHERE updated_at < ? AND state IN ('delivered', 'handed_off', 'failed') LIMIT ?)`},
 		{&inbound, `DELETE FROM inbox WHERE seq IN (SELECT seq FROM inbox
-			WHERE state IN ('delivered', 'refused') AND finished_at < ? LIMIT ?)`},
+			WHERE state IN ('delivered', 'refused', 'not_for_node') AND finished_at < ? LIMIT ?)`},
 	}
 	for _, s := range steps {
 		for {

@@ -87,16 +87,22 @@ type Outbound struct {
 // InboxState is where an inbound message stands.
 type InboxState string
 
-// Inbound message states. pending → delivered or refused; refused →
-// delivered (a polling node acked it after all). Nothing leaves delivered.
+// Inbound message states. pending → delivered, refused or not_for_node;
+// refused or not_for_node → delivered (a polling node acked it after
+// all). Nothing leaves delivered.
 const (
 	InboxPending   InboxState = "pending"   // the node does not have it yet: pushed (retried) or waiting for a poll
 	InboxDelivered InboxState = "delivered" // the node has it: its inbound endpoint answered 2xx, or it acked a poll
 	InboxRefused   InboxState = "refused"   // the inbound endpoint answered 400 or 422: kept, not retried; LastError says why
+	// InboxNotForNode: received by an anonymous subscription, which gets
+	// every message under its subscription key (other peers' too), and
+	// the node could not open it (400 or 422): expected, kept apart from
+	// refused, not retried.
+	InboxNotForNode InboxState = "not_for_node"
 )
 
 // InboxStates lists every InboxState.
-var InboxStates = []InboxState{InboxPending, InboxDelivered, InboxRefused}
+var InboxStates = []InboxState{InboxPending, InboxDelivered, InboxRefused, InboxNotForNode}
 
 // Inbound is one message in the inbox. Times are UTC; DeliveredAt is zero
 // until it is delivered or refused (it is when that happened),

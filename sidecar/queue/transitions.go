@@ -22,6 +22,15 @@ import (
 //	                                    └───┘
 //	                                    └──Fail──▶ failed ──Revive──▶ queued
 //
+// Anonymous mode (relay_identity = "anonymous") takes one more way
+// through the same transitions: a level-1 publish gets no result, so the
+// message goes from queued straight to RouteOffline once its frame is
+// written (INDIRECT is then a fast extra path, OFFLINE the confirmed
+// one), then MarkHandedOff as usual. Its last error says it was also
+// published INDIRECT; it never reaches delivered.
+//
+//	queued ──(level-1 publish written)──RouteOffline──▶ sending OFFLINE ──MarkHandedOff──▶ handed_off
+//
 // An INDIRECT publish is recorded as sending only when its result is slow
 // to come (the engine's sendingMarkDelay): most are answered within
 // milliseconds, and go from queued to their outcome in one write. A
