@@ -87,3 +87,14 @@ func JS(t testing.TB, v any) string {
 	}
 	return string(b)
 }
+
+// NewTab opens another tab in the browser of ctx (a context from New, on
+// which something has run already, so that the browser is up): a second
+// page with its own window.courier, as a second person in the same browser
+// would have. The tab is closed when the test ends, before the browser.
+func NewTab(t testing.TB, ctx context.Context) context.Context {
+	t.Helper()
+	tabCtx, cancel := chromedp.NewContext(ctx)
+	t.Cleanup(cancel) // runs before New's cleanup: tabs close before the browser
+	return tabCtx
+}

@@ -103,6 +103,13 @@ func (c *Cluster) Close() error {
 	return first
 }
 
+// Procs lists the processes the cluster started, in start order.
+func (c *Cluster) Procs() []*Proc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Proc(nil), c.procs...)
+}
+
 // Proc is one running program. Its stdout and stderr go to Log.
 type Proc struct {
 	Name string
