@@ -1,6 +1,7 @@
 // Package browsertest runs real headless Chromium for tests, through the
 // Chrome DevTools Protocol (chromedp), and loads Courier's light client
-// page in it. Tests skip with a clear message where chromium is absent.
+// page in it. Tests skip with a clear message where chromium is absent;
+// the demo uses Launch too.
 package browsertest
 
 import (
