@@ -175,7 +175,9 @@ func (p *page) checkNoErrors() {
 // and shows it with the right sender; each sender sees "delivered".
 func TestLightClientToLightClient(t *testing.T) {
 	ctx := browsertest.New(t, scenarioTimeout)
-	w := newWorld(t, options{relayOnly: true})
+	// "delivered" needs the other page's ack within delivery_wait: a
+	// generous one, so that a loaded machine does not turn it into queued.
+	w := newWorld(t, options{relayOnly: true, relayExtra: "[limits]\ndelivery_wait = \"15s\"\n"})
 	alice := openPage(t, ctx, "page A", w.relay)
 	bob := openPage(t, browsertest.NewTab(t, ctx), "page B", w.relay)
 	if alice.PeerID == bob.PeerID {
