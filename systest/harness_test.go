@@ -36,15 +36,18 @@ level = "debug"
 
 // world is a relay, two devnodes and their sidecars.
 type world struct {
-	t      *testing.T
-	ctx    context.Context
-	c      *cluster.Cluster
-	relay  *cluster.Relay
-	nodeA  *cluster.DevNode
-	nodeB  *cluster.DevNode
-	sideA  *cluster.Sidecar
-	sideB  *cluster.Sidecar
-	cancel context.CancelFunc
+	t     *testing.T
+	ctx   context.Context
+	c     *cluster.Cluster
+	relay *cluster.Relay
+	// operator is the relay operator's node, which the relay's OFFLINE
+	// bridge publishes through (options.bridge), or nil.
+	operator *cluster.DevNode
+	nodeA    *cluster.DevNode
+	nodeB    *cluster.DevNode
+	sideA    *cluster.Sidecar
+	sideB    *cluster.Sidecar
+	cancel   context.CancelFunc
 }
 
 // options tune newWorld.
@@ -52,9 +55,19 @@ type options struct {
 	relayExtra   string
 	sidecarExtra string
 	noSidecarB   bool
+	// noRelayA starts sidecar A without relay_url: opted out of INDIRECT.
+	noRelayA bool
+	// relayOnly starts the relay (and the operator's node) only: no nodes,
+	// no sidecars.
+	relayOnly bool
 	// offlinePoll, when set, puts nodes A and B on the cluster's simulated
 	// OFFLINE network, polling at this interval.
 	offlinePoll time.Duration
+	// bridge turns the relay's OFFLINE bridge on: an operator's devnode on
+	// the simulated OFFLINE network is started first and the relay's
+	// [offline] publish_url points at it, handing off after bridgeAfter.
+	bridge      bool
+	bridgeAfter time.Duration
 }
 
 func newWorld(t *testing.T, o options) *world {
@@ -77,8 +90,20 @@ func newWorld(t *testing.T, o options) *world {
 		o.sidecarExtra = sidecarDelivery
 	}
 	var err error
+	if o.bridge {
+		if w.operator, err = w.c.StartDevNodeWith(ctx, "operator", cluster.DevNodeOptions{Offline: true}); err != nil {
+			t.Fatal(err)
+		}
+		o.relayExtra += fmt.Sprintf("\n[offline]\npublish_url = %q\n", w.operator.URL()+"/courier/offline")
+		if o.bridgeAfter > 0 {
+			o.relayExtra += fmt.Sprintf("after = %q\n", o.bridgeAfter.String())
+		}
+	}
 	if w.relay, err = w.c.StartRelay(ctx, "relay", o.relayExtra); err != nil {
 		t.Fatal(err)
+	}
+	if o.relayOnly {
+		return w
 	}
 	nodeOpts := cluster.DevNodeOptions{Offline: o.offlinePoll > 0, OfflinePoll: o.offlinePoll}
 	if w.nodeA, err = w.c.StartDevNodeWith(ctx, "nodeA", nodeOpts); err != nil {
@@ -87,10 +112,18 @@ func newWorld(t *testing.T, o options) *world {
 	if w.nodeB, err = w.c.StartDevNodeWith(ctx, "nodeB", nodeOpts); err != nil {
 		t.Fatal(err)
 	}
-	if w.sideA, err = w.c.StartSidecar(ctx, "sidecarA", cluster.SidecarConfig{RelayURL: w.relay.URL(), Node: w.nodeA, Extra: o.sidecarExtra}); err != nil {
+	relayA := w.relay.URL()
+	if o.noRelayA {
+		relayA = ""
+	}
+	if w.sideA, err = w.c.StartSidecar(ctx, "sidecarA", cluster.SidecarConfig{RelayURL: relayA, Node: w.nodeA, Extra: o.sidecarExtra}); err != nil {
 		t.Fatal(err)
 	}
-	w.waitConnected(w.sideA)
+	if o.noRelayA {
+		w.waitRelayState(w.sideA, "disabled")
+	} else {
+		w.waitConnected(w.sideA)
+	}
 	if !o.noSidecarB {
 		if w.sideB, err = w.c.StartSidecar(ctx, "sidecarB", cluster.SidecarConfig{RelayURL: w.relay.URL(), Node: w.nodeB, Extra: o.sidecarExtra}); err != nil {
 			t.Fatal(err)
@@ -100,19 +133,12 @@ func newWorld(t *testing.T, o options) *world {
 	return w
 }
 
+// dumpLogs shows the end of every process's log: the world's and any a
+// test started itself in the world's cluster.
 func (w *world) dumpLogs() {
-	for _, p := range []*cluster.Proc{w.relay.Proc, w.nodeA.Proc, w.nodeB.Proc, procOf(w.sideA), procOf(w.sideB)} {
-		if p != nil {
-			w.t.Logf("---- %s (last lines of %s)\n%s", p.Name, p.Log, p.Tail(80))
-		}
+	for _, p := range w.c.Procs() {
+		w.t.Logf("---- %s (last lines of %s)\n%s", p.Name, p.Log, p.Tail(80))
 	}
-}
-
-func procOf(s *cluster.Sidecar) *cluster.Proc {
-	if s == nil {
-		return nil
-	}
-	return s.Proc
 }
 
 func (w *world) waitConnected(s *cluster.Sidecar) {

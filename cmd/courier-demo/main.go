@@ -1,13 +1,18 @@
 // Command courier-demo shows Courier doing its job, on this machine only:
 // it builds the binaries, starts a relay on its embedded SQLite, two
 // stand-in nodes (devnode) with a sidecar each, sends a message from A to
-// B, says in plain words what happened, then stops every process it
-// started. `make demo` runs it.
+// B, says in plain words what happened. Then a light client (the browser
+// client in headless Chromium, or a scripted level-2 client where there is
+// no Chromium) writes to node B and to node C, a node without Courier on
+// the simulated OFFLINE network, which the relay's OFFLINE bridge reaches;
+// the two delays are printed side by side. At the end it stops every
+// process it started. `make demo` runs it.
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,16 +24,27 @@ import (
 )
 
 func main() {
+	lightClient := flag.String("light-client", "auto", "the light client: browser (headless Chromium), scripted (a level-2 client in Go), or auto (browser where Chromium is installed)")
+	flag.Parse()
+	if *lightClient != "auto" && *lightClient != "browser" && *lightClient != "scripted" {
+		fmt.Fprintf(os.Stderr, "courier-demo: -light-client: want auto, browser or scripted, not %q\n", *lightClient)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Stdout)
+	err := run(ctx, os.Stdout, *lightClient)
+	interrupted := ctx.Err() != nil
 	stop()
+	if interrupted {
+		fmt.Fprintln(os.Stderr, "courier-demo: interrupted")
+		os.Exit(130)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "courier-demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out io.Writer) (err error) {
+func run(ctx context.Context, out io.Writer, lightClient string) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
@@ -47,7 +63,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	say("Courier demo: a relay, two nodes and their sidecars, all on loopback, all stopped at the end.")
+	say("Courier demo: a relay, two nodes and their sidecars, a light client and a node without Courier, all on loopback, all stopped at the end.")
 	say("Building courier-relay, courier and devnode…")
 	bins, err := cluster.Build(ctx, root, dir, false)
 	if err != nil {
@@ -60,17 +76,27 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		}
 		if err != nil {
 			keep = true
+			if errors.Is(err, context.Canceled) {
+				say("Interrupted: stopped every process the demo started; their logs are kept in %s", dir)
+				return
+			}
 			say("Something went wrong; every process's log is kept in %s", dir)
 		} else {
 			say("Stopped every process the demo started.")
 		}
 	}()
 
-	relay, err := c.StartRelay(ctx, "relay", "")
+	// The relay operator's own node: the relay's OFFLINE bridge publishes
+	// through it, onto the simulated OFFLINE network.
+	operator, err := c.StartDevNodeWith(ctx, "operator", cluster.DevNodeOptions{Offline: true})
 	if err != nil {
 		return err
 	}
-	say("  relay     courier-relay at %s (SQLite file %s/relay.db)", relay.URL(), dir)
+	relay, err := c.StartRelay(ctx, "relay", fmt.Sprintf("[offline]\npublish_url = %q\nafter = %q\n", operator.URL()+"/courier/offline", bridgeAfter.String()))
+	if err != nil {
+		return err
+	}
+	say("  relay     courier-relay at %s (SQLite file %s/relay.db), OFFLINE bridge through its operator's node", relay.URL(), dir)
 	nodeA, err := c.StartDevNode(ctx, "nodeA")
 	if err != nil {
 		return err
@@ -157,7 +183,8 @@ func run(ctx context.Context, out io.Writer) (err error) {
 		return err
 	}
 	say("Node B's sidecar is back: node B received %q at once, without polling.", got.Text)
-	return nil
+	say("")
+	return lightClientStep(ctx, say, c, relay, nodeB, lightClient)
 }
 
 func waitFinal(ctx context.Context, s *cluster.Sidecar, id string) (cluster.Message, error) {
@@ -186,4 +213,88 @@ func waitReceived(ctx context.Context, n *cluster.DevNode, id string) (cluster.R
 		return got, errors.Join(err, fmt.Errorf("node %s log:\n%s", n.Name, n.Tail(10)))
 	}
 	return got, nil
+}
+
+const (
+	// bridgeAfter is the demo relay's offline.after: how long a light
+	// client's message waits for its recipient before the bridge hands it
+	// OFFLINE (default: limits.delivery_wait, 3 s).
+	bridgeAfter = time.Second
+	// nodeCPoll is how often node C polls the OFFLINE network. OpenBazaar
+	// polls every minute; the demo is shorter.
+	nodeCPoll = 5 * time.Second
+)
+
+// lightClientStep shows the relay's OFFLINE bridge: a light client writes
+// to node B, which runs Courier (INDIRECT, milliseconds), and to node C,
+// which does not (the relay hands it OFFLINE; node C finds it at its next
+// poll), and prints both delays side by side.
+func lightClientStep(ctx context.Context, say func(string, ...any), c *cluster.Cluster, relay *cluster.Relay, nodeB *cluster.DevNode, kind string) error {
+	nodeC, err := c.StartDevNodeWith(ctx, "nodeC", cluster.DevNodeOptions{Offline: true, OfflinePoll: nodeCPoll})
+	if err != nil {
+		return err
+	}
+	profile, err := profileDir(c.Dir)
+	if err != nil {
+		return err
+	}
+	lc, err := startLightClient(ctx, kind, relay, profile)
+	if err != nil {
+		return err
+	}
+	defer lc.Close()
+	say("A light client: %s,", lc.What())
+	say("  peer ID %s, signed in to the relay at level 2.", lc.PeerID())
+	say("  node C    %s runs no Courier: no sidecar; it polls the OFFLINE network every %s (OpenBazaar: every minute).", nodeC.PeerID, nodeCPoll)
+	say("")
+
+	text := "Hi B, from a light client."
+	say("The light client sends %q to node B, which runs Courier.", text)
+	start := time.Now()
+	id, status, err := lc.Send(ctx, nodeB.PeerID, nodeB.PubKey, text)
+	if err != nil {
+		return err
+	}
+	indirect := time.Since(start)
+	if status != "delivered" {
+		return fmt.Errorf("expected the relay to answer delivered for node B, got %s", status)
+	}
+	got, err := waitReceived(ctx, nodeB, id)
+	if err != nil {
+		return err
+	}
+	say("  path INDIRECT: relay → sidecar B → node B; the relay answered %s after %d ms", status, indirect.Milliseconds())
+	say("  node B opened it: %q from %s (signature checked)", got.Text, got.Sender)
+	say("")
+
+	text = "Hi C, from a light client. Do you still sell the lamp?"
+	say("The light client sends %q to node C, which does not run Courier.", text)
+	start = time.Now()
+	id, status, err = lc.Send(ctx, nodeC.PeerID, nodeC.PubKey, text)
+	if err != nil {
+		return err
+	}
+	handedOff := time.Since(start)
+	if status != "offline" {
+		return fmt.Errorf("expected the relay to answer offline for node C, got %s", status)
+	}
+	say("  nobody took it at the relay within %s: the relay's bridge handed it to its operator's node,", bridgeAfter)
+	say("  which published it OFFLINE; the relay answered %s after %d ms", status, handedOff.Milliseconds())
+	got, err = waitReceived(ctx, nodeC, id)
+	if err != nil {
+		return err
+	}
+	offline := got.FirstSeen.Sub(start)
+	if got.Path != "OFFLINE" {
+		return fmt.Errorf("node C received the message by %s, not OFFLINE", got.Path)
+	}
+	say("  path OFFLINE: node C found it at its next poll, %.1f s after the send", offline.Seconds())
+	say("  node C opened it: %q from %s (signature checked)", got.Text, got.Sender)
+	say("")
+	say("Both delays, side by side, from the same light client:")
+	say("  %-40s  %s", "to node B (runs Courier): INDIRECT", "to node C (no Courier): OFFLINE")
+	say("  %-40s  %s", fmt.Sprintf("%d ms", indirect.Milliseconds()),
+		fmt.Sprintf("%.1f s (its next poll; it polls every %s)", offline.Seconds(), nodeCPoll))
+	say("  With OpenBazaar's one-minute poll, the OFFLINE side takes up to a minute.")
+	return nil
 }

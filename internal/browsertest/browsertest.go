@@ -1,6 +1,7 @@
 // Package browsertest runs real headless Chromium for tests, through the
 // Chrome DevTools Protocol (chromedp), and loads Courier's light client
-// page in it. Tests skip with a clear message where chromium is absent.
+// page in it. Tests skip with a clear message where chromium is absent;
+// the demo uses Launch too.
 package browsertest
 
 import (
@@ -18,13 +19,38 @@ import (
 // stopped, and waited for, when the test ends.
 func New(t testing.TB, timeout time.Duration) context.Context {
 	t.Helper()
-	execPath, err := exec.LookPath("chromium")
-	if err != nil {
+	execPath := FindChromium()
+	if execPath == "" {
 		t.Skip("chromium not installed: apt-get install chromium")
 	}
 	profile := t.TempDir() // registered first, so removed after the browser stopped
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	tabCtx, stop := Launch(ctx, execPath, profile)
+	t.Cleanup(func() {
+		stop()
+		cancel()
+	})
+	return tabCtx
+}
+
+// FindChromium returns the path of a Chromium (or Chrome) on PATH, or ""
+// where there is none.
+func FindChromium() string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// Launch prepares headless Chromium at execPath with its profile in
+// profileDir and returns a chromedp context for one tab, for programs
+// other than tests (the demo). The browser starts at the first action run
+// on the tab and lives at most as long as ctx. stop closes it and waits
+// for its process to exit; call it before removing profileDir.
+func Launch(ctx context.Context, execPath, profileDir string) (tab context.Context, stop func()) {
 	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(execPath),
 		chromedp.Headless,
@@ -37,16 +63,14 @@ func New(t testing.TB, timeout time.Duration) context.Context {
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(profile),
+		chromedp.UserDataDir(profileDir),
 		chromedp.WindowSize(1100, 900),
 	)
 	tabCtx, tabCancel := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() {
+	return tabCtx, func() {
 		tabCancel()   // closes the browser gracefully
 		allocCancel() // waits for the process to exit
-		cancel()
-	})
-	return tabCtx
+	}
 }
 
 // OpenClient loads the light client page at baseURL+"/client/" and waits
@@ -86,4 +110,15 @@ func JS(t testing.TB, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// NewTab opens another tab in the browser of ctx (a context from New, on
+// which something has run already, so that the browser is up): a second
+// page with its own window.courier, as a second person in the same browser
+// would have. The tab is closed when the test ends, before the browser.
+func NewTab(t testing.TB, ctx context.Context) context.Context {
+	t.Helper()
+	tabCtx, cancel := chromedp.NewContext(ctx)
+	t.Cleanup(cancel) // runs before New's cleanup: tabs close before the browser
+	return tabCtx
 }
