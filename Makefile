@@ -76,7 +76,9 @@ install: build
 clean:
 	rm -rf bin
 
-# One command that shows Courier working: relay, two sidecars, two
-# stand-in nodes on loopback; a message from A to B; everything stopped.
+# One command that shows Courier working: relay, two sidecars, stand-in
+# nodes on loopback; messages A -> B INDIRECT, then a light client writing
+# to a node with Courier (INDIRECT) and to one without (the relay's OFFLINE
+# bridge), both delays printed; everything stopped.
 demo:
 	$(GO) run ./cmd/courier-demo

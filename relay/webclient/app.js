@@ -153,7 +153,7 @@ const STATUS_TEXT = {
   waiting: 'Waiting for the relay connection…',
   sending: 'Sending…',
   delivered: 'Delivered: their client has it.',
-  offline: 'Handed to the OFFLINE network: their node picks it up at its next poll (OpenBazaar polls every minute).',
+  offline: 'Not confirmed in time, so the relay also handed it to the OFFLINE network: a node picks it up at its next poll (OpenBazaar polls every minute); the relay keeps it too and delivers it if they connect here.',
   queued: 'Queued at the relay: it reaches them when they connect.',
   rejected: 'Rejected by the relay',
   sent: 'Sent (this relay confirms nothing at protocol level 1).',
