@@ -1,0 +1,155 @@
+package relay_test
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"courier/relay"
+	"courier/relay/redisstore"
+	"courier/relay/redisstore/redistest"
+	"courier/wire"
+)
+
+// The multi-instance benchmarks (issue 9): relay instances as child
+// processes (their CPU measured apart from the load clients') on one
+// redis-server the benchmark starts (appendonly yes, appendfsync always;
+// see redistest), whose CPU is measured too.
+
+// redisBenchChildEnv makes the test binary a relay instance on the Redis
+// at its value (a redis URL; see TestMain), in namespace "bench", without
+// the limits that a benchmark's load from one address would meet.
+const redisBenchChildEnv = "COURIER_RELAY_BENCH_REDIS"
+
+func runRedisBenchChild(url string) error {
+	cfg := relay.DefaultConfig()
+	cfg.PublicHost = testHost
+	cfg.Store = relay.StoreConfig{Driver: "redis", URL: url, Namespace: "bench"}
+	cfg.Limits.PublishRate = 0
+	cfg.Limits.AckRate = 0 // see runBenchChild
+	cfg.Limits.MaxConnections = 0
+	cfg.Limits.MaxConnectionsPerIP = 0 // every connection comes from 127.0.0.1
+	cfg.Limits.SubscribeRate = 0
+	if err := profileChild(); err != nil {
+		return err
+	}
+	return serveChildOn(cfg, func(onCommit func(int, time.Duration)) (relay.Store, error) {
+		rdb, err := redisstore.NewClient(cfg.Store)
+		if err != nil {
+			return nil, err
+		}
+		return redisstore.Open(context.Background(), rdb, redisstore.Options{
+			Quota: cfg.Limits.Quota(), Namespace: cfg.Store.Namespace,
+			OnCommit: onCommit, Logger: slog.New(slog.DiscardHandler),
+		})
+	})
+}
+
+// redisInstances starts a redis-server and n relay instances on it as
+// child processes; procs are the instances' and the server's processes,
+// for CPU per message: "relay<i>-cpu-µs/msg" and "redis-cpu-µs/msg".
+func redisInstances(b *testing.B, n int) ([]*env, []benchProc) {
+	b.Helper()
+	rs := redistest.Start(b, redistest.Options{Fsync: "always"})
+	var es []*env
+	var procs []benchProc
+	for i := range n {
+		e, pid := startBenchProcess(b, redisBenchChildEnv+"="+rs.URL())
+		es = append(es, e)
+		procs = append(procs, benchProc{"relay" + strconv.Itoa(i+1) + "-cpu-µs/msg", pid})
+	}
+	return es, append(procs, benchProc{"redis-cpu-µs/msg", rs.Pid()})
+}
+
+// crossRate is the steady rate of BenchmarkCrossInstance/rate: the target.
+const crossRate = 10000
+
+// BenchmarkCrossInstance: two relay instances on one Redis (appendfsync
+// always), a level-2 publisher on instance 1, its recipient on instance 2
+// acking every message, 1 KiB ciphertexts; every result must be
+// "delivered" (not-delivered counts those that were not). window-256
+// publishes as fast as results come back with at most 256 awaiting theirs
+// (the most the relay sustains); rate-10000 publishes evenly at the
+// target rate. msgs/s is the rate achieved; p50/p99 are publish to
+// delivery, result-p50/p99 publish to the "delivered" result; CPU per
+// message of each instance and of redis-server.
+func BenchmarkCrossInstance(b *testing.B) {
+	b.Run("window-256", func(b *testing.B) {
+		es, procs := redisInstances(b, 2)
+		loadRun(b, es[0], es[1], procs, true, 0, 256)
+	})
+	b.Run(fmt.Sprintf("rate-%d", crossRate), func(b *testing.B) {
+		es, procs := redisInstances(b, 2)
+		loadRun(b, es[0], es[1], procs, true, crossRate, 0)
+	})
+}
+
+// BenchmarkCrossInstancePush is the cost of one push across instances:
+// one message at a time (publish, delivery, ack, "delivered" result) from
+// a publisher on instance 1 to a recipient on instance 1 (same) or on
+// instance 2 (cross), on one Redis. p50/p99 are publish to delivery,
+// result-p50/p99 publish to the result; CPU per message of each instance
+// and of redis-server.
+func BenchmarkCrossInstancePush(b *testing.B) {
+	for _, mode := range []string{"same", "cross"} {
+		b.Run(mode, func(b *testing.B) {
+			es, procs := redisInstances(b, 2)
+			subEnv := es[0]
+			if mode == "cross" {
+				subEnv = es[1]
+			}
+			bob := newIdentity(b, 1)
+			sub := subEnv.dial()
+			sub.auth2(bob, 0)
+			pub := es[0].dial()
+			pub.auth2(newIdentity(b, 2), 0)
+			ct := make([]byte, 1024)
+			lat := make([]time.Duration, 0, b.N)
+			full := make([]time.Duration, 0, b.N)
+			cpu0 := make([]int64, len(procs))
+			for i, p := range procs {
+				cpu0[i] = cpuTicks(b, p.pid)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				copy(ct, fmt.Sprintf("%d push %s %d", i, mode, time.Now().UnixNano()))
+				frame := wire.ClientFrameBytes(wire.TypePublish, wire.Publish{
+					EncryptedMessage: base64.StdEncoding.EncodeToString(ct), Recipient: bob.ID(), Ref: "r",
+				})
+				start := time.Now()
+				pub.send(frame)
+				d := sub.expectDelivery()
+				lat = append(lat, time.Since(start))
+				sub.ack(d.ID)
+				pub.expectResult(wire.StatusDelivered)
+				full = append(full, time.Since(start))
+			}
+			b.StopTimer()
+			for i, p := range procs {
+				b.ReportMetric(float64(cpuTicks(b, p.pid)-cpu0[i])*1e6/userHZ/float64(b.N), p.unit)
+			}
+			slices.Sort(lat)
+			slices.Sort(full)
+			b.ReportMetric(micros(percentile(lat, 0.50)), "p50-µs")
+			b.ReportMetric(micros(percentile(lat, 0.99)), "p99-µs")
+			b.ReportMetric(micros(percentile(full, 0.50)), "result-p50-µs")
+			b.ReportMetric(micros(percentile(full, 0.99)), "result-p99-µs")
+		})
+	}
+}
+
+// BenchmarkCrossInstanceIdle: 10,000 idle level-1 subscribers (a key
+// each) spread over two instances on one Redis: per instance, resident
+// memory, heap, stacks and goroutines per connection at rest. b.N is
+// ignored: one measurement is one run.
+func BenchmarkCrossInstanceIdle(b *testing.B) {
+	const idleConns = 10000
+	checkNoFile(b, idleConns)
+	es, procs := redisInstances(b, 2)
+	idleRun(b, es, []int{procs[0].pid, procs[1].pid}, idleConns)
+}
