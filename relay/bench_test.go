@@ -148,13 +148,15 @@ func runBenchChild(path string) error {
 }
 
 // profileChild starts the CPU profile of a bench child that
-// benchProfileEnv asks for; the profile is written when the child gets
-// SIGTERM, and the child exits.
+// benchProfileEnv asks for ("%d" in its value becomes the child's process
+// ID, for benchmarks of several children); the profile is written when
+// the child gets SIGTERM, and the child exits.
 func profileChild() error {
 	prof := os.Getenv(benchProfileEnv)
 	if prof == "" {
 		return nil
 	}
+	prof = strings.ReplaceAll(prof, "%d", strconv.Itoa(os.Getpid()))
 	f, err := os.Create(prof)
 	if err != nil {
 		return err

@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,9 +55,22 @@ func runRedisBenchChild(url string) error {
 // redisInstances starts a redis-server and n relay instances on it as
 // child processes; procs are the instances' and the server's processes,
 // for CPU per message: "relay<i>-cpu-µs/msg" and "redis-cpu-µs/msg".
-func redisInstances(b *testing.B, n int) ([]*env, []benchProc) {
+func redisInstances(b *testing.B, n int) ([]*env, []benchProc, *redistest.Server) {
 	b.Helper()
-	rs := redistest.Start(b, redistest.Options{Fsync: "always"})
+	fsync := "always"
+	if v := os.Getenv(redisFsyncEnv); v != "" {
+		fsync = v // a diagnosis: what appendfsync always costs
+	}
+	rs := redistest.Start(b, redistest.Options{Fsync: fsync})
+	if os.Getenv(redisInfoEnv) != "" {
+		c := rs.Client()
+		err := c.ConfigSet(context.Background(), "latency-monitor-threshold", "1").Err()
+		c.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { logRedisInfo(b, rs) })
+	}
 	var es []*env
 	var procs []benchProc
 	for i := range n {
@@ -63,7 +78,65 @@ func redisInstances(b *testing.B, n int) ([]*env, []benchProc) {
 		es = append(es, e)
 		procs = append(procs, benchProc{"relay" + strconv.Itoa(i+1) + "-cpu-µs/msg", pid})
 	}
-	return es, append(procs, benchProc{"redis-cpu-µs/msg", rs.Pid()})
+	return es, append(procs, benchProc{"redis-cpu-µs/msg", rs.Pid()}), rs
+}
+
+// redisInfoEnv, when set, makes the Redis benchmarks log the server's
+// command statistics and slow log at the end (go test -v): what Redis
+// spent its time on.
+const redisInfoEnv = "COURIER_BENCH_REDIS_INFO"
+
+// redisFsyncEnv, when set, is the benchmarks' appendfsync instead of
+// "always" ("everysec", "no"): to see what the fsyncs cost.
+const redisFsyncEnv = "COURIER_BENCH_REDIS_FSYNC"
+
+func logRedisInfo(b *testing.B, rs *redistest.Server) {
+	c := rs.Client()
+	defer c.Close()
+	ctx := context.Background()
+	info, err := c.Info(ctx, "commandstats", "persistence", "stats").Result()
+	if err != nil {
+		b.Logf("INFO: %v", err)
+		return
+	}
+	b.Logf("redis INFO:\n%s", info)
+	lat, err := c.Do(ctx, "LATENCY", "LATEST").Result()
+	b.Logf("LATENCY LATEST (event, last, last ms, max ms): %v %v", lat, err)
+	hist, err := c.Do(ctx, "LATENCY", "HISTOGRAM").Result()
+	_ = hist
+	slow, err := c.SlowLogGet(ctx, 10).Result()
+	if err != nil {
+		b.Logf("SLOWLOG: %v", err)
+		return
+	}
+	for _, e := range slow {
+		args := fmt.Sprint(e.Args)
+		if len(args) > 200 {
+			args = args[:200] + "…"
+		}
+		b.Logf("slowlog: %v %s", e.Duration, args)
+	}
+}
+
+// redisCommands returns the commands the server has processed so far.
+func redisCommands(b *testing.B, rs *redistest.Server) float64 {
+	c := rs.Client()
+	defer c.Close()
+	info, err := c.Info(context.Background(), "stats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatal("no total_commands_processed in INFO stats")
+	return 0
 }
 
 // crossRate is the steady rate of BenchmarkCrossInstance/rate: the target.
@@ -80,12 +153,16 @@ const crossRate = 10000
 // message of each instance and of redis-server.
 func BenchmarkCrossInstance(b *testing.B) {
 	b.Run("window-256", func(b *testing.B) {
-		es, procs := redisInstances(b, 2)
+		es, procs, rs := redisInstances(b, 2)
+		c0 := redisCommands(b, rs)
 		loadRun(b, es[0], es[1], procs, true, 0, 256)
+		b.ReportMetric((redisCommands(b, rs)-c0)/float64(b.N), "redis-cmds/msg")
 	})
 	b.Run(fmt.Sprintf("rate-%d", crossRate), func(b *testing.B) {
-		es, procs := redisInstances(b, 2)
+		es, procs, rs := redisInstances(b, 2)
+		c0 := redisCommands(b, rs)
 		loadRun(b, es[0], es[1], procs, true, crossRate, 0)
+		b.ReportMetric((redisCommands(b, rs)-c0)/float64(b.N), "redis-cmds/msg")
 	})
 }
 
@@ -98,7 +175,7 @@ func BenchmarkCrossInstance(b *testing.B) {
 func BenchmarkCrossInstancePush(b *testing.B) {
 	for _, mode := range []string{"same", "cross"} {
 		b.Run(mode, func(b *testing.B) {
-			es, procs := redisInstances(b, 2)
+			es, procs, rs := redisInstances(b, 2)
 			subEnv := es[0]
 			if mode == "cross" {
 				subEnv = es[1]
@@ -111,6 +188,7 @@ func BenchmarkCrossInstancePush(b *testing.B) {
 			ct := make([]byte, 1024)
 			lat := make([]time.Duration, 0, b.N)
 			full := make([]time.Duration, 0, b.N)
+			c0 := redisCommands(b, rs)
 			cpu0 := make([]int64, len(procs))
 			for i, p := range procs {
 				cpu0[i] = cpuTicks(b, p.pid)
@@ -130,6 +208,7 @@ func BenchmarkCrossInstancePush(b *testing.B) {
 				full = append(full, time.Since(start))
 			}
 			b.StopTimer()
+			b.ReportMetric((redisCommands(b, rs)-c0)/float64(b.N), "redis-cmds/msg")
 			for i, p := range procs {
 				b.ReportMetric(float64(cpuTicks(b, p.pid)-cpu0[i])*1e6/userHZ/float64(b.N), p.unit)
 			}
@@ -150,6 +229,6 @@ func BenchmarkCrossInstancePush(b *testing.B) {
 func BenchmarkCrossInstanceIdle(b *testing.B) {
 	const idleConns = 10000
 	checkNoFile(b, idleConns)
-	es, procs := redisInstances(b, 2)
+	es, procs, _ := redisInstances(b, 2)
 	idleRun(b, es, []int{procs[0].pid, procs[1].pid}, idleConns)
 }
