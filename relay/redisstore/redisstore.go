@@ -65,6 +65,11 @@ type Options struct {
 	// instance last confirmed it (a killed instance's peers expire after
 	// it). Default 60s; refreshed every third of it.
 	PresenceTTL time.Duration
+	// KeyCache is how many message IDs the store remembers the subscription
+	// key of (from its own puts and the other instances' bus events), so
+	// that an ack of a recent message needs no lookup of the ID index: one
+	// round trip to Redis instead of two. Default 32768 (a few MiB).
+	KeyCache int
 	// OnCommit, if set, is called from the writer after each batch, before
 	// its results are sent, with its size and how long it took.
 	OnCommit func(batch int, d time.Duration)
@@ -74,6 +79,7 @@ type Options struct {
 
 const (
 	defaultMaxBatch    = 512
+	defaultKeyCache    = 1 << 15
 	defaultPresenceTTL = 60 * time.Second
 	sweepKeys          = 100 // subscription keys per expiry-index read
 	sweepChunk         = 256 // messages per sweep script
@@ -99,6 +105,8 @@ type Store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the bus listener and the presence refresher
 
+	keys keyCache // message ID -> subscription key, recent ones
+
 	handler  atomic.Pointer[relay.BusHandler]
 	pmu      sync.Mutex
 	presence map[presenceKey]struct{} // local connections' presence, refreshed
@@ -119,6 +127,9 @@ func Open(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Store,
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = defaultMaxBatch
+	}
+	if opts.KeyCache <= 0 {
+		opts.KeyCache = defaultKeyCache
 	}
 	if opts.PresenceTTL <= 0 {
 		opts.PresenceTTL = defaultPresenceTTL
@@ -142,6 +153,7 @@ func Open(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Store,
 		ops:             make(chan *op, 4*opts.MaxBatch),
 		done:            make(chan struct{}),
 		presence:        make(map[presenceKey]struct{}),
+		keys:            keyCache{max: opts.KeyCache, m: make(map[string]string)},
 	}
 	if err := s.loadScripts(ctx); err != nil {
 		return nil, fmt.Errorf("redisstore: %w", err)
@@ -246,25 +258,45 @@ func (s *Store) commit(batch []*op) {
 	defer cancel()
 
 	// 1. Where is each message ID stored? An ack needs the key; a put of
-	// an ID stored under another key is refused.
+	// an ID stored under another key is refused. An ack of an ID whose key
+	// is known (a put earlier in this batch, or remembered) skips the
+	// lookup; should the message not be there after all, step 3 looks it
+	// up and acks it again.
 	keys := make([]string, len(batch))
+	guessed := make([]bool, len(batch))
 	lookups := make([]*redis.StringCmd, len(batch))
-	pipe := s.rdb.Pipeline()
+	putKey := make(map[string]string) // ID -> key of a put earlier in this batch
+	var pipe redis.Pipeliner
 	for i, o := range batch {
 		id := o.id
 		if o.put != nil {
 			id = o.put.ID
+			putKey[id] = o.put.Key
+		} else if k, ok := putKey[id]; ok {
+			keys[i], guessed[i] = k, true
+			continue
+		} else if k, ok := s.keys.get(id); ok {
+			keys[i], guessed[i] = k, true
+			continue
+		}
+		if pipe == nil {
+			pipe = s.rdb.Pipeline()
 		}
 		lookups[i] = pipe.Get(ctx, s.indexKey(id))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		s.failBatch(batch, fmt.Errorf("redisstore: look up message IDs: %w", err))
-		return
+	if pipe != nil {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			s.failBatch(batch, fmt.Errorf("redisstore: look up message IDs: %w", err))
+			return
+		}
 	}
 	mismatch := make([]bool, len(batch))
-	putKey := make(map[string]string) // ID -> key of a put earlier in this batch
+	clear(putKey)
 	var checks []int
 	for i, o := range batch {
+		if lookups[i] == nil {
+			continue
+		}
 		k, err := lookups[i].Result()
 		if err != nil {
 			k = ""
@@ -304,6 +336,10 @@ func (s *Store) commit(batch []*op) {
 		s.failBatch(batch, err)
 		return
 	}
+	if err := s.ackAgain(ctx, batch, keys, guessed, cmds); err != nil {
+		s.failBatch(batch, err)
+		return
+	}
 	if s.opts.OnCommit != nil {
 		s.opts.OnCommit(len(batch), time.Since(start))
 	}
@@ -332,6 +368,107 @@ func (s *Store) commit(batch []*op) {
 			s.ackResult(o, cmds[i])
 		}
 	}
+}
+
+// ackAgain is step 3 of a commit: an ack sent to a key it was not looked
+// up for (a put earlier in the batch, or the key cache) that found no
+// message there is looked up in the ID index and, if the message is stored
+// under another key, run again there (replacing its cmds entry). Rare: the
+// message was swept and stored again for another recipient, or the put it
+// followed was refused.
+func (s *Store) ackAgain(ctx context.Context, batch []*op, keys []string, guessed []bool, cmds []*redis.Cmd) error {
+	var again []int
+	for i, o := range batch {
+		if o.put == nil && guessed[i] && cmds[i] != nil {
+			if vals, err := cmds[i].Slice(); err == nil && len(vals) == 3 {
+				if found, _ := vals[0].(int64); found == 0 {
+					again = append(again, i)
+				}
+			}
+		}
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Pipeline()
+	lookups := make([]*redis.StringCmd, len(again))
+	for j, i := range again {
+		s.keys.drop(batch[i].id)
+		lookups[j] = pipe.Get(ctx, s.indexKey(batch[i].id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("redisstore: look up message IDs: %w", err)
+	}
+	pipe = s.rdb.Pipeline()
+	n := 0
+	for j, i := range again {
+		k, err := lookups[j].Result()
+		if err != nil || k == "" || k == keys[i] {
+			continue
+		}
+		keys[i] = k
+		cmds[i] = s.ackCmd(ctx, pipe, batch[i], k)
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && isConnErr(err) {
+		return fmt.Errorf("redisstore: write: %w", err)
+	}
+	return nil
+}
+
+// ackCmd queues the ack script of o, for a message stored under key, on
+// pipe.
+func (s *Store) ackCmd(ctx context.Context, pipe redis.Pipeliner, o *op, key string) *redis.Cmd {
+	p := s.prefix(key)
+	tag, peer := "u:"+o.sub.ID, ""
+	if o.sub.Peer {
+		tag, peer = "p:"+o.sub.ID, o.sub.ID
+	}
+	return ackScript.EvalSha(ctx, pipe, []string{p + "m"}, p, o.id, tag, peer, s.channel, s.inst)
+}
+
+// keyCache remembers the subscription key of recent message IDs, the
+// oldest forgotten first. Safe for concurrent use (the writer and the bus
+// listener).
+type keyCache struct {
+	mu   sync.Mutex
+	max  int
+	m    map[string]string
+	ring []string // IDs in the order they were added; ring[next] is the oldest once full
+	next int
+}
+
+func (c *keyCache) get(id string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, ok := c.m[id]
+	return k, ok
+}
+
+func (c *keyCache) add(id, key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[id]; ok {
+		c.m[id] = key
+		return
+	}
+	if len(c.ring) < c.max {
+		c.ring = append(c.ring, id)
+	} else {
+		delete(c.m, c.ring[c.next]) // may forget a re-added ID early: a lookup then
+		c.ring[c.next] = id
+		c.next = (c.next + 1) % c.max
+	}
+	c.m[id] = key
+}
+
+func (c *keyCache) drop(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, id)
 }
 
 // storedBy reports whether a put script stored a new message.
@@ -381,12 +518,7 @@ func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mism
 			if keys[i] == "" {
 				continue
 			}
-			p := s.prefix(keys[i])
-			tag, peer := "u:"+o.sub.ID, ""
-			if o.sub.Peer {
-				tag, peer = "p:"+o.sub.ID, o.sub.ID
-			}
-			cmds[i] = ackScript.EvalSha(ctx, pipe, []string{p + "m"}, p, o.id, tag, peer, s.channel, s.inst)
+			cmds[i] = s.ackCmd(ctx, pipe, o, keys[i])
 		}
 		if puts > 0 {
 			pipe.HIncrBy(ctx, s.totalsKey, "messages", puts)
@@ -473,6 +605,7 @@ func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
 	acked, _ := vals[3].(int64)
 	online, _ := vals[4].(int64)
 	m.Seq, m.StoredAt = seq, time.UnixMicro(at)
+	s.keys.add(m.ID, m.Key)
 	r := relay.PutResult{Message: m, Existing: status == 1, RecipientAcked: acked == 1, RecipientOnline: online == 1}
 	if len(vals) > 5 {
 		hs, _ := vals[5].(int64)
@@ -605,6 +738,7 @@ func (s *Store) sweepKey(ctx context.Context, key, lim string) (int, error) {
 			pipe.HIncrBy(ctx, s.totalsKey, "bytes", -bytes)
 			for _, v := range vals[3:] {
 				id, _ := v.(string)
+				s.keys.drop(id)
 				dropIndexScript.Eval(ctx, pipe, []string{s.indexKey(id)}, key) // Eval: a pipeline cannot fall back on NOSCRIPT
 				// Its hand-off went with it (the sweep script).
 				pipe.ZRem(ctx, s.handoffKey, handoffEntry(key, id))

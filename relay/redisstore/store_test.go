@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -165,5 +167,100 @@ func TestSentinelFailover(t *testing.T) {
 		took.Round(10*time.Millisecond), lost, len(acked))
 	if took > 30*time.Second {
 		t.Errorf("writes resumed only after %v, want within 30s", took)
+	}
+}
+
+// getCalls is how many GET commands srv has run (the ID index lookups).
+func getCalls(t *testing.T, srv *redistest.Server) int64 {
+	t.Helper()
+	c := srv.Client()
+	defer c.Close()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_get:calls="); ok {
+			n, err := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	return 0
+}
+
+// storedEvents is a bus handler that reports the messages other instances
+// stored.
+type storedEvents chan string
+
+func (c storedEvents) Stored(m relay.Message, _ bool) { c <- m.ID }
+func (storedEvents) RecipientAcked(string)            {}
+func (storedEvents) PeerConnected(string, int64)      {}
+func (storedEvents) Resync(string)                    {}
+
+// TestAckOfKnownIDNeedsNoLookup: an ack of a message this instance stored,
+// or heard of on the bus, goes to Redis in one round trip: no lookup of
+// the ID index (a GET) before the ack script.
+func TestAckOfKnownIDNeedsNoLookup(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	ns := fmt.Sprintf("t%d", namespaces.Add(1))
+	s1 := openTest(t, srv, Options{Namespace: ns})
+	s2 := openTest(t, srv, Options{Namespace: ns})
+	events := make(storedEvents, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s2.Listen(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	p := storetest.NewPeer(1)
+	m1 := storetest.MustPut(t, s1, storetest.NewMessage(p, "acked where it was stored")).Message
+	m2 := storetest.MustPut(t, s1, storetest.NewMessage(p, "acked on another instance")).Message
+	for range 2 {
+		storetest.Wait(t, (<-chan string)(events))
+	}
+	before := getCalls(t, srv)
+	if r := storetest.MustAck(t, s1, p.Sub(), m1.ID); !r.Found || !r.ByRecipient {
+		t.Fatalf("ack on the storing instance: %+v", r)
+	}
+	if r := storetest.MustAck(t, s2, p.Sub(), m2.ID); !r.Found || !r.ByRecipient {
+		t.Fatalf("ack on the other instance: %+v", r)
+	}
+	if n := getCalls(t, srv) - before; n != 0 {
+		t.Errorf("the two acks looked up the ID index %d times, want 0", n)
+	}
+	// An ID it knows nothing of is looked up.
+	if r := storetest.MustAck(t, s1, p.Sub(), storetest.NewMessage(p, "never stored").ID); r.Found {
+		t.Fatalf("ack of an unknown ID: %+v", r)
+	}
+	if n := getCalls(t, srv) - before; n != 1 {
+		t.Errorf("an ack of an unknown ID looked up the index %d times, want 1", n)
+	}
+}
+
+// TestAckWithStaleKey: an instance remembers a message under one key;
+// meanwhile another instance sweeps it and the same ciphertext is stored
+// for another recipient (another key). An ack of it on the first instance
+// still finds it where it is now.
+func TestAckWithStaleKey(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	ns := fmt.Sprintf("t%d", namespaces.Add(1))
+	s1 := openTest(t, srv, Options{Namespace: ns})
+	s2 := openTest(t, srv, Options{Namespace: ns})
+	a, b := storetest.NewPeer(1), storetest.NewPeer(2)
+	if a.Key == b.Key {
+		t.Fatal("test peers share a key")
+	}
+	storetest.MustPut(t, s1, storetest.NewMessage(a, "one ciphertext, two recipients in turn"))
+	if n, err := s2.Sweep(context.Background(), time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("sweep: %d, %v", n, err)
+	}
+	m := storetest.MustPut(t, s2, storetest.NewMessage(b, "one ciphertext, two recipients in turn")).Message
+	if r := storetest.MustAck(t, s1, b.Sub(), m.ID); !r.Found || !r.ByRecipient || r.Recipient != b.ID {
+		t.Fatalf("ack on the instance that remembered the old key: %+v, want found, by its recipient %s", r, b.ID)
+	}
+	if got := storetest.AllPending(t, s1, b.Sub(), b.Key); len(got) != 0 {
+		t.Fatalf("still pending for its recipient after the ack: %v", storetest.IDs(got))
 	}
 }
