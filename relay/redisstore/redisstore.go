@@ -331,12 +331,12 @@ func (s *Store) commit(batch []*op) {
 	}
 
 	// 2. The scripts, in call order, in one pipeline.
-	cmds, err := s.runScripts(ctx, batch, keys, mismatch)
+	res, err := s.runScripts(ctx, batch, keys, mismatch)
 	if err != nil {
 		s.failBatch(batch, err)
 		return
 	}
-	if err := s.ackAgain(ctx, batch, keys, guessed, cmds); err != nil {
+	if err := s.ackAgain(ctx, batch, keys, guessed, res); err != nil {
 		s.failBatch(batch, err)
 		return
 	}
@@ -348,7 +348,7 @@ func (s *Store) commit(batch []*op) {
 	// results, in call order.
 	var notMessages, notBytes int64
 	for i, o := range batch {
-		if o.put != nil && !mismatch[i] && !storedBy(cmds[i]) {
+		if o.put != nil && !mismatch[i] && !storedBy(res[i]) {
 			notMessages++
 			notBytes += int64(len(o.put.Ciphertext))
 		}
@@ -363,9 +363,9 @@ func (s *Store) commit(batch []*op) {
 	}
 	for i, o := range batch {
 		if o.put != nil {
-			s.putResult(o, mismatch[i], cmds[i])
+			s.putResult(o, mismatch[i], res[i])
 		} else {
-			s.ackResult(o, cmds[i])
+			s.ackResult(o, res[i])
 		}
 	}
 }
@@ -373,17 +373,15 @@ func (s *Store) commit(batch []*op) {
 // ackAgain is step 3 of a commit: an ack sent to a key it was not looked
 // up for (a put earlier in the batch, or the key cache) that found no
 // message there is looked up in the ID index and, if the message is stored
-// under another key, run again there (replacing its cmds entry). Rare: the
+// under another key, run again there (replacing its result). Rare: the
 // message was swept and stored again for another recipient, or the put it
 // followed was refused.
-func (s *Store) ackAgain(ctx context.Context, batch []*op, keys []string, guessed []bool, cmds []*redis.Cmd) error {
+func (s *Store) ackAgain(ctx context.Context, batch []*op, keys []string, guessed []bool, res []*opRes) error {
 	var again []int
 	for i, o := range batch {
-		if o.put == nil && guessed[i] && cmds[i] != nil {
-			if vals, err := cmds[i].Slice(); err == nil && len(vals) == 3 {
-				if found, _ := vals[0].(int64); found == 0 {
-					again = append(again, i)
-				}
+		if r := res[i]; o.put == nil && guessed[i] && r != nil && r.err == nil {
+			if found, _ := r.vals[0].(int64); found == 0 {
+				again = append(again, i)
 			}
 		}
 	}
@@ -400,34 +398,27 @@ func (s *Store) ackAgain(ctx context.Context, batch []*op, keys []string, guesse
 		return fmt.Errorf("redisstore: look up message IDs: %w", err)
 	}
 	pipe = s.rdb.Pipeline()
-	n := 0
+	var groups []*scriptGroup
 	for j, i := range again {
 		k, err := lookups[j].Result()
 		if err != nil || k == "" || k == keys[i] {
 			continue
 		}
 		keys[i] = k
-		cmds[i] = s.ackCmd(ctx, pipe, batch[i], k)
-		n++
+		g := &scriptGroup{key: k, ops: []int{i}}
+		s.queueAcks(ctx, pipe, batch, g)
+		groups = append(groups, g)
 	}
-	if n == 0 {
+	if len(groups) == 0 {
 		return nil
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && isConnErr(err) {
 		return fmt.Errorf("redisstore: write: %w", err)
 	}
-	return nil
-}
-
-// ackCmd queues the ack script of o, for a message stored under key, on
-// pipe.
-func (s *Store) ackCmd(ctx context.Context, pipe redis.Pipeliner, o *op, key string) *redis.Cmd {
-	p := s.prefix(key)
-	tag, peer := "u:"+o.sub.ID, ""
-	if o.sub.Peer {
-		tag, peer = "p:"+o.sub.ID, o.sub.ID
+	for _, g := range groups {
+		spread(g, res)
 	}
-	return ackScript.EvalSha(ctx, pipe, []string{p + "m"}, p, o.id, tag, peer, s.channel, s.inst)
+	return nil
 }
 
 // keyCache remembers the subscription key of recent message IDs, the
@@ -471,74 +462,165 @@ func (c *keyCache) drop(id string) {
 	delete(c.m, id)
 }
 
+// opRes is the outcome of one write's part of a script: its values (a
+// putStride or ackStride slice of the script's reply) or the script's
+// error.
+type opRes struct {
+	vals []any
+	err  error
+}
+
 // storedBy reports whether a put script stored a new message.
-func storedBy(cmd *redis.Cmd) bool {
-	vals, err := cmd.Slice()
-	if err != nil || len(vals) == 0 {
+func storedBy(r *opRes) bool {
+	if r == nil || r.err != nil || len(r.vals) == 0 {
 		return false
 	}
-	st, _ := vals[0].(int64)
+	st, _ := r.vals[0].(int64)
 	return st == 0
 }
 
-// runScripts runs the batch's scripts in one pipeline. cmds[i] is nil for
+// scriptGroup is one script call of a batch: consecutive writes of one
+// kind (puts, or acks) to one subscription key. A key's writes of the
+// other kind in between start a new group, so that each key sees its
+// writes in call order; writes to different keys touch nothing in common.
+type scriptGroup struct {
+	put bool
+	key string
+	ops []int // indexes in the batch, in call order
+	cmd *redis.Cmd
+}
+
+// groupScripts groups the batch's writes that run a script (see
+// scriptGroup), in the order of each group's first write.
+func groupScripts(batch []*op, keys []string, mismatch []bool) []*scriptGroup {
+	var groups []*scriptGroup
+	open := make(map[string]*scriptGroup)
+	for i, o := range batch {
+		key, put := keys[i], o.put != nil
+		if put {
+			if mismatch[i] {
+				continue
+			}
+			key = o.put.Key
+		} else if key == "" {
+			continue
+		}
+		g := open[key]
+		if g == nil || g.put != put {
+			g = &scriptGroup{put: put, key: key}
+			groups = append(groups, g)
+			open[key] = g
+		}
+		g.ops = append(g.ops, i)
+	}
+	return groups
+}
+
+// queuePuts queues on pipe what a group of puts writes: the ID index and
+// hand-off entries, the key in the expiry index, and the put script.
+func (s *Store) queuePuts(ctx context.Context, pipe redis.Pipeliner, batch []*op, g *scriptGroup) {
+	p := s.prefix(g.key)
+	q := s.opts.Quota
+	// The earliest of the group's times (ZADD LT keeps the smallest).
+	now := batch[g.ops[0]].now
+	for _, i := range g.ops {
+		now = min(now, batch[i].now)
+	}
+	pipe.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(now), Member: g.key}}})
+	args := make([]any, 0, 6+4*len(g.ops))
+	args = append(args, p, q.MaxMessages, q.MaxBytes, s.channel, s.inst, g.key)
+	for _, i := range g.ops {
+		o := batch[i]
+		m := o.put
+		pipe.Set(ctx, s.indexKey(m.ID), m.Key, 0)
+		handoff := ""
+		if o.handoff {
+			// The index first: it may name a hand-off that is not
+			// pending (a claim drops it), never miss one.
+			handoff = "1"
+			pipe.ZAddArgs(ctx, s.handoffKey, redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: float64(o.due), Member: handoffEntry(m.Key, m.ID)}}})
+		}
+		args = append(args, m.ID, m.Recipient, m.Ciphertext, handoff)
+	}
+	g.cmd = putScript.EvalSha(ctx, pipe, []string{p + "m"}, args...)
+}
+
+// queueAcks queues on pipe the ack script of a group of acks.
+func (s *Store) queueAcks(ctx context.Context, pipe redis.Pipeliner, batch []*op, g *scriptGroup) {
+	p := s.prefix(g.key)
+	args := make([]any, 0, 3+3*len(g.ops))
+	args = append(args, p, s.channel, s.inst)
+	for _, i := range g.ops {
+		o := batch[i]
+		tag, peer := "u:"+o.sub.ID, ""
+		if o.sub.Peer {
+			tag, peer = "p:"+o.sub.ID, o.sub.ID
+		}
+		args = append(args, o.id, tag, peer)
+	}
+	g.cmd = ackScript.EvalSha(ctx, pipe, []string{p + "m"}, args...)
+}
+
+// spread gives each write of g its part of the group's reply.
+func spread(g *scriptGroup, res []*opRes) {
+	stride := ackStride
+	if g.put {
+		stride = putStride
+	}
+	vals, err := g.cmd.Slice()
+	if err == nil && len(vals) != stride*len(g.ops) {
+		err = fmt.Errorf("script returned %d values for %d writes", len(vals), len(g.ops))
+	}
+	for j, i := range g.ops {
+		if err != nil {
+			res[i] = &opRes{err: err}
+			continue
+		}
+		res[i] = &opRes{vals: vals[j*stride : (j+1)*stride]}
+	}
+}
+
+// runScripts runs the batch's scripts in one pipeline. res[i] is nil for
 // a write decided without a script. If Redis has lost its script cache (a
 // restart, a failover) before any of them ran, it loads them and retries.
-func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mismatch []bool) ([]*redis.Cmd, error) {
+func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mismatch []bool) ([]*opRes, error) {
+	groups := groupScripts(batch, keys, mismatch)
 	for attempt := 0; ; attempt++ {
 		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(batch))
 		// The totals count every put as stored; putResult takes back the
 		// ones that were not (republishes, refusals) before any result is
 		// sent, so Stats is exact once a result is out.
 		var puts, bytes int64
-		for i, o := range batch {
-			if o.put != nil {
-				if mismatch[i] {
-					continue
-				}
-				m := o.put
-				p := s.prefix(m.Key)
+		for _, g := range groups {
+			if !g.put {
+				s.queueAcks(ctx, pipe, batch, g)
+				continue
+			}
+			for _, i := range g.ops {
 				puts++
-				bytes += int64(len(m.Ciphertext))
-				pipe.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(o.now), Member: m.Key}}})
-				pipe.Set(ctx, s.indexKey(m.ID), m.Key, 0)
-				q := s.opts.Quota
-				handoff := ""
-				if o.handoff {
-					// The index first: it may name a hand-off that is
-					// not pending (a claim drops it), never miss one.
-					handoff = "1"
-					pipe.ZAddArgs(ctx, s.handoffKey, redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: float64(o.due), Member: handoffEntry(m.Key, m.ID)}}})
-				}
-				cmds[i] = putScript.EvalSha(ctx, pipe, []string{p + "m"},
-					p, m.ID, m.Recipient, m.Ciphertext, q.MaxMessages, q.MaxBytes, s.channel, s.inst, m.Key, handoff)
-				continue
+				bytes += int64(len(batch[i].put.Ciphertext))
 			}
-			if keys[i] == "" {
-				continue
-			}
-			cmds[i] = s.ackCmd(ctx, pipe, o, keys[i])
+			s.queuePuts(ctx, pipe, batch, g)
 		}
 		if puts > 0 {
 			pipe.HIncrBy(ctx, s.totalsKey, "messages", puts)
 			pipe.HIncrBy(ctx, s.totalsKey, "bytes", bytes)
 		}
 		_, err := pipe.Exec(ctx)
+		res := make([]*opRes, len(batch))
 		if err == nil || errors.Is(err, redis.Nil) {
-			return cmds, nil
-		}
-		noScript, ran := 0, 0
-		for _, c := range cmds {
-			if c == nil {
-				continue
+			for _, g := range groups {
+				spread(g, res)
 			}
-			ran++
-			if e := c.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
+			return res, nil
+		}
+		noScript := 0
+		for _, g := range groups {
+			if e := g.cmd.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
 				noScript++
 			}
 		}
-		if attempt == 0 && noScript > 0 && noScript == ran {
+		if attempt == 0 && noScript > 0 && noScript == len(groups) {
 			s.log.Warn("Redis lost the scripts (restarted or failed over): loading them again")
 			if puts > 0 { // counted, but nothing ran
 				pipe := s.rdb.Pipeline()
@@ -553,9 +635,12 @@ func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mism
 			}
 			continue
 		}
-		if noScript == 0 && ran > 0 && !isConnErr(err) {
-			// Script errors are per command: report each with its write.
-			return cmds, nil
+		if noScript == 0 && len(groups) > 0 && !isConnErr(err) {
+			// Script errors are per call: report each with its writes.
+			for _, g := range groups {
+				spread(g, res)
+			}
+			return res, nil
 		}
 		return nil, fmt.Errorf("redisstore: write: %w", err)
 	}
@@ -579,17 +664,21 @@ func (s *Store) failBatch(batch []*op, err error) {
 	}
 }
 
-func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
+func (s *Store) putResult(o *op, mismatch bool, r *opRes) {
 	m := *o.put
 	if mismatch {
 		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %w", m.ID, relay.ErrRecipientMismatch)}
 		return
 	}
-	vals, err := cmd.Slice()
-	if err != nil || len(vals) < 5 {
-		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %v (%d values)", m.ID, err, len(vals))}
+	if r == nil || r.err != nil {
+		var err error
+		if r != nil {
+			err = r.err
+		}
+		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %v", m.ID, err)}
 		return
 	}
+	vals := r.vals
 	status, _ := vals[0].(int64)
 	switch status {
 	case -1:
@@ -606,27 +695,24 @@ func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
 	online, _ := vals[4].(int64)
 	m.Seq, m.StoredAt = seq, time.UnixMicro(at)
 	s.keys.add(m.ID, m.Key)
-	r := relay.PutResult{Message: m, Existing: status == 1, RecipientAcked: acked == 1, RecipientOnline: online == 1}
-	if len(vals) > 5 {
-		hs, _ := vals[5].(int64)
-		r.Handoff = relay.HandoffState(hs)
-	}
+	hs, _ := vals[5].(int64)
+	res := relay.PutResult{Message: m, Existing: status == 1, RecipientAcked: acked == 1, RecipientOnline: online == 1, Handoff: relay.HandoffState(hs)}
 	if o.early != nil {
-		o.early(r)
+		o.early(res)
 	}
-	o.pres <- r
+	o.pres <- res
 }
 
-func (s *Store) ackResult(o *op, cmd *redis.Cmd) {
-	if cmd == nil {
+func (s *Store) ackResult(o *op, r *opRes) {
+	if r == nil {
 		o.ares <- relay.AckResult{}
 		return
 	}
-	vals, err := cmd.Slice()
-	if err != nil || len(vals) != 3 {
-		o.ares <- relay.AckResult{Err: fmt.Errorf("redisstore: ack %s: %v", o.id, err)}
+	if r.err != nil {
+		o.ares <- relay.AckResult{Err: fmt.Errorf("redisstore: ack %s: %v", o.id, r.err)}
 		return
 	}
+	vals := r.vals
 	found, _ := vals[0].(int64)
 	by, _ := vals[1].(int64)
 	rcpt, _ := vals[2].(string)

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -262,5 +263,47 @@ func TestAckWithStaleKey(t *testing.T) {
 	}
 	if got := storetest.AllPending(t, s1, b.Sub(), b.Key); len(got) != 0 {
 		t.Fatalf("still pending for its recipient after the ack: %v", storetest.IDs(got))
+	}
+}
+
+// TestBatchOfOneKey: puts and acks of one subscription key queued at once
+// (so that they share batches, and the puts one script) each see the ones
+// before them, in call order: quota, a republish of a message put just
+// before, an ack freeing room for the put after it.
+func TestBatchOfOneKey(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	for round := range 5 {
+		s := openTest(t, srv, Options{Quota: relay.Quota{MaxMessages: 5}})
+		p := storetest.NewPeer(1)
+		var ms []relay.Message
+		for i := range 7 {
+			ms = append(ms, storetest.NewMessage(p, fmt.Sprintf("round %d message %d", round, i)))
+		}
+		var puts []<-chan relay.PutResult
+		for _, m := range ms[:5] {
+			puts = append(puts, s.Put(m, nil))
+		}
+		ack := s.Ack(p.Sub(), ms[1].ID)
+		puts = append(puts, s.Put(ms[5], nil), s.Put(ms[0], nil), s.Put(ms[6], nil))
+		for i := range 5 {
+			if r := storetest.Wait(t, puts[i]); r.Err != nil || r.Existing || r.Message.Seq != int64(i+1) {
+				t.Fatalf("round %d: put %d: %+v, want stored as Seq %d", round, i, r, i+1)
+			}
+		}
+		if r := storetest.Wait(t, ack); !r.Found || !r.ByRecipient {
+			t.Fatalf("round %d: ack: %+v", round, r)
+		}
+		if r := storetest.Wait(t, puts[5]); r.Err != nil || r.Existing {
+			t.Fatalf("round %d: put after the ack: %+v, want stored (the ack made room)", round, r)
+		}
+		if r := storetest.Wait(t, puts[6]); r.Err != nil || !r.Existing || r.Message.Seq != 1 {
+			t.Fatalf("round %d: republish: %+v, want existing Seq 1", round, r)
+		}
+		if r := storetest.Wait(t, puts[7]); !errors.Is(r.Err, relay.ErrOverQuota) {
+			t.Fatalf("round %d: put beyond the quota: %+v, want over quota", round, r)
+		}
+		if st := storetest.MustStats(t, s); st.Messages != 6 {
+			t.Fatalf("round %d: Stats %+v, want 6 messages", round, st)
+		}
 	}
 }
