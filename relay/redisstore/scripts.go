@@ -44,7 +44,10 @@ end
 // status 0 stored, 1 existing, -1 over quota (seq, storedAt = usage n, b),
 // -2 stored for another recipient. One script for many messages spares
 // Redis a script call, and the reads of the key's usage, presence and
-// clock, per message: most of what a message cost it.
+// clock, per message: most of what a message cost it. The new messages
+// are written at the end, each structure with one command (in chunks
+// under Lua's unpack limit), and the bus events published after them, in
+// order: no event announces a write that did not happen.
 var putScript = redis.NewScript(luaMeta + luaHandoff + `
 local P, ch, inst, key = ARGV[1], ARGV[4], ARGV[5], ARGV[6]
 local maxN, maxB = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -57,6 +60,13 @@ local dn, db = 0, 0
 local online = {}
 local tm = redis.call('TIME')
 local at = tm[1]..string.format('%06d', tonumber(tm[2]))
+local last = tonumber(redis.call('GET', P..'n') or '0')
+-- The group's new messages are written at the end, each command once
+-- with all of them; new holds their entries meanwhile, so that a
+-- republish later in the group finds them.
+local new, newHandoff = {}, {}
+local mA, bA, qA, tA, uA, hA = {}, {}, {}, {}, {}, {}
+local ev = {} -- the bus events, published in order once everything is written
 local out = {}
 for i = 7, #ARGV, 4 do
   local id, rcpt, ct, ho = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -65,22 +75,32 @@ for i = 7, #ARGV, 4 do
     on = redis.call('EXISTS', P..'o:'..rcpt)
     online[rcpt] = on
   end
-  local v = redis.call('HGET', KEYS[1], id)
+  local v = new[id]
+  local fresh = v ~= nil
+  if not fresh then v = redis.call('HGET', KEYS[1], id) end
   if v then
     local seq, at0, size, r0 = meta(v)
     if r0 ~= rcpt then
       out[#out + 1] = -2; out[#out + 1] = '0'; out[#out + 1] = '0'
       out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = 0
     else
-      local acked = 1
-      if redis.call('ZSCORE', P..'u:'..rcpt, id) then acked = 0 end
+      local acked = 0 -- a message new in this group has no ack yet
+      if not fresh and not redis.call('ZSCORE', P..'u:'..rcpt, id) then acked = 1 end
       if acked == 0 and ch ~= '' then
-        redis.call('PUBLISH', ch, 'R\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at0..'\n'..ct)
+        ev[#ev + 1] = 'R\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at0..'\n'..ct
       end
       local hs = 0
       if ho == '1' then
-        if acked == 0 then redis.call('HSETNX', P..'h', id, 'p 0') end
-        hs = handoffState(redis.call('HGET', P..'h', id))
+        if fresh then
+          if not newHandoff[id] then
+            newHandoff[id] = true
+            hA[#hA + 1] = id; hA[#hA + 1] = 'p 0'
+          end
+          hs = 1
+        else
+          if acked == 0 then redis.call('HSETNX', P..'h', id, 'p 0') end
+          hs = handoffState(redis.call('HGET', P..'h', id))
+        end
       end
       out[#out + 1] = 1; out[#out + 1] = seq; out[#out + 1] = at0
       out[#out + 1] = acked; out[#out + 1] = on; out[#out + 1] = hs
@@ -91,19 +111,25 @@ for i = 7, #ARGV, 4 do
       out[#out + 1] = -1; out[#out + 1] = tostring(n); out[#out + 1] = tostring(b)
       out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = 0
     else
-      local seq = string.format('%d', redis.call('INCR', P..'n'))
-      redis.call('HSET', KEYS[1], id, seq..' '..at..' '..size..' '..rcpt)
-      redis.call('HSET', P..'b', id, ct)
-      redis.call('ZADD', P..'q', seq, id)
-      redis.call('ZADD', P..'t', at, id)
-      redis.call('ZADD', P..'u:'..rcpt, seq, id)
+      last = last + 1
+      local seq = string.format('%d', last)
+      local m = seq..' '..at..' '..size..' '..rcpt
+      new[id] = m
+      mA[#mA + 1] = id; mA[#mA + 1] = m
+      bA[#bA + 1] = id; bA[#bA + 1] = ct
+      qA[#qA + 1] = seq; qA[#qA + 1] = id
+      tA[#tA + 1] = at; tA[#tA + 1] = id
+      local ua = uA[rcpt]
+      if ua == nil then ua = {}; uA[rcpt] = ua end
+      ua[#ua + 1] = seq; ua[#ua + 1] = id
       n, b, dn, db = n + 1, b + size, dn + 1, db + size
       if ch ~= '' then
-        redis.call('PUBLISH', ch, 'M\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct)
+        ev[#ev + 1] = 'M\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct
       end
       local hs = 0
       if ho == '1' then
-        redis.call('HSET', P..'h', id, 'p 0')
+        newHandoff[id] = true
+        hA[#hA + 1] = id; hA[#hA + 1] = 'p 0'
         hs = 1
       end
       out[#out + 1] = 0; out[#out + 1] = seq; out[#out + 1] = at
@@ -111,10 +137,27 @@ for i = 7, #ARGV, 4 do
     end
   end
 end
+-- cmd key a1 a2 ... in chunks of whole pairs (unpack has a limit).
+local function bulk(cmd, k, args)
+  local i = 1
+  while i <= #args do
+    local j = math.min(i + 999, #args)
+    redis.call(cmd, k, unpack(args, i, j))
+    i = j + 1
+  end
+end
 if dn > 0 then
+  redis.call('SET', P..'n', string.format('%d', last))
+  bulk('HSET', KEYS[1], mA)
+  bulk('HSET', P..'b', bA)
+  bulk('ZADD', P..'q', qA)
+  bulk('ZADD', P..'t', tA)
+  for r, ua in pairs(uA) do bulk('ZADD', P..'u:'..r, ua) end
   redis.call('HINCRBY', P..'s', 'n', dn)
   redis.call('HINCRBY', P..'s', 'b', db)
 end
+bulk('HSET', P..'h', hA)
+for _, e in ipairs(ev) do redis.call('PUBLISH', ch, e) end
 return out
 `)
 

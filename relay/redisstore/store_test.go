@@ -307,3 +307,78 @@ func TestBatchOfOneKey(t *testing.T) {
 		}
 	}
 }
+
+// TestRepublishInOneScript: a message put twice, then put with a hand-off,
+// in one batch (one put script, which stores the group's new messages at
+// its end): the second put finds the first (existing, same Seq, not acked
+// by its recipient), the hand-off is recorded pending, and the message is
+// stored once.
+func TestRepublishInOneScript(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	var maxBatch atomic.Int64
+	batched := 0
+	for round := range 20 {
+		maxBatch.Store(0)
+		s := openTest(t, srv, Options{OnCommit: func(n int, _ time.Duration) {
+			if int64(n) > maxBatch.Load() {
+				maxBatch.Store(int64(n))
+			}
+		}})
+		p := storetest.NewPeer(1)
+		first := s.Put(storetest.NewMessage(p, fmt.Sprintf("round %d: keeps the writer busy", round)), nil)
+		m := storetest.NewMessage(p, fmt.Sprintf("round %d: put twice, then with a hand-off", round))
+		a, b := s.Put(m, nil), s.Put(m, nil)
+		h := s.PutHandoff(m, time.Now().Add(time.Hour), nil)
+		if r := storetest.Wait(t, first); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		ra, rb, rh := storetest.Wait(t, a), storetest.Wait(t, b), storetest.Wait(t, h)
+		if ra.Err != nil || ra.Existing || ra.Message.Seq != 2 {
+			t.Fatalf("round %d: first put %+v, want stored as Seq 2", round, ra)
+		}
+		if rb.Err != nil || !rb.Existing || rb.RecipientAcked || rb.Message.Seq != 2 {
+			t.Fatalf("round %d: second put %+v, want existing Seq 2, not acked", round, rb)
+		}
+		if rh.Err != nil || !rh.Existing || rh.Handoff != relay.HandoffPending {
+			t.Fatalf("round %d: put with a hand-off %+v, want existing with a pending hand-off", round, rh)
+		}
+		if got := storetest.AllPending(t, s, p.Sub(), p.Key); len(got) != 2 {
+			t.Fatalf("round %d: %d messages pending, want 2", round, len(got))
+		}
+		if st := storetest.MustStats(t, s); st.Messages != 2 {
+			t.Fatalf("round %d: Stats %+v, want 2 messages", round, st)
+		}
+		if maxBatch.Load() >= 3 {
+			batched++
+		}
+	}
+	if batched == 0 {
+		t.Fatal("the three puts of the message never shared a batch in 20 rounds: the test did not test one script")
+	}
+	t.Logf("%d of 20 rounds had the three puts in one batch", batched)
+}
+
+// TestLargePutGroup: thousands of puts of one key in one batch (one put
+// script, which writes them with a few commands of many arguments, cut
+// into chunks under Lua's limit) are all stored, in order. The batch is
+// committed directly, as the writer would.
+func TestLargePutGroup(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	s := openTest(t, srv, Options{MaxBatch: 6000})
+	p := storetest.NewPeer(1)
+	const n = 5000 // more than 8,000 arguments for one HSET
+	batch := make([]*op, n)
+	for i := range batch {
+		m := storetest.NewMessage(p, fmt.Sprintf("message %d of a large batch", i))
+		batch[i] = &op{put: &m, pres: make(chan relay.PutResult, 1), now: time.Now().UnixMicro()}
+	}
+	s.commit(batch)
+	for i, o := range batch {
+		if r := storetest.Wait(t, (<-chan relay.PutResult)(o.pres)); r.Err != nil || r.Existing || r.Message.Seq != int64(i+1) {
+			t.Fatalf("put %d: %+v, want stored as Seq %d", i, r, i+1)
+		}
+	}
+	if got := storetest.AllPending(t, s, p.Sub(), p.Key); len(got) != n {
+		t.Fatalf("%d pending, want %d", len(got), n)
+	}
+}
