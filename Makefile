@@ -54,7 +54,8 @@ bench:
 # their result, and at the target rate (10,000/s); CrossInstancePush: one
 # message at a time, same instance vs across; CrossInstanceIdle: 10,000
 # idle subscribers over the two. Medians of BENCHCOUNT runs, next to the
-# targets. About 3 minutes with BENCHCOUNT=3 on two cores.
+# targets. With BENCHCOUNT=3: 51 s on a quiet 2-core machine, 134 s at a
+# load average of 12-15.
 MULTIBENCH ?= $(or $(TMPDIR),/tmp)/courier-multi-bench.txt
 bench-multi:
 	@uptime
