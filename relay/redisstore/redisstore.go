@@ -5,10 +5,11 @@
 //
 // Layout: everything stored for one subscription key lives under keys
 // tagged {<subscription key>} (see scripts.go), so one key's data is in one
-// hash slot. A put, with its idempotency, recipient and quota checks, is
-// one Lua script, atomic in Redis; so are an ack and each sweep step. Seq
-// comes from an INCR inside the put script: it increases per subscription
-// key in commit order and is never reused. The relay compares Seqs only
+// hash slot. A batch's puts to one key, each with its idempotency,
+// recipient and quota checks, are one Lua script, atomic in Redis; so are
+// its acks of one key and each sweep step. Seq comes from the key's
+// counter, read and advanced inside the put script: it increases per
+// subscription key in commit order and is never reused. The relay compares Seqs only
 // within one key (a replay reads one key; the hub's in-flight list is by
 // key and Seq), so a per-key Seq is all it needs.
 //
@@ -28,8 +29,10 @@
 //
 // Writes go through one writer goroutine, in call order: it takes what is
 // queued (up to Options.MaxBatch writes), looks up the message IDs in one
-// pipeline, runs the scripts in a second one (EVALSHA), and only then calls
-// early and sends the results. A result is as durable as Redis makes it:
+// pipeline (an ack of an ID whose key the instance remembers skips it),
+// runs the scripts in a second one (EVALSHA; one per key and kind of
+// write, see groupScripts), and only then calls early and sends the
+// results. A result is as durable as Redis makes it:
 // with appendonly yes and appendfsync always, Redis answers after its fsync.
 package redisstore
 
