@@ -102,8 +102,6 @@ func logRedisInfo(b *testing.B, rs *redistest.Server) {
 	b.Logf("redis INFO:\n%s", info)
 	lat, err := c.Do(ctx, "LATENCY", "LATEST").Result()
 	b.Logf("LATENCY LATEST (event, last, last ms, max ms): %v %v", lat, err)
-	hist, err := c.Do(ctx, "LATENCY", "HISTOGRAM").Result()
-	_ = hist
 	slow, err := c.SlowLogGet(ctx, 10).Result()
 	if err != nil {
 		b.Logf("SLOWLOG: %v", err)
