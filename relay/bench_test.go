@@ -141,24 +141,38 @@ func runBenchChild(path string) error {
 		cfg.Limits.MaxMessagesPerKey = 1 << 40
 		cfg.Limits.MaxBytesPerKey = 1 << 50
 	}
-	if prof := os.Getenv(benchProfileEnv); prof != "" {
-		f, err := os.Create(prof)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGTERM)
-		go func() {
-			<-sig
-			pprof.StopCPUProfile()
-			f.Close()
-			os.Exit(0)
-		}()
+	if err := profileChild(); err != nil {
+		return err
 	}
 	return serveChild(cfg, sqlitestore.Options{Synchronous: "full", Quota: cfg.Limits.Quota()})
+}
+
+// profileChild starts the CPU profile of a bench child that
+// benchProfileEnv asks for ("%d" in its value becomes the child's process
+// ID, for benchmarks of several children); the profile is written when
+// the child gets SIGTERM, and the child exits.
+func profileChild() error {
+	prof := os.Getenv(benchProfileEnv)
+	if prof == "" {
+		return nil
+	}
+	prof = strings.ReplaceAll(prof, "%d", strconv.Itoa(os.Getpid()))
+	f, err := os.Create(prof)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	go func() {
+		<-sig
+		pprof.StopCPUProfile()
+		f.Close()
+		os.Exit(0)
+	}()
+	return nil
 }
 
 // cpuTicks returns the user+system CPU time of process pid so far, in
@@ -188,12 +202,21 @@ const userHZ = 100
 // pointing at it and its process id.
 func startBenchChild(b *testing.B, noQuota bool) (*env, int) {
 	b.Helper()
-	path := filepath.Join(b.TempDir(), "relay.db")
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), benchChildEnv+"="+path)
+	vars := []string{benchChildEnv + "=" + filepath.Join(b.TempDir(), "relay.db")}
 	if noQuota {
-		cmd.Env = append(cmd.Env, benchNoQuotaEnv+"=1")
+		vars = append(vars, benchNoQuotaEnv+"=1")
 	}
+	return startBenchProcess(b, vars...)
+}
+
+// startBenchProcess runs the test binary as the child relay that vars
+// ("NAME=value", see TestMain) select, stopped (SIGTERM, so that a
+// profiling child writes its profile) when the benchmark ends, and returns
+// an env pointing at it and its process id.
+func startBenchProcess(b *testing.B, vars ...string) (*env, int) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), vars...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -203,7 +226,6 @@ func startBenchChild(b *testing.B, noQuota bool) (*env, int) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		// SIGTERM lets a profiling child write its profile.
 		cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
@@ -225,20 +247,37 @@ func startBenchChild(b *testing.B, noQuota bool) (*env, int) {
 	return &env{t: b, url: "ws://" + addr + "/", http: "http://" + addr}, cmd.Process.Pid
 }
 
+// benchProc is a process whose CPU time a load benchmark reports per
+// message, as the metric unit.
+type benchProc struct {
+	unit string
+	pid  int
+}
+
 // benchLoad runs b.N 1 KiB messages from one level-2 publisher to one
 // subscriber through a child relay, as fast as it goes (rate 0) or evenly
 // at rate messages per second, and reports msgs/s, the relay's CPU per
 // message and the publish-to-delivery latency.
 func benchLoad(b *testing.B, acking bool, rate float64) {
 	e, pid := startBenchChild(b, !acking)
+	loadRun(b, e, e, []benchProc{{"cpu-µs/msg", pid}}, acking, rate, 0)
+}
+
+// loadRun runs b.N 1 KiB messages from one level-2 publisher on pubEnv to
+// one subscriber on subEnv (the same relay, or another instance of it), as
+// fast as it goes (rate 0) or evenly at rate messages per second, with at
+// most window publishes awaiting their result (0: no bound). It reports
+// msgs/s, each proc's CPU per message, the publish-to-delivery latency
+// and, when the subscriber acks, the publish-to-result latency.
+func loadRun(b *testing.B, pubEnv, subEnv *env, procs []benchProc, acking bool, rate float64, window int) {
 	bob := newIdentity(b, 1)
-	sub := e.dial()
+	sub := subEnv.dial()
 	if acking {
 		sub.auth2(bob, 0)
 	} else {
 		sub.subscribe1("bench", bob.Key())
 	}
-	pub := e.dial()
+	pub := pubEnv.dial()
 	pub.auth2(newIdentity(b, 2), 0)
 	// The helpers' reader goroutines stay; the frames go through their
 	// channels, which are deep enough not to push back.
@@ -255,14 +294,24 @@ func benchLoad(b *testing.B, acking bool, rate float64) {
 	}
 	sent := make([]atomic.Int64, b.N) // unix nanoseconds of each write
 	lat := make([]time.Duration, 0, b.N)
+	resLat := make([]time.Duration, 0, b.N) // publish to result
+	var slots chan struct{}
+	if window > 0 {
+		slots = make(chan struct{}, window)
+	}
 	ctx := context.Background()
 	b.SetBytes(1024)
-	cpu0 := cpuTicks(b, pid)
+	cpu0 := make([]int64, len(procs))
+	for i, p := range procs {
+		cpu0[i] = cpuTicks(b, p.pid)
+	}
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	errs := make(chan error, 3)
+	stop := make(chan struct{})
+	defer close(stop)
 	var notDelivered atomic.Int64
 	go func() { // publisher
 		defer wg.Done()
@@ -270,6 +319,13 @@ func benchLoad(b *testing.B, acking bool, rate float64) {
 			if rate > 0 {
 				if d := time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))); d > 0 {
 					time.Sleep(d)
+				}
+			}
+			if slots != nil {
+				select {
+				case slots <- struct{}{}:
+				case <-stop:
+					return
 				}
 			}
 			sent[i].Store(time.Now().UnixNano())
@@ -284,23 +340,32 @@ func benchLoad(b *testing.B, acking bool, rate float64) {
 		for range b.N {
 			select {
 			case raw := <-pub.frames:
+				now := time.Now().UnixNano()
 				f, err := wire.ParseServerFrame(raw)
 				if err != nil || f.Kind != wire.KindPublishResult || f.PublishResult.Status == wire.StatusRejected {
 					errs <- fmt.Errorf("publisher got %s", raw)
 					return
 				}
+				if slots != nil {
+					<-slots
+				}
 				if acking && f.PublishResult.Status != wire.StatusDelivered {
 					notDelivered.Add(1)
 				}
+				if i, ok := index[f.PublishResult.ID]; ok {
+					resLat = append(resLat, time.Duration(now-sent[i].Load()))
+				}
 			case <-time.After(waitTimeout):
 				errs <- fmt.Errorf("publisher: no result within %v", waitTimeout)
+				return
+			case <-stop:
 				return
 			}
 		}
 	}()
 	// The subscriber receives; acks are written by another goroutine so
 	// that reading never waits for writing.
-	acks := make(chan string, 4096)
+	acks := make(chan string, b.N)
 	ackDone := make(chan struct{})
 	go func() {
 		defer close(ackDone)
@@ -343,19 +408,32 @@ func benchLoad(b *testing.B, acking bool, rate float64) {
 		b.Fatal(err)
 	default:
 	}
-	// The relay's CPU up to the last result (the acks' commits included).
-	cpu := cpuTicks(b, pid) - cpu0
 	slices.Sort(lat)
+	slices.Sort(resLat)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
-	b.ReportMetric(float64(cpu)*1e6/userHZ/float64(b.N), "cpu-µs/msg")
+	// The processes' CPU up to the last result (the acks' commits included).
+	for i, p := range procs {
+		b.ReportMetric(float64(cpuTicks(b, p.pid)-cpu0[i])*1e6/userHZ/float64(b.N), p.unit)
+	}
 	b.ReportMetric(micros(percentile(lat, 0.50)), "p50-µs")
 	b.ReportMetric(micros(percentile(lat, 0.99)), "p99-µs")
 	if acking {
 		b.ReportMetric(float64(notDelivered.Load()), "not-delivered")
+		b.ReportMetric(micros(percentile(resLat, 0.50)), "result-p50-µs")
+		b.ReportMetric(micros(percentile(resLat, 0.99)), "result-p99-µs")
 	}
-	if commits := e.metric("courier_relay_store_commit_seconds_count"); commits > 0 {
-		b.ReportMetric(e.metric("courier_relay_store_commit_batch_sum")/commits, "writes/commit")
-		b.ReportMetric(e.metric("courier_relay_store_commit_seconds_sum")/elapsed.Seconds(), "store-busy")
+	var commits, batched, busy float64
+	for _, e := range []*env{pubEnv, subEnv} {
+		commits += e.metric("courier_relay_store_commit_seconds_count")
+		batched += e.metric("courier_relay_store_commit_batch_sum")
+		busy += e.metric("courier_relay_store_commit_seconds_sum")
+		if subEnv == pubEnv {
+			break
+		}
+	}
+	if commits > 0 {
+		b.ReportMetric(batched/commits, "writes/commit")
+		b.ReportMetric(busy/elapsed.Seconds(), "store-busy")
 	}
 }
 
@@ -399,42 +477,38 @@ func vmRSSKiB(b *testing.B, pid int) float64 {
 // one run.
 func BenchmarkIdleConnections(b *testing.B) {
 	const idleConns = 10000
+	checkNoFile(b, idleConns)
+	e, pid := startBenchProcess(b, idleChildEnv+"="+filepath.Join(b.TempDir(), "relay.db"))
+	idleRun(b, []*env{e}, []int{pid}, idleConns)
+}
+
+// checkNoFile skips the benchmark unless this process (and so its
+// children) may open n connections.
+func checkNoFile(b *testing.B, n int) {
 	// Go raises the soft limit to the hard one at start; the child too.
 	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < idleConns+1000 {
-		b.Skipf("RLIMIT_NOFILE is %d: %d connections need more (raise the hard limit: ulimit -Hn)", lim.Cur, idleConns)
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < uint64(n)+1000 {
+		b.Skipf("RLIMIT_NOFILE is %d: %d connections need more (raise the hard limit: ulimit -Hn)", lim.Cur, n)
 	}
-	path := filepath.Join(b.TempDir(), "relay.db")
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), idleChildEnv+"="+path)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		b.Fatalf("child: %v", err)
-	}
-	addr := strings.TrimSpace(strings.TrimPrefix(line, "ADDR "))
-	e := &env{t: b, url: "ws://" + addr + "/", http: "http://" + addr}
-	pid := cmd.Process.Pid
+}
 
-	// Warm up (one connection), then take the baseline.
-	warm := e.dialSilent()
-	warm.Close(websocket.StatusNormalClosure, "")
-	eventually(b, "warm-up connection gone", func() bool { return e.metric("courier_relay_connections") == 0 })
-	rss0 := vmRSSKiB(b, pid)
-	heap0, stack0 := e.metric("go_memstats_heap_inuse_bytes"), e.metric("go_memstats_stack_inuse_bytes")
+// idleRun opens n level-1 connections, each subscribed to a key of its
+// own, spread evenly over the relay instances es (child processes pids),
+// and reports per instance the resident memory, Go heap, goroutine stacks
+// and goroutines per connection it holds (with several instances, each
+// unit is prefixed "i<instance>-"), and the connections opened per second.
+func idleRun(b *testing.B, es []*env, pids []int, n int) {
+	type base struct{ rss, heap, stack, gor float64 }
+	before := make([]base, len(es))
+	for i, e := range es {
+		// Warm up (one connection), then take the baseline.
+		warm := e.dialSilent()
+		warm.Close(websocket.StatusNormalClosure, "")
+		eventually(b, "warm-up connection gone", func() bool { return e.metric("courier_relay_connections") == 0 })
+		before[i] = base{vmRSSKiB(b, pids[i]), e.metric("go_memstats_heap_inuse_bytes"), e.metric("go_memstats_stack_inuse_bytes"), e.metric("go_goroutines")}
+	}
 
-	conns := make([]*websocket.Conn, idleConns)
+	conns := make([]*websocket.Conn, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	next := make(chan int)
@@ -444,7 +518,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			defer wg.Done()
 			for i := range next {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				ws, _, err := websocket.Dial(ctx, e.url, nil)
+				ws, _, err := websocket.Dial(ctx, es[i%len(es)].url, nil)
 				if err != nil {
 					cancel()
 					errs <- err
@@ -468,12 +542,21 @@ func BenchmarkIdleConnections(b *testing.B) {
 			}
 		}()
 	}
+	defer func() {
+		for _, ws := range conns {
+			if ws != nil {
+				ws.CloseNow()
+			}
+		}
+	}()
 	b.ResetTimer()
 	start := time.Now()
-	for i := range idleConns {
+	for i := range n {
 		select {
 		case next <- i:
 		case err := <-errs:
+			close(next)
+			wg.Wait()
 			b.Fatal(err)
 		}
 	}
@@ -486,22 +569,24 @@ func BenchmarkIdleConnections(b *testing.B) {
 	}
 	openTime := time.Since(start)
 	b.StopTimer()
-	defer func() {
-		for _, ws := range conns {
-			if ws != nil {
-				ws.CloseNow()
-			}
+	for i, e := range es {
+		held := float64(n / len(es))
+		if i < n%len(es) {
+			held++
 		}
-	}()
-	eventually(b, "all subscribed", func() bool {
-		return e.metric(`courier_relay_subscriptions{level="1"}`) == idleConns
-	})
-	// Replays are short-lived goroutines: wait for them to end.
-	eventually(b, "replays done", func() bool { return e.metric("go_goroutines") < 2*idleConns+50 })
-	rss1 := vmRSSKiB(b, pid)
-	heap1, stack1 := e.metric("go_memstats_heap_inuse_bytes"), e.metric("go_memstats_stack_inuse_bytes")
-	b.ReportMetric((rss1-rss0)/idleConns, "rss-KiB/conn")
-	b.ReportMetric((heap1-heap0)/1024/idleConns, "heap-KiB/conn")
-	b.ReportMetric((stack1-stack0)/1024/idleConns, "stack-KiB/conn")
-	b.ReportMetric(float64(idleConns)/openTime.Seconds(), "conns/s")
+		eventually(b, "all subscribed", func() bool {
+			return e.metric(`courier_relay_subscriptions{level="1"}`) == held
+		})
+		// Replays are short-lived goroutines: wait for them to end.
+		eventually(b, "replays done", func() bool { return e.metric("go_goroutines") < before[i].gor+2*held+50 })
+		prefix := ""
+		if len(es) > 1 {
+			prefix = fmt.Sprintf("i%d-", i+1)
+		}
+		b.ReportMetric((vmRSSKiB(b, pids[i])-before[i].rss)/held, prefix+"rss-KiB/conn")
+		b.ReportMetric((e.metric("go_memstats_heap_inuse_bytes")-before[i].heap)/1024/held, prefix+"heap-KiB/conn")
+		b.ReportMetric((e.metric("go_memstats_stack_inuse_bytes")-before[i].stack)/1024/held, prefix+"stack-KiB/conn")
+		b.ReportMetric((e.metric("go_goroutines")-before[i].gor)/held, prefix+"goroutines/conn")
+	}
+	b.ReportMetric(float64(n)/openTime.Seconds(), "conns/s")
 }

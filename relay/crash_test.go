@@ -29,7 +29,7 @@ const childDBEnv = "COURIER_RELAY_TEST_CHILD_DB"
 // TestMain runs the test binary as a child relay when the environment
 // asks for one (crash test, idle-connection benchmark).
 func TestMain(m *testing.M) {
-	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild, abuseChildEnv: runAbuseChild} {
+	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild, redisBenchChildEnv: runRedisBenchChild, abuseChildEnv: runAbuseChild} {
 		if path := os.Getenv(env); path != "" {
 			err := child(path)
 			fmt.Fprintln(os.Stderr, "child relay:", err)
@@ -87,17 +87,25 @@ func runChild(path string) error {
 	return serveChild(childConfig(path), sqlitestore.Options{Synchronous: "full"})
 }
 
-// serveChild is the body of a child relay process: it opens the store,
-// prints "ADDR host:port" for the parent, and serves until killed.
+// serveChild is the body of a child relay process on SQLite: it opens the
+// store, prints "ADDR host:port" for the parent, and serves until killed.
 func serveChild(cfg relay.Config, opts sqlitestore.Options) error {
-	opts.Logger = slog.New(slog.DiscardHandler)
+	return serveChildOn(cfg, func(onCommit func(int, time.Duration)) (relay.Store, error) {
+		opts.Logger = slog.New(slog.DiscardHandler)
+		opts.OnCommit = onCommit
+		return sqlitestore.Open(cfg.Store.Path, opts)
+	})
+}
+
+// serveChildOn is serveChild on the store that open returns; open wires
+// the store's commits to onCommit.
+func serveChildOn(cfg relay.Config, open func(onCommit func(int, time.Duration)) (relay.Store, error)) error {
 	var srvp atomic.Pointer[relay.Server]
-	opts.OnCommit = func(batch int, d time.Duration) {
+	st, err := open(func(batch int, d time.Duration) {
 		if s := srvp.Load(); s != nil { // the first sweep may commit while New runs
 			s.ObserveCommit(batch, d)
 		}
-	}
-	st, err := sqlitestore.Open(cfg.Store.Path, opts)
+	})
 	if err != nil {
 		return err
 	}

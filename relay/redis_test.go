@@ -287,54 +287,6 @@ func TestRedisRestartResyncs(t *testing.T) {
 	})
 }
 
-// BenchmarkCrossInstance: a level-2 publisher on one instance, its
-// recipient (acking each message) on another, one redis-server with
-// appendfsync always, 1 KiB messages, 256 publishes in flight; every
-// result must be delivered. Reports msg/s.
-func BenchmarkCrossInstance(b *testing.B) {
-	es, _ := instancesOn(b, 2, func(c *relay.Config) { c.Limits.DeliveryWait = 30 * time.Second })
-	alice, bob := newIdentity(b, 1), newIdentity(b, 2)
-	rcv := es[1].dial()
-	rcv.auth2(bob, 0)
-	pub := es[0].dial()
-	pub.auth2(alice, 0)
-	done := make(chan struct{})
-	go func() { // the recipient acks everything it gets
-		defer close(done)
-		for range b.N {
-			select {
-			case raw := <-rcv.frames:
-				f, err := wire.ParseServerFrame(raw)
-				if err != nil || f.Kind != wire.KindDelivery {
-					b.Errorf("recipient got %s", raw)
-					return
-				}
-				rcv.ack(f.Delivery.ID)
-			case <-time.After(waitTimeout):
-				b.Error("recipient: no delivery")
-				return
-			}
-		}
-	}()
-	const window = 256
-	b.SetBytes(1024)
-	b.ResetTimer()
-	start := time.Now()
-	sent, got := 0, 0
-	for got < b.N {
-		for sent < b.N && sent-got < window {
-			pub.publish(ciphertext(1024, fmt.Sprintf("bench %d", sent)), bob.ID(), "")
-			sent++
-		}
-		if r := pub.expect(wire.KindPublishResult).PublishResult; r.Status != wire.StatusDelivered {
-			b.Fatalf("result %+v, want delivered", *r)
-		}
-		got++
-	}
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
-	<-done
-}
-
 // tryNext returns c's next frame, or false if none comes within d or the
 // connection ends.
 func tryNext(c *client, d time.Duration) ([]byte, bool) {

@@ -347,6 +347,10 @@ func readyConns(r *cluster.Relay) int {
 	return v.Connections
 }
 
+// relayDeliveryWait is the relays' delivery_wait in
+// TestThreeInstancesBehindHAProxy.
+const relayDeliveryWait = 5 * time.Second
+
 // TestThreeInstancesBehindHAProxy runs three courier-relay processes on one
 // redis-server behind HAProxy (deploy/haproxy.cfg), with a level-2
 // publisher and recipient connected through the front:
@@ -366,7 +370,9 @@ func readyConns(r *cluster.Relay) int {
 // Two sidecars with their devnodes, also through the front, send to each
 // other at a steady rate all through 2 and 3: every message a node handed
 // its sidecar reaches the other node exactly once (INDIRECT, or OFFLINE
-// where the sidecar fell back during a reconnect).
+// where the sidecar fell back during a reconnect), and the sidecars send
+// OFFLINE at most the messages sent during a reconnect (see
+// nodeStream.boundOffline).
 func TestThreeInstancesBehindHAProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -392,11 +398,11 @@ namespace = "systest"
 publish_rate = 100000
 publish_burst = 100000
 # Phase 1 wants every answer delivered: room for a loaded machine's ack.
-delivery_wait = "5s"
+delivery_wait = %q
 
 [log]
 client_details = true # instanceOf reads the peer IDs from the logs
-`, rs.URL())
+`, rs.URL(), relayDeliveryWait.String())
 	relays, f, url, w := startFrontedSidecars(t, ctx, c, conf)
 
 	alice := newPeer(t, ctx, 1, url)
@@ -463,6 +469,7 @@ client_details = true # instanceOf reads the peer IDs from the logs
 		}
 	})
 	ns := startNodeStream(ctx, w, "node message")
+	ns.boundOffline(relayDeliveryWait)
 	countAnswered := func() int {
 		mu.Lock()
 		defer mu.Unlock()
@@ -505,6 +512,11 @@ client_details = true # instanceOf reads the peer IDs from the logs
 	}
 	f.waitUp(ctx, fmt.Sprintf("relay%d", bi+1))
 	streamFor(10)
+	// The node stream goes on 6 s without a restart, so that the messages
+	// sent outside the sidecars' reconnects (boundOffline) are many: a
+	// sidecar that sent everything OFFLINE would break the bound.
+	quiet := ns.sent()
+	eventually(t, ctx, "150 more node messages", func() bool { return ns.sent() >= quiet+150 })
 	stopStream()
 	wg.Wait()
 	ns.finish()
@@ -678,6 +690,102 @@ type nodeStream struct {
 	mu             sync.Mutex
 	sentAB, sentBA []string // message IDs accepted by the sending sidecar
 	errs           []string // sends a sidecar refused
+
+	// Set by boundOffline: the sidecars' reconnects are watched, and
+	// finish checks the OFFLINE fallbacks against them.
+	watches      []*relayWatch // sidecar A's, sidecar B's
+	deliveryWait time.Duration
+}
+
+// boundOffline makes finish check the issue's bound: the sidecars fall
+// back to OFFLINE for at most the messages sent during a reconnect. A
+// reconnect of a sidecar is the time its relay connection is not
+// "connected" (from its /v1/status, polled; see relayWatch). A message
+// sent (accepted by its sidecar) at t can be answered "queued", and so go
+// OFFLINE, only if its recipient's sidecar was not connected at some
+// moment of [t, t + deliveryWait] (the relays' delivery_wait: an ack
+// later than that is not waited for), or its own sidecar lost the
+// connection before the answer. So a reconnect [left, back] of either
+// sidecar covers the messages sent in [left - deliveryWait, back + 1s]
+// (the second for the answer's way back), and the OFFLINE fallbacks of
+// each direction must be at most its messages sent in those windows.
+// Start it right after startNodeStream.
+func (s *nodeStream) boundOffline(deliveryWait time.Duration) {
+	s.deliveryWait = deliveryWait
+	s.watches = []*relayWatch{watchRelay(s.w.ctx, s.w.sideA), watchRelay(s.w.ctx, s.w.sideB)}
+}
+
+// outage is one time a sidecar's relay connection was not connected.
+type outage struct{ left, back time.Time }
+
+// relayWatch polls a sidecar's /v1/status every 25 ms and records its
+// relay connection's outages. An outage shorter than a poll is still seen:
+// the connected state's "since" changes. Each is recorded from the last
+// poll that saw the connection up (at or before it left) to the moment
+// the status says it was connected again.
+type relayWatch struct {
+	s    *cluster.Sidecar
+	stop context.CancelFunc
+	done chan struct{}
+
+	mu      sync.Mutex
+	outages []outage
+}
+
+func watchRelay(ctx context.Context, s *cluster.Sidecar) *relayWatch {
+	ctx, stop := context.WithCancel(ctx)
+	rw := &relayWatch{s: s, stop: stop, done: make(chan struct{})}
+	add := func(left, back time.Time) {
+		rw.mu.Lock()
+		rw.outages = append(rw.outages, outage{left, back})
+		rw.mu.Unlock()
+	}
+	go func() {
+		defer close(rw.done)
+		var upSeen, upSince, downFrom time.Time
+		for {
+			at := time.Now()
+			st, err := s.API().Status(ctx)
+			if err == nil {
+				r := st.Relay
+				switch {
+				case r.State != "connected":
+					if downFrom.IsZero() {
+						downFrom = upSeen
+						if downFrom.IsZero() { // never seen up: since the watch began
+							downFrom = at
+						}
+					}
+				case !downFrom.IsZero():
+					add(downFrom, r.Since)
+					downFrom = time.Time{}
+				case !upSince.IsZero() && !r.Since.Equal(upSince):
+					add(upSeen, r.Since) // down and up again between two polls
+				}
+				if r.State == "connected" {
+					upSeen, upSince = at, r.Since
+				}
+			}
+			select {
+			case <-ctx.Done():
+				if !downFrom.IsZero() {
+					add(downFrom, time.Now())
+				}
+				return
+			case <-time.After(25 * time.Millisecond):
+			}
+		}
+	}()
+	return rw
+}
+
+// finish stops the watch and returns the outages it saw.
+func (rw *relayWatch) finish() []outage {
+	rw.stop()
+	<-rw.done
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	return rw.outages
 }
 
 func startNodeStream(ctx context.Context, w *world, text string) *nodeStream {
@@ -727,6 +835,13 @@ func (s *nodeStream) finish() {
 	t.Helper()
 	s.stop()
 	<-s.done
+	var windows []outage // reconnects of either sidecar, widened (see boundOffline)
+	for _, rw := range s.watches {
+		for _, o := range rw.finish() {
+			t.Logf("%s: relay connection down %s for %v", rw.s.Name, o.left.Format("15:04:05.000"), o.back.Sub(o.left).Round(time.Millisecond))
+			windows = append(windows, outage{o.left.Add(-s.deliveryWait), o.back.Add(time.Second)})
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.errs) > 0 {
@@ -746,5 +861,24 @@ func (s *nodeStream) finish() {
 		w.waitReceived(d.to, d.sent)
 		w.checkExactlyOnce(d.to, d.sent)
 		t.Logf("%s -> %s: %d messages, all at %s exactly once; by final state/path: %v", d.from, d.at, len(d.sent), d.at, paths)
+		if s.watches == nil {
+			continue
+		}
+		offline, during := 0, 0
+		for _, m := range states {
+			if m.Path == "OFFLINE" {
+				offline++
+			}
+			for _, win := range windows {
+				if !m.CreatedAt.Before(win.left) && !m.CreatedAt.After(win.back) {
+					during++
+					break
+				}
+			}
+		}
+		t.Logf("%s -> %s: %d sent during a reconnect (widened by delivery_wait %v before, 1s after), %d sent OFFLINE", d.from, d.at, during, s.deliveryWait, offline)
+		if offline > during {
+			t.Errorf("%s -> %s: %d messages sent OFFLINE, more than the %d sent during a sidecar's reconnect", d.from, d.at, offline, during)
+		}
 	}
 }

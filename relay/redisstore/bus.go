@@ -130,10 +130,12 @@ func (s *Store) event(payload string, h relay.BusHandler) {
 			s.log.Warn("bus: malformed event", "kind", string(kind), "err", err)
 			return
 		}
-		h.Stored(relay.Message{
+		m := relay.Message{
 			Seq: seq, Key: string(f[0]), ID: string(f[2]), Recipient: string(f[3]),
 			StoredAt: time.UnixMicro(at), Ciphertext: rest,
-		}, kind[0] == 'R')
+		}
+		s.keys.add(m.ID, m.Key) // its ack, here, needs no lookup
+		h.Stored(m, kind[0] == 'R')
 	case "A":
 		h.RecipientAcked(string(rest))
 	case "C":

@@ -5,10 +5,11 @@
 //
 // Layout: everything stored for one subscription key lives under keys
 // tagged {<subscription key>} (see scripts.go), so one key's data is in one
-// hash slot. A put, with its idempotency, recipient and quota checks, is
-// one Lua script, atomic in Redis; so are an ack and each sweep step. Seq
-// comes from an INCR inside the put script: it increases per subscription
-// key in commit order and is never reused. The relay compares Seqs only
+// hash slot. A batch's puts to one key, each with its idempotency,
+// recipient and quota checks, are one Lua script, atomic in Redis; so are
+// its acks of one key and each sweep step. Seq comes from the key's
+// counter, read and advanced inside the put script: it increases per
+// subscription key in commit order and is never reused. The relay compares Seqs only
 // within one key (a replay reads one key; the hub's in-flight list is by
 // key and Seq), so a per-key Seq is all it needs.
 //
@@ -28,8 +29,10 @@
 //
 // Writes go through one writer goroutine, in call order: it takes what is
 // queued (up to Options.MaxBatch writes), looks up the message IDs in one
-// pipeline, runs the scripts in a second one (EVALSHA), and only then calls
-// early and sends the results. A result is as durable as Redis makes it:
+// pipeline (an ack of an ID whose key the instance remembers skips it),
+// runs the scripts in a second one (EVALSHA; one per key and kind of
+// write, see groupScripts), and only then calls early and sends the
+// results. A result is as durable as Redis makes it:
 // with appendonly yes and appendfsync always, Redis answers after its fsync.
 package redisstore
 
@@ -65,6 +68,11 @@ type Options struct {
 	// instance last confirmed it (a killed instance's peers expire after
 	// it). Default 60s; refreshed every third of it.
 	PresenceTTL time.Duration
+	// KeyCache is how many message IDs the store remembers the subscription
+	// key of (from its own puts and the other instances' bus events), so
+	// that an ack of a recent message needs no lookup of the ID index: one
+	// round trip to Redis instead of two. Default 32768 (a few MiB).
+	KeyCache int
 	// OnCommit, if set, is called from the writer after each batch, before
 	// its results are sent, with its size and how long it took.
 	OnCommit func(batch int, d time.Duration)
@@ -74,6 +82,7 @@ type Options struct {
 
 const (
 	defaultMaxBatch    = 512
+	defaultKeyCache    = 1 << 15
 	defaultPresenceTTL = 60 * time.Second
 	sweepKeys          = 100 // subscription keys per expiry-index read
 	sweepChunk         = 256 // messages per sweep script
@@ -99,6 +108,8 @@ type Store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the bus listener and the presence refresher
 
+	keys keyCache // message ID -> subscription key, recent ones
+
 	handler  atomic.Pointer[relay.BusHandler]
 	pmu      sync.Mutex
 	presence map[presenceKey]struct{} // local connections' presence, refreshed
@@ -119,6 +130,9 @@ func Open(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Store,
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = defaultMaxBatch
+	}
+	if opts.KeyCache <= 0 {
+		opts.KeyCache = defaultKeyCache
 	}
 	if opts.PresenceTTL <= 0 {
 		opts.PresenceTTL = defaultPresenceTTL
@@ -142,6 +156,7 @@ func Open(ctx context.Context, rdb redis.UniversalClient, opts Options) (*Store,
 		ops:             make(chan *op, 4*opts.MaxBatch),
 		done:            make(chan struct{}),
 		presence:        make(map[presenceKey]struct{}),
+		keys:            keyCache{max: opts.KeyCache, m: make(map[string]string)},
 	}
 	if err := s.loadScripts(ctx); err != nil {
 		return nil, fmt.Errorf("redisstore: %w", err)
@@ -246,25 +261,45 @@ func (s *Store) commit(batch []*op) {
 	defer cancel()
 
 	// 1. Where is each message ID stored? An ack needs the key; a put of
-	// an ID stored under another key is refused.
+	// an ID stored under another key is refused. An ack of an ID whose key
+	// is known (a put earlier in this batch, or remembered) skips the
+	// lookup; should the message not be there after all, step 3 looks it
+	// up and acks it again.
 	keys := make([]string, len(batch))
+	guessed := make([]bool, len(batch))
 	lookups := make([]*redis.StringCmd, len(batch))
-	pipe := s.rdb.Pipeline()
+	putKey := make(map[string]string) // ID -> key of a put earlier in this batch
+	var pipe redis.Pipeliner
 	for i, o := range batch {
 		id := o.id
 		if o.put != nil {
 			id = o.put.ID
+			putKey[id] = o.put.Key
+		} else if k, ok := putKey[id]; ok {
+			keys[i], guessed[i] = k, true
+			continue
+		} else if k, ok := s.keys.get(id); ok {
+			keys[i], guessed[i] = k, true
+			continue
+		}
+		if pipe == nil {
+			pipe = s.rdb.Pipeline()
 		}
 		lookups[i] = pipe.Get(ctx, s.indexKey(id))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		s.failBatch(batch, fmt.Errorf("redisstore: look up message IDs: %w", err))
-		return
+	if pipe != nil {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			s.failBatch(batch, fmt.Errorf("redisstore: look up message IDs: %w", err))
+			return
+		}
 	}
 	mismatch := make([]bool, len(batch))
-	putKey := make(map[string]string) // ID -> key of a put earlier in this batch
+	clear(putKey)
 	var checks []int
 	for i, o := range batch {
+		if lookups[i] == nil {
+			continue
+		}
 		k, err := lookups[i].Result()
 		if err != nil {
 			k = ""
@@ -299,8 +334,12 @@ func (s *Store) commit(batch []*op) {
 	}
 
 	// 2. The scripts, in call order, in one pipeline.
-	cmds, err := s.runScripts(ctx, batch, keys, mismatch)
+	res, err := s.runScripts(ctx, batch, keys, mismatch)
 	if err != nil {
+		s.failBatch(batch, err)
+		return
+	}
+	if err := s.ackAgain(ctx, batch, keys, guessed, res); err != nil {
 		s.failBatch(batch, err)
 		return
 	}
@@ -312,7 +351,7 @@ func (s *Store) commit(batch []*op) {
 	// results, in call order.
 	var notMessages, notBytes int64
 	for i, o := range batch {
-		if o.put != nil && !mismatch[i] && !storedBy(cmds[i]) {
+		if o.put != nil && !mismatch[i] && !storedBy(res[i]) {
 			notMessages++
 			notBytes += int64(len(o.put.Ciphertext))
 		}
@@ -327,86 +366,264 @@ func (s *Store) commit(batch []*op) {
 	}
 	for i, o := range batch {
 		if o.put != nil {
-			s.putResult(o, mismatch[i], cmds[i])
+			s.putResult(o, mismatch[i], res[i])
 		} else {
-			s.ackResult(o, cmds[i])
+			s.ackResult(o, res[i])
 		}
 	}
 }
 
+// ackAgain is step 3 of a commit: an ack sent to a key it was not looked
+// up for (a put earlier in the batch, or the key cache) that found no
+// message there is looked up in the ID index and, if the message is stored
+// under another key, run again there (replacing its result). Rare: the
+// message was swept and stored again for another recipient, or the put it
+// followed was refused.
+func (s *Store) ackAgain(ctx context.Context, batch []*op, keys []string, guessed []bool, res []*opRes) error {
+	var again []int
+	for i, o := range batch {
+		if r := res[i]; o.put == nil && guessed[i] && r != nil && r.err == nil {
+			if found, _ := r.vals[0].(int64); found == 0 {
+				again = append(again, i)
+			}
+		}
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Pipeline()
+	lookups := make([]*redis.StringCmd, len(again))
+	for j, i := range again {
+		s.keys.drop(batch[i].id)
+		lookups[j] = pipe.Get(ctx, s.indexKey(batch[i].id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("redisstore: look up message IDs: %w", err)
+	}
+	pipe = s.rdb.Pipeline()
+	var groups []*scriptGroup
+	for j, i := range again {
+		k, err := lookups[j].Result()
+		if err != nil || k == "" || k == keys[i] {
+			continue
+		}
+		keys[i] = k
+		g := &scriptGroup{key: k, ops: []int{i}}
+		s.queueAcks(ctx, pipe, batch, g)
+		groups = append(groups, g)
+	}
+	if len(groups) == 0 {
+		return nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && isConnErr(err) {
+		return fmt.Errorf("redisstore: write: %w", err)
+	}
+	for _, g := range groups {
+		spread(g, res)
+	}
+	return nil
+}
+
+// keyCache remembers the subscription key of recent message IDs, the
+// oldest forgotten first. Safe for concurrent use (the writer and the bus
+// listener).
+type keyCache struct {
+	mu   sync.Mutex
+	max  int
+	m    map[string]string
+	ring []string // IDs in the order they were added; ring[next] is the oldest once full
+	next int
+}
+
+func (c *keyCache) get(id string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, ok := c.m[id]
+	return k, ok
+}
+
+func (c *keyCache) add(id, key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[id]; ok {
+		c.m[id] = key
+		return
+	}
+	if len(c.ring) < c.max {
+		c.ring = append(c.ring, id)
+	} else {
+		delete(c.m, c.ring[c.next]) // may forget a re-added ID early: a lookup then
+		c.ring[c.next] = id
+		c.next = (c.next + 1) % c.max
+	}
+	c.m[id] = key
+}
+
+func (c *keyCache) drop(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, id)
+}
+
+// opRes is the outcome of one write's part of a script: its values (a
+// putStride or ackStride slice of the script's reply) or the script's
+// error.
+type opRes struct {
+	vals []any
+	err  error
+}
+
 // storedBy reports whether a put script stored a new message.
-func storedBy(cmd *redis.Cmd) bool {
-	vals, err := cmd.Slice()
-	if err != nil || len(vals) == 0 {
+func storedBy(r *opRes) bool {
+	if r == nil || r.err != nil || len(r.vals) == 0 {
 		return false
 	}
-	st, _ := vals[0].(int64)
+	st, _ := r.vals[0].(int64)
 	return st == 0
 }
 
-// runScripts runs the batch's scripts in one pipeline. cmds[i] is nil for
+// scriptGroup is one script call of a batch: consecutive writes of one
+// kind (puts, or acks) to one subscription key. A key's writes of the
+// other kind in between start a new group, so that each key sees its
+// writes in call order; writes to different keys touch nothing in common.
+type scriptGroup struct {
+	put bool
+	key string
+	ops []int // indexes in the batch, in call order
+	cmd *redis.Cmd
+}
+
+// groupScripts groups the batch's writes that run a script (see
+// scriptGroup), in the order of each group's first write.
+func groupScripts(batch []*op, keys []string, mismatch []bool) []*scriptGroup {
+	var groups []*scriptGroup
+	open := make(map[string]*scriptGroup)
+	for i, o := range batch {
+		key, put := keys[i], o.put != nil
+		if put {
+			if mismatch[i] {
+				continue
+			}
+			key = o.put.Key
+		} else if key == "" {
+			continue
+		}
+		g := open[key]
+		if g == nil || g.put != put {
+			g = &scriptGroup{put: put, key: key}
+			groups = append(groups, g)
+			open[key] = g
+		}
+		g.ops = append(g.ops, i)
+	}
+	return groups
+}
+
+// queuePuts queues on pipe what a group of puts writes: the ID index and
+// hand-off entries, the key in the expiry index, and the put script.
+func (s *Store) queuePuts(ctx context.Context, pipe redis.Pipeliner, batch []*op, g *scriptGroup) {
+	p := s.prefix(g.key)
+	q := s.opts.Quota
+	// The earliest of the group's times (ZADD LT keeps the smallest).
+	now := batch[g.ops[0]].now
+	for _, i := range g.ops {
+		now = min(now, batch[i].now)
+	}
+	pipe.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(now), Member: g.key}}})
+	args := make([]any, 0, 6+4*len(g.ops))
+	args = append(args, p, q.MaxMessages, q.MaxBytes, s.channel, s.inst, g.key)
+	for _, i := range g.ops {
+		o := batch[i]
+		m := o.put
+		pipe.Set(ctx, s.indexKey(m.ID), m.Key, 0)
+		handoff := ""
+		if o.handoff {
+			// The index first: it may name a hand-off that is not
+			// pending (a claim drops it), never miss one.
+			handoff = "1"
+			pipe.ZAddArgs(ctx, s.handoffKey, redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: float64(o.due), Member: handoffEntry(m.Key, m.ID)}}})
+		}
+		args = append(args, m.ID, m.Recipient, m.Ciphertext, handoff)
+	}
+	g.cmd = putScript.EvalSha(ctx, pipe, []string{p + "m"}, args...)
+}
+
+// queueAcks queues on pipe the ack script of a group of acks.
+func (s *Store) queueAcks(ctx context.Context, pipe redis.Pipeliner, batch []*op, g *scriptGroup) {
+	p := s.prefix(g.key)
+	args := make([]any, 0, 3+3*len(g.ops))
+	args = append(args, p, s.channel, s.inst)
+	for _, i := range g.ops {
+		o := batch[i]
+		tag, peer := "u:"+o.sub.ID, ""
+		if o.sub.Peer {
+			tag, peer = "p:"+o.sub.ID, o.sub.ID
+		}
+		args = append(args, o.id, tag, peer)
+	}
+	g.cmd = ackScript.EvalSha(ctx, pipe, []string{p + "m"}, args...)
+}
+
+// spread gives each write of g its part of the group's reply.
+func spread(g *scriptGroup, res []*opRes) {
+	stride := ackStride
+	if g.put {
+		stride = putStride
+	}
+	vals, err := g.cmd.Slice()
+	if err == nil && len(vals) != stride*len(g.ops) {
+		err = fmt.Errorf("script returned %d values for %d writes", len(vals), len(g.ops))
+	}
+	for j, i := range g.ops {
+		if err != nil {
+			res[i] = &opRes{err: err}
+			continue
+		}
+		res[i] = &opRes{vals: vals[j*stride : (j+1)*stride]}
+	}
+}
+
+// runScripts runs the batch's scripts in one pipeline. res[i] is nil for
 // a write decided without a script. If Redis has lost its script cache (a
 // restart, a failover) before any of them ran, it loads them and retries.
-func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mismatch []bool) ([]*redis.Cmd, error) {
+func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mismatch []bool) ([]*opRes, error) {
+	groups := groupScripts(batch, keys, mismatch)
 	for attempt := 0; ; attempt++ {
 		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(batch))
 		// The totals count every put as stored; putResult takes back the
 		// ones that were not (republishes, refusals) before any result is
 		// sent, so Stats is exact once a result is out.
 		var puts, bytes int64
-		for i, o := range batch {
-			if o.put != nil {
-				if mismatch[i] {
-					continue
-				}
-				m := o.put
-				p := s.prefix(m.Key)
+		for _, g := range groups {
+			if !g.put {
+				s.queueAcks(ctx, pipe, batch, g)
+				continue
+			}
+			for _, i := range g.ops {
 				puts++
-				bytes += int64(len(m.Ciphertext))
-				pipe.ZAddArgs(ctx, s.expiryKey, redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(o.now), Member: m.Key}}})
-				pipe.Set(ctx, s.indexKey(m.ID), m.Key, 0)
-				q := s.opts.Quota
-				handoff := ""
-				if o.handoff {
-					// The index first: it may name a hand-off that is
-					// not pending (a claim drops it), never miss one.
-					handoff = "1"
-					pipe.ZAddArgs(ctx, s.handoffKey, redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: float64(o.due), Member: handoffEntry(m.Key, m.ID)}}})
-				}
-				cmds[i] = putScript.EvalSha(ctx, pipe, []string{p + "m"},
-					p, m.ID, m.Recipient, m.Ciphertext, q.MaxMessages, q.MaxBytes, s.channel, s.inst, m.Key, handoff)
-				continue
+				bytes += int64(len(batch[i].put.Ciphertext))
 			}
-			if keys[i] == "" {
-				continue
-			}
-			p := s.prefix(keys[i])
-			tag, peer := "u:"+o.sub.ID, ""
-			if o.sub.Peer {
-				tag, peer = "p:"+o.sub.ID, o.sub.ID
-			}
-			cmds[i] = ackScript.EvalSha(ctx, pipe, []string{p + "m"}, p, o.id, tag, peer, s.channel, s.inst)
+			s.queuePuts(ctx, pipe, batch, g)
 		}
 		if puts > 0 {
 			pipe.HIncrBy(ctx, s.totalsKey, "messages", puts)
 			pipe.HIncrBy(ctx, s.totalsKey, "bytes", bytes)
 		}
 		_, err := pipe.Exec(ctx)
+		res := make([]*opRes, len(batch))
 		if err == nil || errors.Is(err, redis.Nil) {
-			return cmds, nil
-		}
-		noScript, ran := 0, 0
-		for _, c := range cmds {
-			if c == nil {
-				continue
+			for _, g := range groups {
+				spread(g, res)
 			}
-			ran++
-			if e := c.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
+			return res, nil
+		}
+		noScript := 0
+		for _, g := range groups {
+			if e := g.cmd.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
 				noScript++
 			}
 		}
-		if attempt == 0 && noScript > 0 && noScript == ran {
+		if attempt == 0 && noScript > 0 && noScript == len(groups) {
 			s.log.Warn("Redis lost the scripts (restarted or failed over): loading them again")
 			if puts > 0 { // counted, but nothing ran
 				pipe := s.rdb.Pipeline()
@@ -421,9 +638,12 @@ func (s *Store) runScripts(ctx context.Context, batch []*op, keys []string, mism
 			}
 			continue
 		}
-		if noScript == 0 && ran > 0 && !isConnErr(err) {
-			// Script errors are per command: report each with its write.
-			return cmds, nil
+		if noScript == 0 && len(groups) > 0 && !isConnErr(err) {
+			// Script errors are per call: report each with its writes.
+			for _, g := range groups {
+				spread(g, res)
+			}
+			return res, nil
 		}
 		return nil, fmt.Errorf("redisstore: write: %w", err)
 	}
@@ -447,17 +667,21 @@ func (s *Store) failBatch(batch []*op, err error) {
 	}
 }
 
-func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
+func (s *Store) putResult(o *op, mismatch bool, r *opRes) {
 	m := *o.put
 	if mismatch {
 		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %w", m.ID, relay.ErrRecipientMismatch)}
 		return
 	}
-	vals, err := cmd.Slice()
-	if err != nil || len(vals) < 5 {
-		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %v (%d values)", m.ID, err, len(vals))}
+	if r == nil || r.err != nil {
+		var err error
+		if r != nil {
+			err = r.err
+		}
+		o.pres <- relay.PutResult{Err: fmt.Errorf("redisstore: put %s: %v", m.ID, err)}
 		return
 	}
+	vals := r.vals
 	status, _ := vals[0].(int64)
 	switch status {
 	case -1:
@@ -473,27 +697,25 @@ func (s *Store) putResult(o *op, mismatch bool, cmd *redis.Cmd) {
 	acked, _ := vals[3].(int64)
 	online, _ := vals[4].(int64)
 	m.Seq, m.StoredAt = seq, time.UnixMicro(at)
-	r := relay.PutResult{Message: m, Existing: status == 1, RecipientAcked: acked == 1, RecipientOnline: online == 1}
-	if len(vals) > 5 {
-		hs, _ := vals[5].(int64)
-		r.Handoff = relay.HandoffState(hs)
-	}
+	s.keys.add(m.ID, m.Key)
+	hs, _ := vals[5].(int64)
+	res := relay.PutResult{Message: m, Existing: status == 1, RecipientAcked: acked == 1, RecipientOnline: online == 1, Handoff: relay.HandoffState(hs)}
 	if o.early != nil {
-		o.early(r)
+		o.early(res)
 	}
-	o.pres <- r
+	o.pres <- res
 }
 
-func (s *Store) ackResult(o *op, cmd *redis.Cmd) {
-	if cmd == nil {
+func (s *Store) ackResult(o *op, r *opRes) {
+	if r == nil {
 		o.ares <- relay.AckResult{}
 		return
 	}
-	vals, err := cmd.Slice()
-	if err != nil || len(vals) != 3 {
-		o.ares <- relay.AckResult{Err: fmt.Errorf("redisstore: ack %s: %v", o.id, err)}
+	if r.err != nil {
+		o.ares <- relay.AckResult{Err: fmt.Errorf("redisstore: ack %s: %v", o.id, r.err)}
 		return
 	}
+	vals := r.vals
 	found, _ := vals[0].(int64)
 	by, _ := vals[1].(int64)
 	rcpt, _ := vals[2].(string)
@@ -605,6 +827,7 @@ func (s *Store) sweepKey(ctx context.Context, key, lim string) (int, error) {
 			pipe.HIncrBy(ctx, s.totalsKey, "bytes", -bytes)
 			for _, v := range vals[3:] {
 				id, _ := v.(string)
+				s.keys.drop(id)
 				dropIndexScript.Eval(ctx, pipe, []string{s.indexKey(id)}, key) // Eval: a pipeline cannot fall back on NOSCRIPT
 				// Its hand-off went with it (the sweep script).
 				pipe.ZRem(ctx, s.handoffKey, handoffEntry(key, id))

@@ -33,84 +33,175 @@ local function meta(v)
 end
 `
 
-// putScript: ARGV = P, id, recipient, ciphertext, max messages, max bytes,
-// bus channel ("" for none), instance, subscription key, hand-off ("1":
-// record a pending hand-off unless the recipient acked or it has one).
-// Returns {status, seq, storedAt, recipientAcked, recipientOnline,
-// hand-off state (0 none, 1 pending, 2 done; 0 without ARGV[10])}:
+// putScript stores the messages of one batch that go to one subscription
+// key, in order, as one script (each in turn as if stored alone, with its
+// idempotency, recipient and quota checks). ARGV = P, max messages, max
+// bytes, bus channel ("" for none), instance, subscription key, then for
+// each message: id, recipient, ciphertext, hand-off ("1": record a
+// pending hand-off unless the recipient acked or it has one). Returns, for
+// each message, {status, seq, storedAt, recipientAcked, recipientOnline,
+// hand-off state (0 none, 1 pending, 2 done; 0 without a hand-off)}:
 // status 0 stored, 1 existing, -1 over quota (seq, storedAt = usage n, b),
-// -2 stored for another recipient.
+// -2 stored for another recipient. One script for many messages spares
+// Redis a script call, and the reads of the key's usage, presence and
+// clock, per message: most of what a message cost it. The new messages
+// are written at the end, each structure with one command (in chunks
+// under Lua's unpack limit), and the bus events published after them, in
+// order: no event announces a write that did not happen.
 var putScript = redis.NewScript(luaMeta + luaHandoff + `
-local P, id, rcpt, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ch, inst, key = ARGV[7], ARGV[8], ARGV[9]
-local online = redis.call('EXISTS', P..'o:'..rcpt)
-local v = redis.call('HGET', KEYS[1], id)
-if v then
-  local seq, at, size, r0 = meta(v)
-  if r0 ~= rcpt then return {-2, '0', '0', 0, 0} end
-  local acked = 1
-  if redis.call('ZSCORE', P..'u:'..rcpt, id) then acked = 0 end
-  if acked == 0 and ch ~= '' then
-    redis.call('PUBLISH', ch, 'R\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct)
-  end
-  local hs = 0
-  if ARGV[10] == '1' then
-    if acked == 0 then redis.call('HSETNX', P..'h', id, 'p 0') end
-    hs = handoffState(redis.call('HGET', P..'h', id))
-  end
-  return {1, seq, at, acked, online, hs}
-end
-local size = string.len(ct)
-local maxN, maxB = tonumber(ARGV[5]), tonumber(ARGV[6])
+local P, ch, inst, key = ARGV[1], ARGV[4], ARGV[5], ARGV[6]
+local maxN, maxB = tonumber(ARGV[2]), tonumber(ARGV[3])
+local n, b = 0, 0
 if maxN > 0 or maxB > 0 then
   local u = redis.call('HMGET', P..'s', 'n', 'b')
-  local n, b = tonumber(u[1] or '0'), tonumber(u[2] or '0')
-  if (maxN > 0 and n + 1 > maxN) or (maxB > 0 and b + size > maxB) then
-    return {-1, tostring(n), tostring(b), 0, 0}
-  end
+  n, b = tonumber(u[1] or '0'), tonumber(u[2] or '0')
 end
-local seq = string.format('%d', redis.call('INCR', P..'n'))
+local dn, db = 0, 0
+local online = {}
 local tm = redis.call('TIME')
 local at = tm[1]..string.format('%06d', tonumber(tm[2]))
-redis.call('HSET', KEYS[1], id, seq..' '..at..' '..size..' '..rcpt)
-redis.call('HSET', P..'b', id, ct)
-redis.call('ZADD', P..'q', seq, id)
-redis.call('ZADD', P..'t', at, id)
-redis.call('ZADD', P..'u:'..rcpt, seq, id)
-redis.call('HINCRBY', P..'s', 'n', 1)
-redis.call('HINCRBY', P..'s', 'b', size)
-if ch ~= '' then
-  redis.call('PUBLISH', ch, 'M\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct)
+local last = tonumber(redis.call('GET', P..'n') or '0')
+-- The group's new messages are written at the end, each command once
+-- with all of them; new holds their entries meanwhile, so that a
+-- republish later in the group finds them.
+local new, newHandoff = {}, {}
+local mA, bA, qA, tA, uA, hA = {}, {}, {}, {}, {}, {}
+local ev = {} -- the bus events, published in order once everything is written
+local out = {}
+for i = 7, #ARGV, 4 do
+  local id, rcpt, ct, ho = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local on = online[rcpt]
+  if on == nil then
+    on = redis.call('EXISTS', P..'o:'..rcpt)
+    online[rcpt] = on
+  end
+  local v = new[id]
+  local fresh = v ~= nil
+  if not fresh then v = redis.call('HGET', KEYS[1], id) end
+  if v then
+    local seq, at0, size, r0 = meta(v)
+    if r0 ~= rcpt then
+      out[#out + 1] = -2; out[#out + 1] = '0'; out[#out + 1] = '0'
+      out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = 0
+    else
+      local acked = 0 -- a message new in this group has no ack yet
+      if not fresh and not redis.call('ZSCORE', P..'u:'..rcpt, id) then acked = 1 end
+      if acked == 0 and ch ~= '' then
+        ev[#ev + 1] = 'R\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at0..'\n'..ct
+      end
+      local hs = 0
+      if ho == '1' then
+        if fresh then
+          if not newHandoff[id] then
+            newHandoff[id] = true
+            hA[#hA + 1] = id; hA[#hA + 1] = 'p 0'
+          end
+          hs = 1
+        else
+          if acked == 0 then redis.call('HSETNX', P..'h', id, 'p 0') end
+          hs = handoffState(redis.call('HGET', P..'h', id))
+        end
+      end
+      out[#out + 1] = 1; out[#out + 1] = seq; out[#out + 1] = at0
+      out[#out + 1] = acked; out[#out + 1] = on; out[#out + 1] = hs
+    end
+  else
+    local size = string.len(ct)
+    if (maxN > 0 and n + 1 > maxN) or (maxB > 0 and b + size > maxB) then
+      out[#out + 1] = -1; out[#out + 1] = tostring(n); out[#out + 1] = tostring(b)
+      out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = 0
+    else
+      last = last + 1
+      local seq = string.format('%d', last)
+      local m = seq..' '..at..' '..size..' '..rcpt
+      new[id] = m
+      mA[#mA + 1] = id; mA[#mA + 1] = m
+      bA[#bA + 1] = id; bA[#bA + 1] = ct
+      qA[#qA + 1] = seq; qA[#qA + 1] = id
+      tA[#tA + 1] = at; tA[#tA + 1] = id
+      local ua = uA[rcpt]
+      if ua == nil then ua = {}; uA[rcpt] = ua end
+      ua[#ua + 1] = seq; ua[#ua + 1] = id
+      n, b, dn, db = n + 1, b + size, dn + 1, db + size
+      if ch ~= '' then
+        ev[#ev + 1] = 'M\n'..inst..'\n'..key..'\n'..seq..'\n'..id..'\n'..rcpt..'\n'..at..'\n'..ct
+      end
+      local hs = 0
+      if ho == '1' then
+        newHandoff[id] = true
+        hA[#hA + 1] = id; hA[#hA + 1] = 'p 0'
+        hs = 1
+      end
+      out[#out + 1] = 0; out[#out + 1] = seq; out[#out + 1] = at
+      out[#out + 1] = 0; out[#out + 1] = on; out[#out + 1] = hs
+    end
+  end
 end
-local hs = 0
-if ARGV[10] == '1' then
-  redis.call('HSET', P..'h', id, 'p 0')
-  hs = 1
+-- cmd key a1 a2 ... in chunks of whole pairs (unpack has a limit).
+local function bulk(cmd, k, args)
+  local i = 1
+  while i <= #args do
+    local j = math.min(i + 999, #args)
+    redis.call(cmd, k, unpack(args, i, j))
+    i = j + 1
+  end
 end
-return {0, seq, at, 0, online, hs}
+if dn > 0 then
+  redis.call('SET', P..'n', string.format('%d', last))
+  bulk('HSET', KEYS[1], mA)
+  bulk('HSET', P..'b', bA)
+  bulk('ZADD', P..'q', qA)
+  bulk('ZADD', P..'t', tA)
+  for r, ua in pairs(uA) do bulk('ZADD', P..'u:'..r, ua) end
+  redis.call('HINCRBY', P..'s', 'n', dn)
+  redis.call('HINCRBY', P..'s', 'b', db)
+end
+bulk('HSET', P..'h', hA)
+for _, e in ipairs(ev) do redis.call('PUBLISH', ch, e) end
+return out
 `)
 
-// ackScript: ARGV = P, id, acker tag, peer ID when the subscriber is a
-// peer (else ""), bus channel, instance.
-// Returns {found, byRecipient, recipient}.
+// putStride is how many values putScript returns per message.
+const putStride = 6
+
+// ackScript records the acks of one batch of messages stored under one
+// subscription key, in order. ARGV = P, bus channel, instance, then for
+// each ack: id, acker tag, peer ID when the subscriber is a peer (else "").
+// Returns, for each ack, {found, byRecipient, recipient}.
 var ackScript = redis.NewScript(luaMeta + `
-local P, id = ARGV[1], ARGV[2]
-local v = redis.call('HGET', KEYS[1], id)
-if not v then return {0, 0, ''} end
-local seq, at, size, rcpt = meta(v)
-if ARGV[4] ~= '' and ARGV[4] == rcpt then
-  if redis.call('ZREM', P..'u:'..rcpt, id) == 1 then
-    redis.call('HINCRBY', P..'s', 'n', -1)
-    redis.call('HINCRBY', P..'s', 'b', 0 - size)
+local P, ch, inst = ARGV[1], ARGV[2], ARGV[3]
+local dn, db = 0, 0
+local out = {}
+for i = 4, #ARGV, 3 do
+  local id, tag, peer = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local v = redis.call('HGET', KEYS[1], id)
+  if not v then
+    out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = ''
+  else
+    local seq, at, size, rcpt = meta(v)
+    if peer ~= '' and peer == rcpt then
+      if redis.call('ZREM', P..'u:'..rcpt, id) == 1 then
+        dn, db = dn + 1, db + size
+      end
+      if ch ~= '' then
+        redis.call('PUBLISH', ch, 'A\n'..inst..'\n'..id)
+      end
+      out[#out + 1] = 1; out[#out + 1] = 1; out[#out + 1] = rcpt
+    else
+      redis.call('SADD', P..'a:'..id, tag)
+      out[#out + 1] = 1; out[#out + 1] = 0; out[#out + 1] = rcpt
+    end
   end
-  if ARGV[5] ~= '' then
-    redis.call('PUBLISH', ARGV[5], 'A\n'..ARGV[6]..'\n'..id)
-  end
-  return {1, 1, rcpt}
 end
-redis.call('SADD', P..'a:'..id, ARGV[3])
-return {1, 0, rcpt}
+if dn > 0 then
+  redis.call('HINCRBY', P..'s', 'n', 0 - dn)
+  redis.call('HINCRBY', P..'s', 'b', 0 - db)
+end
+return out
 `)
+
+// ackStride is how many values ackScript returns per ack.
+const ackStride = 3
 
 // sweepScript: ARGV = P, exclusive cutoff (µs), limit. Deletes up to limit
 // messages stored before the cutoff with everything kept for them.

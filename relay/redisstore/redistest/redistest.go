@@ -109,6 +109,9 @@ func (s *Server) start() {
 	}
 }
 
+// Pid is the process ID of the running server (to read its CPU time).
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Addr is the server's TCP address (Options.TCP).
 func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 
