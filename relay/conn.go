@@ -404,10 +404,7 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 	} else {
 		c.srv.logClient(c.log, "subscribed", []any{"key", c.key}, "level", 1)
 	}
-	// SubscribeOK is queued before the hub knows the connection: nothing
-	// can come before it.
-	c.send(wire.SubscribeOK)
-	if old := c.srv.hub.subscribe(c); old != nil {
+	if old := c.srv.hub.subscribe(c, func() { c.send(wire.SubscribeOK) }); old != nil {
 		old.closeWith(wire.CloseReplaced, "replaced by a newer connection of the same peer", false, "replaced")
 	}
 	c.srv.metrics.subscriptions.WithLabelValues(c.levelLabel()).Inc()

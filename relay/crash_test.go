@@ -29,7 +29,7 @@ const childDBEnv = "COURIER_RELAY_TEST_CHILD_DB"
 // TestMain runs the test binary as a child relay when the environment
 // asks for one (crash test, idle-connection benchmark).
 func TestMain(m *testing.M) {
-	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild, redisBenchChildEnv: runRedisBenchChild, abuseChildEnv: runAbuseChild} {
+	for env, child := range map[string]func(string) error{childDBEnv: runChild, idleChildEnv: runIdleChild, benchChildEnv: runBenchChild, redisBenchChildEnv: runRedisBenchChild, abuseChildEnv: runAbuseChild, spinEnv: runSpinChild} {
 		if path := os.Getenv(env); path != "" {
 			err := child(path)
 			fmt.Fprintln(os.Stderr, "child relay:", err)

@@ -119,12 +119,17 @@ func (h *hub) goLive(c *conn, after int64, force bool) bool {
 	return true
 }
 
-// subscribe registers c, in replay mode (see conn.deliver). For a level-2
-// connection it returns the older connection of the same peer, which the
-// caller closes.
-func (h *hub) subscribe(c *conn) (replaced *conn) {
+// subscribe registers c, in replay mode (see conn.deliver), and calls
+// first while no message can reach c: the subscribe answer goes into c's
+// queue then, ahead of any push, and a client that has read it is already
+// known to every publish (which looks at the hub under the same lock), so
+// a publish made after it is never answered "not connected". For a
+// level-2 connection it returns the older connection of the same peer,
+// which the caller closes.
+func (h *hub) subscribe(c *conn, first func()) (replaced *conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	first()
 	if c.sub.Peer {
 		replaced = h.byPeer[c.sub.ID]
 		h.byPeer[c.sub.ID] = c
