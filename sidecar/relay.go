@@ -286,14 +286,48 @@ const anonymousUserIDKey = "anonymous_user_id"
 // subscription: 16 random bytes in hex, made the first time and kept in
 // the store, so that the relay's acks for it hold across reconnects and
 // restarts. It is not derived from the peer ID and says nothing of it.
+//
+// A stored value that is not such a string (an empty or hand-edited row,
+// a peer ID, which would name the node) is replaced by a new one and
+// logged: upstream refuses it, and the link would otherwise stay
+// "connecting" for good, with every message waiting. The new userID has
+// acked nothing, so the relay replays what is stored under the key (at
+// most its anonymous replay bound); the inbox drops the IDs it has.
 func (e *Engine) anonymousUserID(ctx context.Context) (string, error) {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	id, err := e.q.MetaOrInit(ctx, anonymousUserIDKey, hex.EncodeToString(b[:]))
+	id, err := e.q.MetaOrInit(ctx, anonymousUserIDKey, newUserID())
 	if err != nil {
 		return "", fmt.Errorf("anonymous userID: %w", err)
 	}
+	if validUserID(id) {
+		return id, nil
+	}
+	id = newUserID()
+	if err := e.q.SetMeta(ctx, anonymousUserIDKey, id); err != nil {
+		return "", fmt.Errorf("anonymous userID: replace a damaged one: %w", err)
+	}
+	e.log.Warn("the stored anonymous userID was damaged; made a new one (the relay replays what is stored under the key)")
 	return id, nil
+}
+
+// newUserID returns 16 random bytes in lowercase hex.
+func newUserID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// validUserID reports whether id is what newUserID makes: 32 lowercase
+// hex digits (never a peer ID, always accepted by a relay).
+func validUserID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // onRelayError counts an {"error": …} the relay sent outside the

@@ -288,3 +288,19 @@ func (q *Queue) MetaOrInit(ctx context.Context, key, init string) (string, error
 	}
 	return value, nil
 }
+
+// SetMeta stores value under key in the sidecar's own settings (the meta
+// table), replacing what was there, and returns after the commit.
+func (q *Queue) SetMeta(ctx context.Context, key, value string) error {
+	if key == "" || value == "" {
+		return fmt.Errorf("meta: %w: key and value must not be empty", ErrInvalid)
+	}
+	err := q.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("meta %s: %w", key, err)
+	}
+	return nil
+}
