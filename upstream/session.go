@@ -27,6 +27,13 @@ type session struct {
 	maxMessageBytes int  // the relay's limit, 0 if unknown; set before the session is shared
 	level1          bool // an anonymous level-1 session: no refs, no PublishResults; set before the session is shared
 
+	// held counts the ciphertext bytes read and not yet acked (in
+	// inbound or in Handle's batch), bounded by cfg.MaxInboundBytes; the
+	// reader waits on freed when over it.
+	heldMu sync.Mutex
+	held   int64
+	freed  chan struct{}
+
 	mu      sync.Mutex
 	closed  bool
 	nextRef uint64
@@ -38,6 +45,7 @@ func newSession(c *Client, conn *websocket.Conn) *session {
 		c:       c,
 		conn:    conn,
 		inbound: make(chan Inbound, 4*c.cfg.MaxInboundBatch),
+		freed:   make(chan struct{}, 1),
 		pending: make(map[string]chan Result),
 	}
 }
@@ -166,6 +174,9 @@ func (s *session) read(ctx context.Context) error {
 				log.Warn("relay delivered a malformed message; not acking it", "id", f.Delivery.ID)
 				continue
 			}
+			if err := s.hold(ctx, int64(len(ct))); err != nil {
+				return err
+			}
 			select {
 			case s.inbound <- Inbound{ID: f.Delivery.ID, Ciphertext: ct}:
 			case <-ctx.Done():
@@ -184,12 +195,43 @@ func (s *session) read(ctx context.Context) error {
 	}
 }
 
+// hold waits until n more bytes fit in cfg.MaxInboundBytes (or nothing
+// is held), then counts them as held.
+func (s *session) hold(ctx context.Context, n int64) error {
+	for {
+		s.heldMu.Lock()
+		if s.held == 0 || s.held+n <= s.c.cfg.MaxInboundBytes {
+			s.held += n
+			s.heldMu.Unlock()
+			return nil
+		}
+		s.heldMu.Unlock()
+		select {
+		case <-s.freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// release gives back n held bytes and wakes the reader if it waits.
+func (s *session) release(n int64) {
+	s.heldMu.Lock()
+	s.held -= n
+	s.heldMu.Unlock()
+	select {
+	case s.freed <- struct{}{}:
+	default:
+	}
+}
+
 // handleInbound hands inbound messages to the Handler in batches, in order,
 // and acks each only after the handler returned nil.
 func (s *session) handleInbound(ctx context.Context) error {
 	max := s.c.cfg.MaxInboundBatch
 	batch := make([]Inbound, 0, max)
 	for {
+		clear(batch) // the last batch's ciphertexts are released: not kept alive here
 		batch = batch[:0]
 		select {
 		case m := <-s.inbound:
@@ -209,12 +251,15 @@ func (s *session) handleInbound(ctx context.Context) error {
 		if err := s.c.cfg.Handle(ctx, batch); err != nil {
 			return fmt.Errorf("inbound handler: %w", err)
 		}
+		var size int64
 		for _, m := range batch {
 			ack := wire.ClientFrameBytes(wire.TypeAck, wire.Ack{MessageID: m.ID})
 			if err := s.c.write(ctx, s.conn, ack); err != nil {
 				return fmt.Errorf("write ack: %w", err)
 			}
+			size += int64(len(m.Ciphertext))
 		}
+		s.release(size)
 	}
 }
 

@@ -162,6 +162,14 @@ type Config struct {
 	WriteTimeout     time.Duration // per frame write; default 10s
 	MaxFrameBytes    int64         // read limit; default wire.MaxFrameBytes(16 MiB)
 	MaxInboundBatch  int           // messages handed to Handle at once; default 256
+	// MaxInboundBytes bounds the ciphertext bytes received and not yet
+	// acked (read from the connection, waiting for Handle or in its
+	// batch); default 32 MiB. Beyond it the reader stops reading until
+	// Handle has taken some (back-pressure on the relay, which holds the
+	// rest), so a relay, or peers flooding a shared subscription key,
+	// cannot make the client hold more. One message larger than the
+	// bound is still taken when nothing else is held.
+	MaxInboundBytes int64
 }
 
 func (c *Config) setDefaults() {
@@ -182,6 +190,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxInboundBatch <= 0 {
 		c.MaxInboundBatch = 256
+	}
+	if c.MaxInboundBytes <= 0 {
+		c.MaxInboundBytes = 32 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
