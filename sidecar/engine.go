@@ -65,6 +65,7 @@ type Engine struct {
 	// commits it left running after an early ack, and whether the pusher
 	// found the endpoint down.
 	claims       claims
+	directBytes  atomic.Int64 // ciphertext bytes of the claimed messages, held in memory
 	direct       sync.WaitGroup
 	directLast   atomic.Pointer[directRun]
 	endpointDown atomic.Bool
@@ -90,6 +91,9 @@ type Options struct {
 	// beforeInboxWrite, tests only (export_test.go): see
 	// queue.Options.BeforeInboxWrite.
 	beforeInboxWrite func()
+	// maxDirectBytes, tests only (export_test.go): the bound of the
+	// inbound ciphertext pushed directly at once; default maxDirectBytes.
+	maxDirectBytes int64
 }
 
 // New opens the outbox and inbox at cfg.Store.Path. cfg must be valid.
@@ -114,6 +118,9 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Engine, error) {
 	}
 	if opts.PruneEvery <= 0 {
 		opts.PruneEvery = 5 * time.Minute
+	}
+	if opts.maxDirectBytes <= 0 {
+		opts.maxDirectBytes = maxDirectBytes
 	}
 	q, err := queue.Open(cfg.Store.Path, queue.Options{Synchronous: cfg.Store.Synchronous, Logger: logger, BeforeInboxWrite: opts.beforeInboxWrite})
 	if err != nil {

@@ -18,3 +18,14 @@ func WithInboxHook(opts Options, hook func()) Options {
 	opts.beforeInboxWrite = hook
 	return opts
 }
+
+// WithMaxDirectBytes returns opts with the bound of the inbound ciphertext
+// pushed directly to the node at once set to n.
+func WithMaxDirectBytes(opts Options, n int64) Options {
+	opts.maxDirectBytes = n
+	return opts
+}
+
+// DirectClaimed is how many inbound messages are being pushed directly
+// to the node, held in memory.
+func (e *Engine) DirectClaimed() int { return e.claims.count() }

@@ -55,8 +55,15 @@ func (e *Engine) arrived(created []bool) {
 }
 
 // maxDirect bounds the inbound messages being pushed directly at once
-// (held in memory, ciphertext and all, until the node has them).
-const maxDirect = 1024
+// (held in memory, ciphertext and all, until the node has them), and
+// maxDirectBytes their ciphertext bytes (Options.maxDirectBytes in tests):
+// a slow node that keeps taking messages must not make the sidecar hold
+// a thousand large ones (GiBs at the relay's 4 MiB limit). Beyond either,
+// batches wait in the inbox, on disk.
+const (
+	maxDirect      = 1024
+	maxDirectBytes = 64 << 20
+)
 
 // directOK reports whether a batch may go to the node before its commit:
 // the endpoint is not down, no message waits in the inbox ahead of it
@@ -70,6 +77,9 @@ func (e *Engine) directOK(ctx context.Context, in []queue.NewInbound) bool {
 	claimed := e.claims.count()
 	if claimed+len(in) > maxDirect {
 		return false // a slow node: the rest waits in the inbox, not in memory
+	}
+	if held := e.directBytes.Load(); held > 0 && held+inboundBytes(in) > e.opts.maxDirectBytes {
+		return false // likewise
 	}
 	ahead, err := e.q.PendingInbound(ctx, farFuture, 0, claimed+1)
 	if err != nil {
@@ -103,6 +113,8 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 		ids[i] = m.ID
 	}
 	e.claims.add(ids)
+	size := inboundBytes(in)
+	e.directBytes.Add(size)
 	var (
 		created   []bool
 		commitErr error
@@ -156,6 +168,7 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 		<-committed
 		<-pushed
 		e.finishDirect(ctx, ids, created, commitErr, took, stopErr)
+		e.directBytes.Add(-size)
 		close(run.released)
 	}()
 	select {
@@ -174,6 +187,14 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 		return fmt.Errorf("store inbound: %w", commitErr)
 	}
 	return nil
+}
+
+// inboundBytes is the ciphertext size of in.
+func inboundBytes(in []queue.NewInbound) (n int64) {
+	for _, m := range in {
+		n += int64(len(m.Ciphertext))
+	}
+	return n
 }
 
 // directRun is one takeDirect's pushes: done is closed when they have
