@@ -1,7 +1,9 @@
 package upstream_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"encoding/binary"
 	"net/http"
 	"net/http/httptest"
@@ -121,4 +123,153 @@ func TestInboundBoundedInBytes(t *testing.T) {
 		t.Errorf("a batch of %d bytes, want at most %d", m, budget)
 	}
 	t.Logf("the relay wrote %d frames (%d MiB) before stalling; largest batch %d bytes", n, n*size>>20, maxHeld.Load())
+}
+
+// A relay that refuses the subscribe with a megabyte of error text: the
+// status (shown on /v1/status and the status page) quotes at most a few
+// hundred bytes of it.
+func TestHugeRelayErrorClipped(t *testing.T) {
+	url, subs := hostileRelay(t, "over_quota: "+strings.Repeat("é", 1<<19))
+	a := newNode(1)
+	_, states := a.client(t, url, func(c *upstream.Config) { c.Anonymous, c.UserID = true, anonUserID })
+	deadline := time.After(waitTimeout)
+	for {
+		select {
+		case s := <-states:
+			if s.LastError == "" {
+				continue
+			}
+			if len(s.LastError) > 1024 || !strings.Contains(s.LastError, "over_quota: éé") {
+				t.Fatalf("last error of %d bytes (%.80q…), want the reason's start, at most 1 KiB", len(s.LastError), s.LastError)
+			}
+			if subs.Load() >= 1 {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no status with the relay's error")
+		}
+	}
+}
+
+// countingHandler counts log records at warn and above, and their bytes.
+type countingHandler struct {
+	mu    sync.Mutex
+	warns int
+	bytes int
+}
+
+func (h *countingHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	var b bytes.Buffer
+	_ = slog.NewTextHandler(&b, nil).Handle(context.Background(), r)
+	h.mu.Lock()
+	h.warns++
+	h.bytes += b.Len()
+	h.mu.Unlock()
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// A relay that answers a level-1 subscribe and then floods the session
+// with junk: thousands of {"error": …} frames with long reasons,
+// deliveries whose ID is not the hash of their ciphertext (with a long
+// ID), level-2 frames a level-1 session never asked for (PublishResult,
+// Drained, a second {"subscribe": true}), and then one good delivery.
+// The good one is taken and acked, no junk is taken, every error reaches
+// OnRelayError (clipped), and the log gets a few lines, not thousands of
+// kilobyte-long ones.
+func TestLevel1JunkFlood(t *testing.T) {
+	const junk = 3000
+	good := []byte("the one good message")
+	acked := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		c, err := websocket.Accept(w, req, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		ctx, cancel := context.WithTimeout(req.Context(), waitTimeout)
+		defer cancel()
+		if _, _, err := c.Read(ctx); err != nil {
+			return
+		}
+		long := strings.Repeat("z", 4096)
+		frames := [][]byte{wire.SubscribeOK}
+		for i := range junk {
+			switch i % 5 {
+			case 0:
+				frames = append(frames, wire.ErrorFrame("rate_limited: "+long))
+			case 1:
+				frames = append(frames, wire.DeliveryFrame(long, []byte("not that")))
+			case 2:
+				frames = append(frames, wire.PublishResultFrame(wire.PublishResult{ID: long, Ref: "1", Status: wire.StatusDelivered}))
+			case 3:
+				frames = append(frames, wire.DrainedFrame(i))
+			case 4:
+				frames = append(frames, wire.SubscribeOK)
+			}
+		}
+		frames = append(frames, wire.DeliveryFrame(wire.MessageID(good), good))
+		for _, f := range frames {
+			if err := c.Write(ctx, websocket.MessageText, f); err != nil {
+				return
+			}
+		}
+		for {
+			_, b, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			if f, err := wire.ParseClientFrame(b); err == nil && f.Type == wire.TypeAck {
+				acked <- f.Ack.MessageID
+				<-ctx.Done()
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	var (
+		errs    atomic.Int32
+		longest atomic.Int32
+	)
+	h := &countingHandler{}
+	a := newNode(1)
+	a.client(t, "ws"+strings.TrimPrefix(srv.URL, "http")+"/", func(c *upstream.Config) {
+		c.Anonymous, c.UserID = true, anonUserID
+		c.Logger = slog.New(h)
+		c.OnRelayError = func(reason string) {
+			errs.Add(1)
+			if int32(len(reason)) > longest.Load() {
+				longest.Store(int32(len(reason)))
+			}
+		}
+	})
+	select {
+	case id := <-acked:
+		if id != wire.MessageID(good) {
+			t.Errorf("acked %s, want the good message", id)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the good message behind the junk was not acked")
+	}
+	if m := waitMessage(t, a); string(m.Ciphertext) != string(good) {
+		t.Errorf("handled %q, want the good message", m.Ciphertext)
+	}
+	select {
+	case m := <-a.handled:
+		t.Errorf("junk handled: %.40q", m.ID)
+	default:
+	}
+	if n := errs.Load(); n != junk/5 {
+		t.Errorf("OnRelayError called %d times, want %d", n, junk/5)
+	}
+	if l := longest.Load(); l > 1024 {
+		t.Errorf("OnRelayError got a reason of %d bytes, want it clipped", l)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.warns > 20 || h.bytes > 20<<10 {
+		t.Errorf("%d warnings, %d bytes of log for %d junk frames; want a few short lines", h.warns, h.bytes, junk)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -33,6 +34,11 @@ type session struct {
 	heldMu sync.Mutex
 	held   int64
 	freed  chan struct{}
+
+	// Warnings about what the relay sends, at most one a second each (a
+	// relay can send thousands of frames a second); only the reader
+	// touches them.
+	malformed, relayErrs logLimiter
 
 	mu      sync.Mutex
 	closed  bool
@@ -171,7 +177,7 @@ func (s *session) read(ctx context.Context) error {
 			if err != nil || wire.MessageID(ct) != f.Delivery.ID {
 				// Not acked: a relay that sends this is broken, and the
 				// message stays with it rather than being lost here.
-				log.Warn("relay delivered a malformed message; not acking it", "id", f.Delivery.ID)
+				s.malformed.note(log, "relay delivered a malformed message (its ID is not the hash of its ciphertext); not acking it", "id", clip(f.Delivery.ID))
 				continue
 			}
 			if err := s.hold(ctx, int64(len(ct))); err != nil {
@@ -185,9 +191,10 @@ func (s *session) read(ctx context.Context) error {
 		case wire.KindDrained:
 			log.Debug("relay replay drained", "count", f.Drained.Count)
 		case wire.KindError, wire.KindLevel2Error:
-			log.Warn("relay reported an error", "reason", f.Error)
+			reason := clip(f.Error)
+			s.relayErrs.note(log, "relay reported an error", "reason", reason)
 			if s.c.cfg.OnRelayError != nil {
-				s.c.cfg.OnRelayError(f.Error)
+				s.c.cfg.OnRelayError(reason)
 			}
 		default:
 			log.Debug("ignoring unexpected relay frame", "kind", f.Kind)
@@ -279,4 +286,24 @@ func (s *session) keepalive(ctx context.Context) error {
 			return fmt.Errorf("keepalive: no pong within %s: %w", s.c.cfg.PingTimeout, err)
 		}
 	}
+}
+
+// logLimiter logs a warning at most once a second, saying how many like
+// it were left out since the last one. One goroutine uses it.
+type logLimiter struct {
+	last    time.Time
+	dropped int
+}
+
+func (l *logLimiter) note(log *slog.Logger, msg string, args ...any) {
+	now := time.Now()
+	if now.Sub(l.last) < time.Second {
+		l.dropped++
+		return
+	}
+	if l.dropped > 0 {
+		args = append(args, "left_out_since_last", l.dropped)
+	}
+	l.last, l.dropped = now, 0
+	log.Warn(msg, args...)
 }

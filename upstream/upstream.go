@@ -38,6 +38,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"golang.org/x/net/proxy"
@@ -485,8 +486,9 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn) (string, e
 		if c.cfg.ExpectedHost != "" {
 			want += " or " + c.cfg.ExpectedHost
 		}
+		host := clip(f.AuthChallenge.Host)
 		return "", fmt.Errorf("%w: the relay's challenge is for host %q, not %s; not signed (if the relay's public_host is right, set relay_host = %q)",
-			ErrWrongHost, f.AuthChallenge.Host, want, f.AuthChallenge.Host)
+			ErrWrongHost, host, want, host)
 	}
 	sig, err := c.cfg.Sign(ctx, wire.AuthPayload(f.AuthChallenge.Host, f.AuthChallenge.Nonce))
 	if err != nil {
@@ -574,8 +576,25 @@ func readFrame(ctx context.Context, conn *websocket.Conn) (wire.ServerFrame, err
 func describe(f wire.ServerFrame) string {
 	switch f.Kind {
 	case wire.KindError, wire.KindLevel2Error:
-		return "error: " + f.Error
+		return "error: " + clip(f.Error)
 	default:
 		return "unexpected frame kind " + strconv.Itoa(int(f.Kind))
 	}
+}
+
+// maxQuoted is the most of a relay's own text (an error reason, a host, a
+// message ID) that goes into a log line, a status or an error: a relay can
+// send megabytes of it in one frame.
+const maxQuoted = 256
+
+// clip returns s cut to maxQuoted bytes (at a rune boundary, marked "…").
+func clip(s string) string {
+	if len(s) <= maxQuoted {
+		return s
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
