@@ -3,8 +3,8 @@ package upstream_test
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"encoding/binary"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
