@@ -2,16 +2,24 @@ package sidecar_test
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	_ "github.com/mattn/go-sqlite3"
 
 	"courier/sidecar"
 	"courier/sidecar/queue"
 	st "courier/sidecar/sidecartest"
+	"courier/wire"
 )
 
 // TestAnonymousUserIDDamaged: a meta row whose userID is empty, a peer ID
@@ -126,5 +134,77 @@ func TestDirectPushBoundedInBytes(t *testing.T) {
 			t.Fatalf("inbound #%d is %.8s, want %.8s: the order is kept", k, req.ID, ids[k])
 		}
 		k++
+	}
+}
+
+// A level-2 relay that answers every publish with a status of its own
+// making ("bogus-1", "bogus-2", … with a long tail): every message still
+// goes OFFLINE, the metrics get a bounded set of labels, not one series
+// per answer, and a message's last error quotes a bounded part of it.
+func TestBogusPublishStatusesBounded(t *testing.T) {
+	const n = 30
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		c, err := websocket.Accept(w, req, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		c.SetReadLimit(-1)
+		ctx := req.Context()
+		if _, _, err := c.Read(ctx); err != nil { // AuthRequest
+			return
+		}
+		nonce := make([]byte, 32)
+		_, _ = rand.Read(nonce)
+		if c.Write(ctx, websocket.MessageText, wire.ChallengeFrame(wire.AuthChallenge{Nonce: base64.StdEncoding.EncodeToString(nonce), Host: "127.0.0.1"})) != nil {
+			return
+		}
+		if _, _, err := c.Read(ctx); err != nil { // SubscribeMessage, not checked
+			return
+		}
+		if c.Write(ctx, websocket.MessageText, wire.SubscribeOK) != nil {
+			return
+		}
+		for i := 0; ; i++ {
+			_, b, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			f, err := wire.ParseClientFrame(b)
+			if err != nil || f.Type != wire.TypePublish {
+				continue
+			}
+			ct, _ := base64.StdEncoding.DecodeString(f.Publish.EncryptedMessage)
+			status := fmt.Sprintf("bogus-%d-%s", i, strings.Repeat("s", 2000))
+			if c.Write(ctx, websocket.MessageText, wire.PublishResultFrame(wire.PublishResult{ID: wire.MessageID(ct), Ref: f.Publish.Ref, Status: status})) != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
+	s := st.StartSidecar(t, a, st.Config(a, "ws"+strings.TrimPrefix(srv.URL, "http")+"/", t.TempDir()), st.Options())
+	s.WaitRelay(sidecar.RelayConnected)
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = s.Submit(b, st.Ciphertext("bogus", i, 100))
+	}
+	for _, id := range ids {
+		m := s.WaitMessage(id, queue.HandedOff)
+		if len(m.LastError) > 1024 {
+			t.Errorf("last error of %d bytes, want the relay's status clipped", len(m.LastError))
+		}
+	}
+	mfs, err := s.E.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "courier_fallbacks_total", "courier_publish_results_total":
+			if len(mf.GetMetric()) > 3 {
+				t.Errorf("%s has %d series after %d made-up statuses, want a bounded few", mf.GetName(), len(mf.GetMetric()), n)
+			}
+		}
 	}
 }

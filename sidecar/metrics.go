@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"courier/sidecar/queue"
+	"courier/wire"
 )
 
 // metrics are the engine's Prometheus series, in a registry of its own so
@@ -146,3 +147,16 @@ func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Gatherer exposes the engine's metrics for a /metrics handler.
 func (e *Engine) Gatherer() prometheus.Gatherer { return e.m.reg }
+
+// resultLabel is the metric label for a relay's publish status or a
+// fallback cause: the names PROTOCOL.md and decide use, and "other" for
+// anything else. A relay can answer any string as a status; one series
+// per made-up answer would grow the metrics without bound.
+func resultLabel(s string) string {
+	switch s {
+	case wire.StatusDelivered, wire.StatusQueued, wire.StatusOffline, wire.StatusRejected,
+		"timeout", "too_large", "connection_lost", causeUnconfirmed, "unknown":
+		return s
+	}
+	return "other"
+}

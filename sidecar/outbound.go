@@ -310,7 +310,7 @@ func (e *Engine) track(ctx context.Context, m queue.Outbound, results <-chan ups
 		}
 	}
 	if o.Result.Err == nil && !o.TimedOut && !o.Result.Unconfirmed {
-		e.m.publishResults.WithLabelValues(o.Result.Status).Inc()
+		e.m.publishResults.WithLabelValues(resultLabel(o.Result.Status)).Inc()
 	}
 	o.Now, o.BackAt, o.Jitter = time.Now(), e.link.comeback(), rand.Float64()
 	e.apply(ctx, m, marked, decide(o))
@@ -351,7 +351,7 @@ func (e *Engine) apply(ctx context.Context, m queue.Outbound, marked bool, a act
 		e.log.Debug("will publish INDIRECT again", "id", m.ID, "at", a.At, "reason", a.Reason)
 		e.wakeAt(a.At)
 	case nextOffline:
-		e.m.fallbacks.WithLabelValues(a.Cause).Inc()
+		e.m.fallbacks.WithLabelValues(resultLabel(a.Cause)).Inc()
 		if err := e.toOffline(ctx, m, from, a.Reason); err != nil && ctx.Err() == nil {
 			e.log.Error("fall back to OFFLINE", "id", m.ID, "err", err)
 		}

@@ -171,7 +171,9 @@ func (s *session) read(ctx context.Context) error {
 		}
 		switch f.Kind {
 		case wire.KindPublishResult:
-			s.resolve(*f.PublishResult)
+			r := *f.PublishResult
+			r.Status, r.Reason = clip(r.Status), clip(r.Reason) // kept as a message's last error
+			s.resolve(r)
 		case wire.KindDelivery:
 			ct, err := base64.StdEncoding.DecodeString(f.Delivery.EncryptedMessage)
 			if err != nil || wire.MessageID(ct) != f.Delivery.ID {
