@@ -14,7 +14,8 @@
 //     their transitions: sidecar/queue/inbox.go.
 //   - Anonymous mode (relay_identity = "anonymous"): the level-1 session is
 //     upstream's; a publish answered Unconfirmed goes OFFLINE as well
-//     (decide, cause "unconfirmed"); the node's 400/422 becomes
+//     (decide, cause "unconfirmed"); the node's 400/422 for a message
+//     received anonymously (kept with it in the inbox) becomes
 //     not_for_node instead of refused (refuseInbound, inbound.go); the
 //     random userID is kept in the store (anonymousUserID, relay.go).
 //   - What happens after one INDIRECT publish (delivered, retry INDIRECT

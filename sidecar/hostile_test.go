@@ -208,3 +208,85 @@ func TestBogusPublishStatusesBounded(t *testing.T) {
 		}
 	}
 }
+
+// Other peers' messages that arrive while anonymous and while the node is
+// down, and reach the node only after a switch back to peer mode, are
+// still not_for_node when it cannot open them: what they are depends on
+// the subscription they came by, not on the mode in force when the node
+// answers. Before, they became refused and were listed for attention.
+func TestNotForNodeAcrossModeSwitch(t *testing.T) {
+	r := st.StartRelay(t, nil, nil)
+	a, b, twin := st.NewNode(t, "A"), st.NewNode(t, "B"), st.NewNode(t, twinOfA)
+	cfg := anonymousConfig(a, r.URL(), t.TempDir())
+	sa := st.StartSidecar(t, a, cfg, st.Options())
+	sb := st.StartSidecar(t, b, st.Config(b, r.URL(), t.TempDir()), st.Options())
+	stw := st.StartSidecar(t, twin, st.Config(twin, r.URL(), t.TempDir()), st.Options())
+	sa.WaitRelay(sidecar.RelayConnected)
+	sb.WaitRelay(sidecar.RelayConnected)
+	stw.WaitRelay(sidecar.RelayConnected)
+
+	arrived, release := a.Inbound.Hold() // A's node is stuck
+	defer release()
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, sb.Submit(twin, st.Ciphertext("B to twin", i, 200)))
+	}
+	<-arrived
+	st.Eventually(t, "A's inbox to hold the twin's messages", func() bool {
+		s, err := sa.E.Status(context.Background(), 0)
+		return err == nil && s.Inbox.Pending == 3
+	})
+
+	cfg.RelayIdentity = sidecar.IdentityPeer
+	if err := sa.E.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	sa.WaitRelay(sidecar.RelayConnected)
+	for _, id := range ids {
+		a.Inbound.FailID(id, http.StatusUnprocessableEntity) // A's node cannot open them
+	}
+	release()
+	var s sidecar.Status
+	st.Eventually(t, "A's node to have answered for the twin's messages", func() bool {
+		var err error
+		s, err = sa.E.Status(context.Background(), 0)
+		return err == nil && s.Inbox.Pending == 0
+	})
+	if s.Inbox.NotForNode != 3 || s.Inbox.Refused != 0 || len(s.Attention) != 0 {
+		t.Errorf("inbox %+v, attention %d; want the 3 not_for_node, none refused or listed", s.Inbox, len(s.Attention))
+	}
+}
+
+// The other way: a message received as the peer that the node refuses
+// only after a switch to anonymous is still refused (a problem, listed),
+// not hidden as not_for_node.
+func TestRefusedAcrossModeSwitch(t *testing.T) {
+	r := st.StartRelay(t, nil, nil)
+	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
+	cfg := st.Config(a, r.URL(), t.TempDir())
+	sa := st.StartSidecar(t, a, cfg, st.Options())
+	sb := st.StartSidecar(t, b, st.Config(b, r.URL(), t.TempDir()), st.Options())
+	sa.WaitRelay(sidecar.RelayConnected)
+	sb.WaitRelay(sidecar.RelayConnected)
+
+	arrived, release := a.Inbound.Hold()
+	defer release()
+	id := sb.Submit(a, st.Ciphertext("B to A", 0, 200))
+	<-arrived
+	cfg.RelayIdentity = sidecar.IdentityAnonymous
+	if err := sa.E.Reconfigure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	sa.WaitRelay(sidecar.RelayConnected)
+	a.Inbound.FailID(id, http.StatusUnprocessableEntity)
+	release()
+	var s sidecar.Status
+	st.Eventually(t, "A's node to have answered", func() bool {
+		var err error
+		s, err = sa.E.Status(context.Background(), 0)
+		return err == nil && s.Inbox.Pending == 0 && s.Inbox.Refused+s.Inbox.NotForNode+s.Inbox.Delivered == 1
+	})
+	if s.Inbox.Refused != 1 || len(s.Attention) != 1 {
+		t.Errorf("inbox %+v, attention %d; want the message refused and listed", s.Inbox, len(s.Attention))
+	}
+}

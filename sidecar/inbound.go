@@ -21,11 +21,16 @@ import (
 // messages, without waiting for the fsync. Otherwise the batch is
 // committed first and the pusher takes it from the inbox. One commit for
 // the whole batch keeps the relay's order.
-func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) error {
+//
+// anonymous says which subscription the batch came by (that of the
+// relay_identity the client was started for); it is kept with each
+// message, since a refusal by the node means not_for_node for one from an
+// anonymous subscription, whatever the mode when the node answers.
+func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound, anonymous bool) error {
 	in := make([]queue.NewInbound, len(batch))
 	now := time.Now()
 	for i, m := range batch {
-		in[i] = queue.NewInbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: now}
+		in[i] = queue.NewInbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: now, Anonymous: anonymous}
 	}
 	cfg := e.Config()
 	if cfg.Node.InboundURL != "" && e.directOK(ctx, in) {
@@ -167,7 +172,7 @@ func (e *Engine) takeDirect(ctx context.Context, cfg Config, in []queue.NewInbou
 		defer e.direct.Done()
 		<-committed
 		<-pushed
-		e.finishDirect(ctx, ids, created, commitErr, took, stopErr)
+		e.finishDirect(ctx, ids, in[0].Anonymous, created, commitErr, took, stopErr) // a batch comes by one subscription
 		e.directBytes.Add(-size)
 		close(run.released)
 	}()
@@ -222,7 +227,7 @@ var errBehindFailure = errors.New("an earlier inbound message was not taken")
 
 // finishDirect records what came of takeDirect's pushes once its commit
 // is over too, and hands the rest to the pusher.
-func (e *Engine) finishDirect(ctx context.Context, ids []string, created []bool, commitErr error, took int, stopErr error) {
+func (e *Engine) finishDirect(ctx context.Context, ids []string, anonymous bool, created []bool, commitErr error, took int, stopErr error) {
 	markCtx := context.WithoutCancel(ctx)
 	var done []string
 	if commitErr != nil {
@@ -239,7 +244,7 @@ func (e *Engine) finishDirect(ctx context.Context, ids []string, created []bool,
 		switch {
 		case refused(stopErr):
 			e.health.record("inbound", nil)
-			if err := e.refuseInbound(markCtx, e.Config(), ids[took], stopErr); err != nil {
+			if err := e.refuseInbound(markCtx, anonymous, ids[took], stopErr); err != nil {
 				e.log.Error("record inbound refusal", "id", ids[took], "err", err)
 			}
 		case errors.Is(stopErr, errBehindFailure):
@@ -442,7 +447,7 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 				if err == nil {
 					delivered = append(delivered, m.ID)
 					e.m.pushed.Inc()
-				} else if err := e.refuseInbound(markCtx, cfg, m.ID, err); err != nil {
+				} else if err := e.refuseInbound(markCtx, m.Anonymous, m.ID, err); err != nil {
 					return fmt.Errorf("record inbound refusal: %w", err)
 				}
 				tookOne, p.down, p.tries = true, false, 0
@@ -494,9 +499,11 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 // subscription key, other peers' too, and the node cannot open those:
 // expected, kept as not_for_node, counted apart, logged at debug. The
 // node's answer cannot tell another peer's message from a broken one of
-// its own, so in anonymous mode every refusal counts as not_for_node.
-func (e *Engine) refuseInbound(ctx context.Context, cfg Config, id string, cause error) error {
-	if cfg.Anonymous() {
+// its own, so every refusal of a message received anonymously counts as
+// not_for_node. anonymous is how the message was received, not the mode
+// in force now: a switch may come between the two.
+func (e *Engine) refuseInbound(ctx context.Context, anonymous bool, id string, cause error) error {
+	if anonymous {
 		e.m.notForNode.Inc()
 		e.log.Debug("node could not open an inbound message: another peer's under the same subscription key, most likely", "id", id, "err", cause)
 		return e.q.MarkInboundNotForNode(ctx, id, "not opened by the node (anonymous mode: most likely another peer's message under the same subscription key): "+cause.Error())

@@ -240,12 +240,14 @@ func (e *Engine) manageRelay(ctx context.Context) error {
 			}
 		}
 		client, err := upstream.New(upstream.Config{
-			URL:           cfg.RelayURL,
-			ExpectedHost:  cfg.RelayHost,
-			RootCAs:       roots,
-			Proxy:         proxy,
-			Sign:          e.sign,
-			Handle:        e.takeInbound,
+			URL:          cfg.RelayURL,
+			ExpectedHost: cfg.RelayHost,
+			RootCAs:      roots,
+			Proxy:        proxy,
+			Sign:         e.sign,
+			Handle: func(ctx context.Context, batch []upstream.Inbound) error {
+				return e.takeInbound(ctx, batch, cfg.Anonymous())
+			},
 			Anonymous:     cfg.Anonymous(),
 			UserID:        userID,
 			OnRelayError:  e.onRelayError,

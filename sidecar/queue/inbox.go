@@ -11,12 +11,12 @@ import (
 	"courier/wire"
 )
 
-const inboxCols = "seq, id, ciphertext, received_at, state, finished_at, attempts, next_attempt_at, last_error"
+const inboxCols = "seq, id, ciphertext, received_at, state, finished_at, attempts, next_attempt_at, last_error, anonymous"
 
 func scanInbound(s scanner) (Inbound, error) {
 	var m Inbound
 	var received, finished, next int64
-	err := s.Scan(&m.Seq, &m.ID, &m.Ciphertext, &received, &m.State, &finished, &m.Attempts, &next, &m.LastError)
+	err := s.Scan(&m.Seq, &m.ID, &m.Ciphertext, &received, &m.State, &finished, &m.Attempts, &next, &m.LastError, &m.Anonymous)
 	m.ReceivedAt, m.DeliveredAt, m.NextAttemptAt = fromNanos(received), fromNanos(finished), fromNanos(next)
 	m.Delivered = m.State == InboxDelivered
 	if len(m.Ciphertext) == 0 {
@@ -30,6 +30,9 @@ type NewInbound struct {
 	ID         string // must be wire.MessageID(Ciphertext)
 	Ciphertext []byte
 	ReceivedAt time.Time
+	// Anonymous: received by an anonymous (level-1) subscription, which
+	// gets every message under its subscription key, other peers' too.
+	Anonymous bool
 }
 
 // AddInbound stores a message received from the relay, not yet delivered
@@ -63,8 +66,8 @@ func (q *Queue) AddInboundBatch(ctx context.Context, msgs []NewInbound) (created
 		}
 		created = make([]bool, len(msgs))
 		for i, m := range msgs {
-			res, err := tx.Exec(`INSERT INTO inbox (id, ciphertext, received_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-				m.ID, m.Ciphertext, nanos(m.ReceivedAt))
+			res, err := tx.Exec(`INSERT INTO inbox (id, ciphertext, received_at, anonymous) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+				m.ID, m.Ciphertext, nanos(m.ReceivedAt), m.Anonymous)
 			if err != nil {
 				return fmt.Errorf("insert %s: %w", m.ID, err)
 			}

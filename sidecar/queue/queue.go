@@ -118,6 +118,9 @@ type Inbound struct {
 	Attempts      int       // failed pushes to the node's inbound endpoint
 	NextAttemptAt time.Time
 	LastError     string
+	// Anonymous: received by an anonymous (level-1) subscription (see
+	// NewInbound): a refusal by the node makes it not_for_node.
+	Anonymous bool
 }
 
 // Errors callers branch on.
