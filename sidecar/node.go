@@ -37,6 +37,11 @@ func newNodeClient(timeout time.Duration) *nodeClient {
 	// connections; many pushes in parallel to one node reuse them.
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = 64
+	// Never through a proxy from the environment (HTTP_PROXY and the
+	// like, which net/http skips only for loopback): the node is on this
+	// machine or its network, and the calls carry its API credentials,
+	// the sign requests and every message.
+	t.Proxy = nil
 	return &nodeClient{http: &http.Client{Timeout: timeout, Transport: t}}
 }
 
