@@ -120,7 +120,9 @@ func (s *scriptedSOCKS) request(c net.Conn) bool {
 	return true
 }
 
-func (s *scriptedSOCKS) url() *url.URL { return &url.URL{Scheme: "socks5h", Host: s.ln.Addr().String()} }
+func (s *scriptedSOCKS) url() *url.URL {
+	return &url.URL{Scheme: "socks5h", Host: s.ln.Addr().String()}
+}
 
 func (s *scriptedSOCKS) seen() []string {
 	s.mu.Lock()
