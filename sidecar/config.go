@@ -475,6 +475,17 @@ func ParseRelayProxy(s string) (*url.URL, error) {
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("%q has a path, query or fragment: a proxy is only host:port; %s", shown, want)
 	}
+	if u.User != nil {
+		// What SOCKS5's user/password authentication (RFC 1929) can
+		// carry; the client would refuse anything else at every connect.
+		pw, _ := u.User.Password()
+		switch name := u.User.Username(); {
+		case name == "":
+			return nil, fmt.Errorf("%q has a password but no user name: write socks5h://user:password@host:port", shown)
+		case len(name) > 255 || len(pw) > 255:
+			return nil, fmt.Errorf("%q: the user name (%d bytes) and the password (%d bytes) may be at most 255 bytes each (SOCKS5, RFC 1929)", shown, len(name), len(pw))
+		}
+	}
 	return u, nil
 }
 

@@ -290,3 +290,30 @@ func TestRefusedAcrossModeSwitch(t *testing.T) {
 		t.Errorf("inbox %+v, attention %d; want the message refused and listed", s.Inbox, len(s.Attention))
 	}
 }
+
+// relay_proxy credentials the SOCKS5 client cannot send (RFC 1929: a user
+// name of 1 to 255 bytes, a password of at most 255) are refused when the
+// config is read, naming the key and never quoting the password. Before,
+// they were taken, and every connection failed with "invalid
+// username/password" from deep in the SOCKS5 client.
+func TestRelayProxyCredentialsChecked(t *testing.T) {
+	const secret = "pw-5e1f0a"
+	for _, tc := range []struct{ name, proxy string }{
+		{"long password", "socks5h://courier:" + secret + strings.Repeat("p", 300) + "@127.0.0.1:9050"},
+		{"long user name", "socks5h://" + strings.Repeat("u", 300) + ":" + secret + "@127.0.0.1:9050"},
+		{"password without a user name", "socks5h://:" + secret + "@127.0.0.1:9050"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := st.NewNode(t, "A")
+			cfg := st.Config(a, "ws://127.0.0.1:1/", t.TempDir())
+			cfg.RelayProxy = tc.proxy
+			err := cfg.Validate()
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), "relay_proxy") || strings.Contains(err.Error(), secret) || len(err.Error()) > 1024 {
+				t.Errorf("error %.300q: want it to name relay_proxy, briefly, without the password", err)
+			}
+		})
+	}
+}
