@@ -89,3 +89,30 @@ func TestInboundNotForNode(t *testing.T) {
 }
 
 var farFutureTest = time.Now().Add(100 * 365 * 24 * time.Hour)
+
+// A not_for_node message keeps its ID (a redelivery is recognised) but not
+// its ciphertext: the node cannot open it and it is never offered again,
+// so other peers' messages flooding a shared key cost the disk an ID
+// each until they are pruned, not their size.
+func TestNotForNodeDropsCiphertext(t *testing.T) {
+	q, _ := openTest(t)
+	ctx := context.Background()
+	ct := ciphertext(300, 64<<10)
+	id := wire.MessageID(ct)
+	if _, err := q.AddInbound(ctx, id, ct, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.MarkInboundNotForNode(ctx, id, "node answered 400"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := q.GetInbound(ctx, id)
+	if err != nil || m.State != InboxNotForNode || len(m.Ciphertext) != 0 {
+		t.Errorf("not_for_node message: state %s, %d bytes of ciphertext, %v; want none kept", m.State, len(m.Ciphertext), err)
+	}
+	if created, err := q.AddInbound(ctx, id, ct, time.Now()); err != nil || created {
+		t.Errorf("redelivered: created %v, %v; want it recognised", created, err)
+	}
+	if err := q.MarkInboundDelivered(ctx, id); err != nil { // a polling node's ack
+		t.Fatal(err)
+	}
+}

@@ -219,10 +219,12 @@ func (q *Queue) MarkInboundRefused(ctx context.Context, id, reason string) error
 // error. An anonymous subscription gets every message stored under its
 // subscription key, other peers' too, so this is expected, not a
 // problem: unlike refused, it is not listed for attention. It is not
-// offered to the node again.
+// offered to the node again, so its ciphertext is dropped (the ID stays,
+// to recognise a redelivery): other peers' messages on a shared key cost
+// the disk an ID each until they are pruned, not their size.
 func (q *Queue) MarkInboundNotForNode(ctx context.Context, id, reason string) error {
 	return q.updateInbox(ctx, "mark inbound "+id+" not for this node", id,
-		`UPDATE inbox SET state = 'not_for_node', finished_at = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = 0 WHERE id = ? AND state = 'pending'`,
+		`UPDATE inbox SET state = 'not_for_node', ciphertext = x'', finished_at = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = 0 WHERE id = ? AND state = 'pending'`,
 		time.Now().UnixNano(), reason, id)
 }
 
