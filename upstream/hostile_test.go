@@ -273,3 +273,49 @@ func TestLevel1JunkFlood(t *testing.T) {
 		t.Errorf("%d warnings, %d bytes of log for %d junk frames; want a few short lines", h.warns, h.bytes, junk)
 	}
 }
+
+// A relay that sends a frame over the client's read limit: the client
+// drops the connection with an error saying so (it does not read the
+// frame into memory), and reconnects with its backoff.
+func TestOversizedFrameDropsConnection(t *testing.T) {
+	var conns atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		c, err := websocket.Accept(w, req, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		conns.Add(1)
+		ctx, cancel := context.WithTimeout(req.Context(), waitTimeout)
+		defer cancel()
+		if _, _, err := c.Read(ctx); err != nil {
+			return
+		}
+		if c.Write(ctx, websocket.MessageText, wire.SubscribeOK) != nil {
+			return
+		}
+		ct := bytes.Repeat([]byte{7}, 4<<20)
+		_ = c.Write(ctx, websocket.MessageText, wire.DeliveryFrame(wire.MessageID(ct), ct))
+		_, _, _ = c.Read(ctx) // until the client goes
+	}))
+	t.Cleanup(srv.Close)
+	a := newNode(1)
+	_, states := a.client(t, "ws"+strings.TrimPrefix(srv.URL, "http")+"/", func(c *upstream.Config) {
+		c.Anonymous, c.UserID = true, anonUserID
+		c.MaxFrameBytes = 1 << 20
+	})
+	var last upstream.Status
+	deadline := time.After(waitTimeout)
+	for conns.Load() < 3 || !strings.Contains(last.LastError, "read limited") {
+		select {
+		case last = <-states:
+		case <-deadline:
+			t.Fatalf("after %d connections, last status %+v; want the read limit named and retries", conns.Load(), last)
+		}
+	}
+	select {
+	case m := <-a.handled:
+		t.Errorf("the oversized message was handled: %.16s", m.ID)
+	default:
+	}
+}
