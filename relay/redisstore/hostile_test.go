@@ -1,0 +1,122 @@
+package redisstore
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"courier/relay"
+	"courier/relay/redisstore/redistest"
+	"courier/relay/storetest"
+)
+
+// commitOps runs ops as one batch, as the writer would, and returns their
+// results in order.
+func commitOps(t *testing.T, s *Store, ops []*op) []any {
+	t.Helper()
+	s.commit(ops)
+	out := make([]any, len(ops))
+	for i, o := range ops {
+		if o.put != nil {
+			out[i] = storetest.Wait(t, (<-chan relay.PutResult)(o.pres))
+		} else {
+			out[i] = storetest.Wait(t, (<-chan relay.AckResult)(o.ares))
+		}
+	}
+	return out
+}
+
+func putOp(m relay.Message) *op {
+	return &op{put: &m, pres: make(chan relay.PutResult, 1), now: time.Now().UnixMicro()}
+}
+
+func ackOp(sub relay.Subscriber, id string) *op {
+	return &op{sub: sub, id: id, ares: make(chan relay.AckResult, 1)}
+}
+
+// twoKeys returns two test peers with different subscription keys.
+func twoKeys() (storetest.Peer, storetest.Peer) {
+	a := storetest.NewPeer(1)
+	for i := 2; ; i++ {
+		if b := storetest.NewPeer(i); b.Key != a.Key {
+			return a, b
+		}
+	}
+}
+
+// TestSameIDForTwoKeysInOneBatch: one ciphertext put for a recipient and,
+// in the same batch, for a recipient under another subscription key. The
+// first is stored; the second is refused with ErrRecipientMismatch, as it
+// is when the two puts are in different batches. Before, both lookups of
+// the ID index found nothing, so the message was stored under both keys
+// and the index named the last.
+func TestSameIDForTwoKeysInOneBatch(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	s := openTest(t, srv, Options{})
+	p, q := twoKeys()
+	m := storetest.NewMessage(p, "one ciphertext, two recipients")
+	forged := m
+	forged.Recipient, forged.Key = q.ID, q.Key
+	res := commitOps(t, s, []*op{putOp(m), putOp(forged), ackOp(p.Sub(), m.ID)})
+	if r := res[0].(relay.PutResult); r.Err != nil || r.Existing {
+		t.Fatalf("first put: %+v, want stored", r)
+	}
+	if r := res[1].(relay.PutResult); !errors.Is(r.Err, relay.ErrRecipientMismatch) {
+		t.Fatalf("put of the same ID for another key in the same batch: Existing=%v err %v; want ErrRecipientMismatch", r.Existing, r.Err)
+	}
+	if r := res[2].(relay.AckResult); !r.Found || !r.ByRecipient {
+		t.Fatalf("the recipient's ack after both: %+v, want found, by the recipient", r)
+	}
+	if got := storetest.AllPending(t, s, storetest.Anonymous("u"), q.Key); len(got) != 0 {
+		t.Errorf("the other key holds %d messages, want none", len(got))
+	}
+	if st := storetest.MustStats(t, s); st.Messages != 1 {
+		t.Errorf("Stats %+v, want 1 message", st)
+	}
+}
+
+// TestQuotaInsideGroup: a group of puts of one key that crosses the
+// quota: exactly the puts beyond it are refused, each caller hears its own
+// message's outcome, and a republish of a refused message in the same
+// group is refused too while one of a stored message is existing.
+func TestQuotaInsideGroup(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	s := openTest(t, srv, Options{Quota: relay.Quota{MaxMessages: 100, MaxBytes: 1000}})
+	p := storetest.NewPeer(1)
+	// sizes: 400, 400, 300 (over bytes), 100, 100 (=1000, at the limit), 1 (over)
+	sizes := []int{400, 400, 300, 100, 100, 1}
+	want := []bool{true, true, false, true, true, false}
+	var ms []relay.Message
+	var ops []*op
+	for i, n := range sizes {
+		m := storetest.NewMessage(p, storetest.Body(fmt.Sprintf("m%d ", i), n))
+		ms = append(ms, m)
+		ops = append(ops, putOp(m))
+	}
+	ops = append(ops, putOp(ms[2]), putOp(ms[0]))
+	res := commitOps(t, s, ops)
+	seq := int64(0)
+	for i, ok := range want {
+		r := res[i].(relay.PutResult)
+		if !ok {
+			if !errors.Is(r.Err, relay.ErrOverQuota) {
+				t.Errorf("put %d (%d bytes): %+v, want over quota", i, sizes[i], r)
+			}
+			continue
+		}
+		seq++
+		if r.Err != nil || r.Existing || r.Message.ID != ms[i].ID || r.Message.Seq != seq {
+			t.Errorf("put %d: %+v, want %s stored as Seq %d", i, r, ms[i].ID[:8], seq)
+		}
+	}
+	if r := res[6].(relay.PutResult); !errors.Is(r.Err, relay.ErrOverQuota) {
+		t.Errorf("republish of the refused message: %+v, want over quota", r)
+	}
+	if r := res[7].(relay.PutResult); r.Err != nil || !r.Existing || r.Message.Seq != 1 {
+		t.Errorf("republish of the first: %+v, want existing Seq 1", r)
+	}
+	if st := storetest.MustStats(t, s); st.Messages != 4 || st.Bytes != 1000 {
+		t.Errorf("Stats %+v, want 4 messages of 1000 bytes", st)
+	}
+}
