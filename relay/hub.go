@@ -125,13 +125,20 @@ func (h *hub) goLive(c *conn, after int64, force bool) bool {
 // known to every publish (which looks at the hub under the same lock), so
 // a publish made after it is never answered "not connected". For a
 // level-2 connection it returns the older connection of the same peer,
-// which the caller closes.
+// which the caller closes: by the Bus's generations, so c itself when the
+// hub already holds a newer one (two connections of a peer whose
+// subscribes reach the hub in the other order than they were announced);
+// c is then not registered. Without a Bus (generations 0) the later
+// subscribe is the newer.
 func (h *hub) subscribe(c *conn, first func()) (replaced *conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	first()
 	if c.sub.Peer {
 		replaced = h.byPeer[c.sub.ID]
+		if replaced != nil && replaced.gen > c.gen {
+			return c
+		}
 		h.byPeer[c.sub.ID] = c
 		return replaced
 	}

@@ -1,0 +1,42 @@
+package relay
+
+import "testing"
+
+// TestSubscribeKeepsNewerGeneration: two connections of one peer on one
+// instance, their generations taken from the Bus in one order (c1 then
+// c2) and their subscribes reaching the hub in the other. The newer one
+// (c2) stays and the older one is the one replaced, as the Bus's order
+// says; before, the later subscribe won, so the newer connection was
+// closed with 4409 and the older one kept, until its presence refresh
+// found the newer generation and closed it too.
+func TestSubscribeKeepsNewerGeneration(t *testing.T) {
+	h := newHub()
+	peer := "QmPeer"
+	c1 := &conn{sub: Subscriber{Peer: true, ID: peer}, gen: 1}
+	c2 := &conn{sub: Subscriber{Peer: true, ID: peer}, gen: 2}
+	var firsts int
+	first := func() { firsts++ }
+	if old := h.subscribe(c2, first); old != nil {
+		t.Fatalf("first subscribe replaced %p", old)
+	}
+	if old := h.subscribe(c1, first); old != c1 {
+		t.Fatalf("subscribe of the older generation after the newer: replaced %p, want the older connection itself (%p); newer is %p", old, c1, c2)
+	}
+	if h.byPeer[peer] != c2 {
+		t.Fatalf("the hub holds generation %d, want 2", h.byPeer[peer].gen)
+	}
+	if firsts != 2 {
+		t.Errorf("first called %d times, want 2 (the older connection's subscribe answer is queued before its 4409)", firsts)
+	}
+	// The other order, and equal generations (no Bus: both 0): the later
+	// subscribe replaces the earlier.
+	c3 := &conn{sub: Subscriber{Peer: true, ID: peer}, gen: 3}
+	if old := h.subscribe(c3, first); old != c2 {
+		t.Fatalf("newer generation: replaced %p, want c2 %p", old, c2)
+	}
+	a, b := &conn{sub: Subscriber{Peer: true, ID: "QmOther"}}, &conn{sub: Subscriber{Peer: true, ID: "QmOther"}}
+	h.subscribe(a, first)
+	if old := h.subscribe(b, first); old != a {
+		t.Fatalf("without generations: replaced %p, want the earlier %p", old, a)
+	}
+}
