@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -118,5 +119,79 @@ func TestQuotaInsideGroup(t *testing.T) {
 	}
 	if st := storetest.MustStats(t, s); st.Messages != 4 || st.Bytes != 1000 {
 		t.Errorf("Stats %+v, want 4 messages of 1000 bytes", st)
+	}
+}
+
+// busEvents records what another instance's bus events announce.
+type busEvents chan string
+
+func (c busEvents) Stored(m relay.Message, republish bool) {
+	kind := "M"
+	if republish {
+		kind = "R"
+	}
+	c <- fmt.Sprintf("%s %s %d", kind, m.ID[:8], m.Seq)
+}
+func (busEvents) RecipientAcked(string)       {}
+func (busEvents) PeerConnected(string, int64) {}
+func (busEvents) Resync(string)               {}
+
+// TestBusOrderOfGroup: the events of one put script reach another
+// instance in the group's order, with the Seqs the callers were given: a
+// new message, a republish of it (R, its Seq), a put refused over quota
+// (no event), a republish of an acked message (no event), another new one.
+func TestBusOrderOfGroup(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	ns := fmt.Sprintf("t%d", namespaces.Add(1))
+	s1 := openTest(t, srv, Options{Namespace: ns, Quota: relay.Quota{MaxMessages: 3}})
+	s2 := openTest(t, srv, Options{Namespace: ns})
+	events := make(busEvents, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s2.Listen(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	p := storetest.NewPeer(1)
+	acked := storetest.MustPut(t, s1, storetest.NewMessage(p, "stored and acked before")).Message
+	storetest.MustAck(t, s1, p.Sub(), acked.ID)
+	if e := storetest.Wait(t, (<-chan string)(events)); e != fmt.Sprintf("M %s 1", acked.ID[:8]) {
+		t.Fatalf("first event %q", e)
+	}
+	var ms []relay.Message
+	for i := range 4 {
+		ms = append(ms, storetest.NewMessage(p, fmt.Sprintf("bus order %d", i)))
+	}
+	res := commitOps(t, s1, []*op{putOp(ms[0]), putOp(ms[1]), putOp(ms[0]), putOp(acked), putOp(ms[2]), putOp(ms[3]), putOp(ms[1])})
+	for i, want := range []string{"stored", "stored", "existing", "existing", "stored", "over", "existing"} {
+		r := res[i].(relay.PutResult)
+		got := "stored"
+		switch {
+		case errors.Is(r.Err, relay.ErrOverQuota):
+			got = "over"
+		case r.Err != nil:
+			got = r.Err.Error()
+		case r.Existing:
+			got = "existing"
+		}
+		if got != want {
+			t.Fatalf("put %d: %s, want %s", i, got, want)
+		}
+	}
+	want := []string{
+		fmt.Sprintf("M %s 2", ms[0].ID[:8]),
+		fmt.Sprintf("M %s 3", ms[1].ID[:8]),
+		fmt.Sprintf("R %s 2", ms[0].ID[:8]),
+		fmt.Sprintf("M %s 4", ms[2].ID[:8]),
+		fmt.Sprintf("R %s 3", ms[1].ID[:8]),
+	}
+	for i, w := range want {
+		if e := storetest.Wait(t, (<-chan string)(events)); e != w {
+			t.Fatalf("event %d on the other instance: %q, want %q (all: %q)", i, e, w, want)
+		}
+	}
+	// Nothing else: a marker put after the group is the next event.
+	marker := storetest.MustPut(t, s1, storetest.NewMessage(storetest.NewPeer(2), "marker")).Message
+	if e := storetest.Wait(t, (<-chan string)(events)); e != fmt.Sprintf("M %s %d", marker.ID[:8], marker.Seq) {
+		t.Fatalf("after the group: %q, want the marker", e)
 	}
 }
