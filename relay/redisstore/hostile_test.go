@@ -195,3 +195,53 @@ func TestBusOrderOfGroup(t *testing.T) {
 		t.Fatalf("after the group: %q, want the marker", e)
 	}
 }
+
+// TestScriptErrorInBatch: one key's put script fails (its counter holds
+// garbage, as a damaged or foreign key would) in a batch that also writes
+// another key. Each caller hears its own outcome: the failed key's puts an
+// error, the other key's stored; the totals count only what was stored,
+// and nothing of the failed group is written or announced.
+func TestScriptErrorInBatch(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	ns := fmt.Sprintf("t%d", namespaces.Add(1))
+	s1 := openTest(t, srv, Options{Namespace: ns})
+	s2 := openTest(t, srv, Options{Namespace: ns})
+	events := make(busEvents, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s2.Listen(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	bad, good := twoKeys()
+	if err := srv.Client().Set(ctx, s1.prefix(bad.Key)+"n", "not a number", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	m1 := storetest.NewMessage(bad, "to the damaged key")
+	m2 := storetest.NewMessage(good, "to the sound key")
+	m3 := storetest.NewMessage(bad, "to the damaged key again")
+	res := commitOps(t, s1, []*op{putOp(m1), putOp(m2), putOp(m3), ackOp(good.Sub(), m2.ID)})
+	for _, i := range []int{0, 2} {
+		if r := res[i].(relay.PutResult); r.Err == nil {
+			t.Errorf("put %d to the damaged key: %+v, want an error", i, r)
+		}
+	}
+	if r := res[1].(relay.PutResult); r.Err != nil || r.Existing || r.Message.Seq != 1 {
+		t.Errorf("put to the sound key: %+v, want stored as Seq 1", r)
+	}
+	if r := res[3].(relay.AckResult); r.Err != nil || !r.Found || !r.ByRecipient {
+		t.Errorf("ack on the sound key: %+v", r)
+	}
+	if st := storetest.MustStats(t, s1); st.Messages != 1 || st.Bytes != int64(len(m2.Ciphertext)) {
+		t.Errorf("Stats %+v, want the one stored message", st)
+	}
+	if n, err := srv.Client().HLen(ctx, s1.prefix(bad.Key)+"m").Result(); err != nil || n != 0 {
+		t.Errorf("the damaged key holds %d messages (%v), want none", n, err)
+	}
+	if e := storetest.Wait(t, (<-chan string)(events)); e != fmt.Sprintf("M %s 1", m2.ID[:8]) {
+		t.Errorf("first event %q, want the sound key's message only", e)
+	}
+	marker := storetest.MustPut(t, s1, storetest.NewMessage(good, "marker")).Message
+	if e := storetest.Wait(t, (<-chan string)(events)); e != fmt.Sprintf("M %s %d", marker.ID[:8], marker.Seq) {
+		t.Errorf("after the batch: %q, want the marker", e)
+	}
+}
