@@ -1,6 +1,12 @@
 package relay
 
-import "testing"
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"courier/wire"
+)
 
 // TestSubscribeKeepsNewerGeneration: two connections of one peer on one
 // instance, their generations taken from the Bus in one order (c1 then
@@ -38,5 +44,32 @@ func TestSubscribeKeepsNewerGeneration(t *testing.T) {
 	h.subscribe(a, first)
 	if old := h.subscribe(b, first); old != a {
 		t.Fatalf("without generations: replaced %p, want the earlier %p", old, a)
+	}
+}
+
+// TestSubscribeWithFullQueue: the subscribe answer is queued under the
+// hub's lock; into a full queue it closes the connection as a slow
+// consumer, and that close must not need the hub (whose lock the
+// subscribe holds): the subscribe returns and the hub serves on.
+func TestSubscribeWithFullQueue(t *testing.T) {
+	srv := &Server{metrics: newMetrics(), hub: newHub()}
+	h := srv.hub
+	c := &conn{srv: srv, log: slog.New(slog.DiscardHandler), q: newSendQueue(1, 1<<20), sub: Subscriber{ID: "flooder"}, key: "k"}
+	if err := c.q.push(outFrame{b: []byte("an answer the client never read")}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.subscribe(c, func() { c.send(wire.SubscribeOK) })
+		h.unsubscribe(c)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscribe with a full send queue did not return: the hub is stuck")
+	}
+	if !c.q.closing() {
+		t.Error("the connection is not closing after its subscribe answer found the queue full")
 	}
 }
