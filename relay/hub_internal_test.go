@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -71,5 +72,38 @@ func TestSubscribeWithFullQueue(t *testing.T) {
 	}
 	if !c.q.closing() {
 		t.Error("the connection is not closing after its subscribe answer found the queue full")
+	}
+}
+
+// TestSubscribeAfterNewerAnnounced: another instance announces a newer
+// connection of a peer (generation 2) while this instance's connection
+// of it (generation 1, taken before) is between its generation and its
+// subscribe. Its subscribe finds the announcement and is the one
+// replaced; before, it joined the hub and stayed next to the newer one
+// until its presence refresh (a third of the presence TTL) noticed.
+func TestSubscribeAfterNewerAnnounced(t *testing.T) {
+	h := newHub()
+	peer := "QmPeer"
+	h.replaceOlder(peer, 2) // no connection of the peer here yet
+	c1 := &conn{sub: Subscriber{Peer: true, ID: peer}, gen: 1}
+	if old := h.subscribe(c1, func() {}); old != c1 {
+		t.Fatalf("subscribe of generation 1 after 2 was announced: replaced %p, want the connection itself %p", old, c1)
+	}
+	if h.byPeer[peer] != nil {
+		t.Fatal("the older connection joined the hub")
+	}
+	// A connection newer than the announcement joins; the announcement
+	// is used once.
+	c3 := &conn{sub: Subscriber{Peer: true, ID: peer}, gen: 3}
+	if old := h.subscribe(c3, func() {}); old != nil || h.byPeer[peer] != c3 {
+		t.Fatalf("generation 3: replaced %p, hub holds %p; want it joined", old, h.byPeer[peer])
+	}
+	// Bounded: a flood of announcements keeps at most newerMax.
+	now := time.Now()
+	for i := range newerMax + 10 {
+		h.rememberNewer(fmt.Sprintf("Qm%d", i), 1, now)
+	}
+	if len(h.newer) > newerMax {
+		t.Fatalf("%d announcements remembered, want at most %d", len(h.newer), newerMax)
 	}
 }
