@@ -245,3 +245,35 @@ func TestScriptErrorInBatch(t *testing.T) {
 		t.Errorf("after the batch: %q, want the marker", e)
 	}
 }
+
+// TestSameIDForTwoRecipientsOfOneKey: one ciphertext put for two peers
+// that share a subscription key, in one batch (one put script): the first
+// is stored, the second refused with ErrRecipientMismatch, and the
+// recipient's ack in the same batch finds the message.
+func TestSameIDForTwoRecipientsOfOneKey(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Fsync: "everysec"})
+	s := openTest(t, srv, Options{Quota: relay.Quota{MaxMessages: 1}})
+	a, b := storetest.PeersSharingKey()
+	m := storetest.NewMessage(a, "one ciphertext, two recipients of one key")
+	forged := m
+	forged.Recipient = b.ID
+	res := commitOps(t, s, []*op{putOp(m), putOp(forged), ackOp(b.Sub(), m.ID), ackOp(a.Sub(), m.ID)})
+	if r := res[0].(relay.PutResult); r.Err != nil || r.Existing {
+		t.Fatalf("first put: %+v", r)
+	}
+	if r := res[1].(relay.PutResult); !errors.Is(r.Err, relay.ErrRecipientMismatch) {
+		t.Fatalf("second put: %+v, want ErrRecipientMismatch", r)
+	}
+	if r := res[2].(relay.AckResult); !r.Found || r.ByRecipient {
+		t.Errorf("the other peer's ack: %+v, want found, not by the recipient", r)
+	}
+	if r := res[3].(relay.AckResult); !r.Found || !r.ByRecipient || r.Recipient != a.ID {
+		t.Errorf("the recipient's ack: %+v", r)
+	}
+	if got := storetest.AllPending(t, s, b.Sub(), b.Key); len(got) != 0 {
+		t.Errorf("pending for the other peer: %d, want 0", len(got))
+	}
+	if st := storetest.MustStats(t, s); st.Messages != 1 {
+		t.Errorf("Stats %+v, want 1 message", st)
+	}
+}
