@@ -277,3 +277,76 @@ func TestSameIDForTwoRecipientsOfOneKey(t *testing.T) {
 		t.Errorf("Stats %+v, want 1 message", st)
 	}
 }
+
+// TestKillMidStream: Redis is killed (SIGKILL) while puts stream in from
+// many callers. Every caller is answered (stored, or an error), nothing a
+// caller was told is stored is missing after Redis restarts on its AOF
+// (appendfsync always), Ready fails while it is down, and the store works
+// and closes after.
+func TestKillMidStream(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openTest(t, srv, Options{MaxBatch: 64})
+	p := storetest.NewPeer(1)
+	const n = 300
+	results := make([]<-chan relay.PutResult, n)
+	msgs := make([]relay.Message, n)
+	got := make(map[int]relay.PutResult)
+	for i := range n {
+		msgs[i] = storetest.NewMessage(p, fmt.Sprintf("streamed %d", i))
+		results[i] = s.Put(msgs[i], nil)
+		if i == n/2 {
+			// The first quarter answered (stored), the second in flight.
+			got[n/4-1] = storetest.Wait(t, results[n/4-1])
+			srv.Stop()
+			if err := s.Ready(context.Background()); err == nil {
+				t.Error("Ready with Redis killed: nil error")
+			}
+		}
+	}
+	var stored []string
+	failed := 0
+	for i, ch := range results {
+		if r, ok := got[i]; ok {
+			stored = append(stored, msgs[i].ID)
+			if r.Err != nil {
+				t.Fatalf("put %d, before the kill: %v", i, r.Err)
+			}
+			continue
+		}
+		select {
+		case r := <-ch:
+			if r.Err == nil {
+				stored = append(stored, msgs[i].ID)
+			} else {
+				failed++
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("put %d: no result a minute after Redis was killed", i)
+		}
+	}
+	if failed == 0 {
+		t.Fatal("no put failed: Redis was not killed mid-stream")
+	}
+	srv.Restart()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for s.Ready(ctx) != nil {
+		if ctx.Err() != nil {
+			t.Fatal("Ready never came back after the restart")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	have := make(map[string]bool)
+	for _, m := range storetest.AllPending(t, s, p.Sub(), p.Key) {
+		have[m.ID] = true
+	}
+	for _, id := range stored {
+		if !have[id] {
+			t.Errorf("message %s was answered stored but is gone after the restart", id[:8])
+		}
+	}
+	if r := storetest.MustPut(t, s, storetest.NewMessage(p, "after the restart")); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	t.Logf("%d stored before the kill, %d answered with an error", len(stored), failed)
+}
