@@ -59,3 +59,32 @@ func TestParsePrefixes(t *testing.T) {
 		t.Fatalf("a host name: %v, want an error naming entry 2", err)
 	}
 }
+
+// TestClientAddrKeys: what the per-address limits count for clients
+// behind a front: an IPv6 client by its /64 (two addresses of one /64
+// share a slot, another /64 has its own), an IPv4-mapped front address
+// trusted as the IPv4 one, a zone the front wrote dropped from the key.
+func TestClientAddrKeys(t *testing.T) {
+	trusted, err := parsePrefixes([]string{"127.0.0.1", "fd00::/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, remote, xff, want string
+	}{
+		{"IPv6 client behind an IPv4 front", "127.0.0.1:5000", "2001:db8:1:2::5", "addr:2001:db8:1:2::/64"},
+		{"same /64", "127.0.0.1:5000", "2001:db8:1:2:ffff::9", "addr:2001:db8:1:2::/64"},
+		{"another /64", "127.0.0.1:5000", "2001:db8:1:3::5", "addr:2001:db8:1:3::/64"},
+		{"IPv6 front (a prefix) naming an IPv4 client", "[fd00::7]:5000", "203.0.113.9", "addr:203.0.113.9"},
+		{"IPv4-mapped front", "[::ffff:127.0.0.1]:5000", "203.0.113.9", "addr:203.0.113.9"},
+		{"a zone", "127.0.0.1:5000", "fe80::1%eth0", "addr:fe80::/64"},
+		{"an untrusted IPv6 peer's header is ignored", "[2001:db8:9::1]:5000", "203.0.113.9", "addr:2001:db8:9::/64"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &http.Request{RemoteAddr: tt.remote, Header: http.Header{"X-Forwarded-For": {tt.xff}}}
+			if got := addrKey(clientAddr(r, trusted)); got != tt.want {
+				t.Errorf("addrKey(clientAddr) = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -42,7 +42,9 @@ type Config struct {
 	// per-address limits (max_connections_per_ip, subscribe_rate,
 	// anonymous_publish_rate) and client_details logs use the address
 	// the nearest front names, not the front's own; from anyone else the
-	// header is ignored, since a client could write anything there.
+	// header is ignored, since a client could write anything there. List
+	// only fronts: a client connecting from a listed address may name any
+	// address. The RFC 7239 Forwarded header is not read.
 	// Default none: behind a front, every client would share the front's
 	// address and its limits.
 	TrustedProxies []string `toml:"trusted_proxies"`

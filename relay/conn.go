@@ -404,10 +404,14 @@ func (c *conn) handleSubscribe(s *wire.Subscribe) {
 	} else {
 		c.srv.logClient(c.log, "subscribed", []any{"key", c.key}, "level", 1)
 	}
-	if old := c.srv.hub.subscribe(c, func() { c.send(wire.SubscribeOK) }); old != nil {
+	old := c.srv.hub.subscribe(c, func() { c.send(wire.SubscribeOK) })
+	c.srv.metrics.subscriptions.WithLabelValues(c.levelLabel()).Inc() // serve's teardown takes it back
+	if old != nil {
 		old.closeWith(wire.CloseReplaced, "replaced by a newer connection of the same peer", false, "replaced")
+		if old == c { // a newer connection of the peer was here first
+			return
+		}
 	}
-	c.srv.metrics.subscriptions.WithLabelValues(c.levelLabel()).Inc()
 	c.wg.Add(1)
 	go c.replay()
 }

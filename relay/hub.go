@@ -25,7 +25,28 @@ type hub struct {
 	byKey    map[string]map[*conn]struct{} // level-1 (anonymous) subscribers
 	byPeer   map[string]*conn              // level-2 subscribers, by canonical peer ID
 	inflight map[seqKey]*inflightMsg       // pushed, commit not settled
+	// newer holds the generations other instances announced for peers
+	// this hub held no connection of, for newerKeep: a connection of
+	// ours whose generation was taken before such an announcement but
+	// that subscribes after it is older, and is replaced at subscribe.
+	newer map[string]newerGen
 }
+
+// newerGen is a generation announced by another instance, and when.
+type newerGen struct {
+	gen int64
+	at  time.Time
+}
+
+// newerKeep is how long the hub remembers another instance's
+// announcement: longer than a connection takes from its generation
+// (one store round trip, bounded by the store's timeout) to its
+// subscribe.
+const newerKeep = 30 * time.Second
+
+// newerMax bounds the remembered announcements; beyond it the oldest
+// half-minute's are dropped first (see rememberNewer).
+const newerMax = 1 << 16
 
 // seqKey names a message by its subscription key and Seq: a store shared
 // by instances numbers each key on its own (Seq increases per key), so a
@@ -46,6 +67,7 @@ func newHub() *hub {
 		byKey:    make(map[string]map[*conn]struct{}),
 		byPeer:   make(map[string]*conn),
 		inflight: make(map[seqKey]*inflightMsg),
+		newer:    make(map[string]newerGen),
 	}
 }
 
@@ -125,13 +147,26 @@ func (h *hub) goLive(c *conn, after int64, force bool) bool {
 // known to every publish (which looks at the hub under the same lock), so
 // a publish made after it is never answered "not connected". For a
 // level-2 connection it returns the older connection of the same peer,
-// which the caller closes.
+// which the caller closes: by the Bus's generations, so c itself when the
+// hub already holds a newer one (two connections of a peer whose
+// subscribes reach the hub in the other order than they were announced);
+// c is then not registered. Without a Bus (generations 0) the later
+// subscribe is the newer.
 func (h *hub) subscribe(c *conn, first func()) (replaced *conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	first()
 	if c.sub.Peer {
 		replaced = h.byPeer[c.sub.ID]
+		if replaced != nil && replaced.gen > c.gen {
+			return c
+		}
+		if n, ok := h.newer[c.sub.ID]; ok {
+			delete(h.newer, c.sub.ID)
+			if n.gen > c.gen && time.Since(n.at) < newerKeep {
+				return c // announced elsewhere after c's generation was taken
+			}
+		}
 		h.byPeer[c.sub.ID] = c
 		return replaced
 	}
@@ -163,13 +198,39 @@ func (h *hub) unsubscribe(c *conn) {
 
 // replaceOlder closes the peer's connection if it is older than
 // generation gen (a newer one exists on another instance).
+// Without a connection of the peer here, it remembers gen a while, for a
+// connection of the peer whose subscribe is on its way (see subscribe).
 func (h *hub) replaceOlder(peer string, gen int64) {
-	h.mu.RLock()
+	h.mu.Lock()
 	c := h.byPeer[peer]
-	h.mu.RUnlock()
+	if c == nil {
+		h.rememberNewer(peer, gen, time.Now())
+	}
+	h.mu.Unlock()
 	if c != nil && c.gen < gen {
 		c.closeWith(wire.CloseReplaced, "replaced by a newer connection of the same peer", false, "replaced")
 	}
+}
+
+// rememberNewer records gen for peer; h.mu is held. When the map is
+// full it first drops what is older than newerKeep, then, if still full,
+// everything: a forgotten announcement costs only the presence refresh's
+// later replacement.
+func (h *hub) rememberNewer(peer string, gen int64, now time.Time) {
+	if n, ok := h.newer[peer]; ok && n.gen >= gen {
+		return
+	}
+	if len(h.newer) >= newerMax {
+		for p, n := range h.newer {
+			if now.Sub(n.at) >= newerKeep {
+				delete(h.newer, p)
+			}
+		}
+		if len(h.newer) >= newerMax {
+			clear(h.newer)
+		}
+	}
+	h.newer[peer] = newerGen{gen: gen, at: now}
 }
 
 // peerConnected reports whether the peer has an authenticated connection.

@@ -256,6 +256,14 @@ func (s *Store) run() {
 // commit runs one batch: the ID lookups, then the scripts, then the
 // results in call order.
 func (s *Store) commit(batch []*op) {
+	if i := idConflict(batch); i > 0 {
+		// The lookups of step 1 run before any of the batch's scripts, so
+		// they cannot see a put earlier in the batch: a put of the same ID
+		// for another key waits for the next batch, which sees it.
+		s.commit(batch[:i])
+		s.commit(batch[i:])
+		return
+	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -371,6 +379,25 @@ func (s *Store) commit(batch []*op) {
 			s.ackResult(o, res[i])
 		}
 	}
+}
+
+// idConflict returns the index of the first put in batch of a message ID
+// that a put earlier in batch has for another subscription key, or 0.
+func idConflict(batch []*op) int {
+	var seen map[string]string
+	for i, o := range batch {
+		if o.put == nil {
+			continue
+		}
+		if k, ok := seen[o.put.ID]; ok && k != o.put.Key {
+			return i
+		}
+		if seen == nil {
+			seen = make(map[string]string)
+		}
+		seen[o.put.ID] = o.put.Key
+	}
+	return 0
 }
 
 // ackAgain is step 3 of a commit: an ack sent to a key it was not looked
