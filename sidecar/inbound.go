@@ -327,7 +327,10 @@ func (a *arrivals) notify() {
 // node answers decides, message by message:
 //   - 2xx: delivered.
 //   - 400 or 422: refused for good: kept as refused, not offered again.
-//   - anything else (5xx, 401, 403, 404, 405, 408, 429, a timeout): a
+//   - 401, 403, 404 or 405: an answer about the endpoint (credentials,
+//     URL, method), not the message: the endpoint is down; the pass stops
+//     and the pusher waits (backoff per endpoint), keeping the order.
+//   - anything else (5xx, 408, 429, a timeout): a
 //     failure. One failure alone cannot tell a message the node chokes on
 //     from an endpoint that is down, so the pusher tries the next message:
 //     if the node takes that one (or took one earlier in the pass), the
@@ -436,6 +439,18 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 				e.health.record("inbound", err)
 				if ctx.Err() != nil {
 					return flush() // cut short by the shutdown: not the node's failure
+				}
+				if endpointFailure(err) {
+					// The endpoint is down (401, 403, 404, 405): no
+					// next message to try, the order stays.
+					if err := flush(); err != nil {
+						return fmt.Errorf("mark inbound delivered: %w", err)
+					}
+					failed := []queue.Inbound{m}
+					if suspect != nil {
+						failed = []queue.Inbound{*suspect, m}
+					}
+					return e.inboundDown(markCtx, cfg, p, err, failed...)
 				}
 				if suspect == nil {
 					suspect, suspectEr = &m, err

@@ -150,6 +150,41 @@ func TestInboundEndpointMisconfigured(t *testing.T) {
 	}
 }
 
+// An endpoint that comes back between two pushes of a pass keeps the order:
+// a 401 (403, 404, 405) is the endpoint's answer, not the message's, so the
+// pusher does not try the next message to tell the two apart (which, taken
+// by the endpoint just back, would go ahead of the failed one).
+func TestInboundEndpointBackMidPass(t *testing.T) {
+	p := startPair(t, nil, nil)
+	p.b.Node.Inbound.FailAlways(http.StatusUnauthorized)
+	var ids []string
+	for i := range 3 {
+		id := p.a.Submit(p.b.Node, st.Ciphertext("back mid-pass", i, 100))
+		ids = append(ids, id)
+		p.a.WaitMessage(id, queue.Delivered) // B's sidecar has it
+	}
+	st.Eventually(t, "B not ready", func() bool { return p.b.E.Ready(context.Background()) != nil })
+	// Hold the next push (the pusher's retry of the first message), and
+	// make the endpoint answer that one 401 and the rest 200: it comes
+	// back right after.
+	arrived, release := p.b.Node.Inbound.Hold()
+	t.Cleanup(release)
+	select {
+	case <-arrived:
+	case <-time.After(st.WaitTimeout):
+		t.Fatal("the pusher did not try again")
+	}
+	p.b.Node.Inbound.Recover()
+	p.b.Node.Inbound.FailNext(1, http.StatusUnauthorized)
+	release()
+	st.Eventually(t, "B's node to get all three", func() bool { return len(p.b.Node.Inbound.AcceptedIDs()) == 3 })
+	for i, r := range p.b.Node.Inbound.Accepted() {
+		if r.ID != ids[i] {
+			t.Errorf("inbound #%d is %.8s, want %.8s: the order is kept when the endpoint comes back", i, r.ID, ids[i])
+		}
+	}
+}
+
 // A message the node keeps failing (500 for that ID, forever) does not hold
 // up the others: they arrive, and it stays pending, retried with backoff.
 func TestInboundPoisonMessage(t *testing.T) {
