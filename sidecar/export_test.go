@@ -3,6 +3,8 @@ package sidecar
 import (
 	"context"
 	"time"
+
+	"courier/upstream"
 )
 
 // AttentionAt is what Status lists as needing attention, as if it were now.
@@ -17,4 +19,9 @@ func (e *Engine) AttentionAt(ctx context.Context, now time.Time) ([]NeedsAttenti
 func WithInboxHook(opts Options, hook func()) Options {
 	opts.beforeInboxWrite = hook
 	return opts
+}
+
+// TakeInbound is upstream's Handler: what the relay hands the engine.
+func (e *Engine) TakeInbound(ctx context.Context, batch []upstream.Inbound) error {
+	return e.takeInbound(ctx, batch)
 }

@@ -21,11 +21,20 @@ import (
 // messages, without waiting for the fsync. Otherwise the batch is
 // committed first and the pusher takes it from the inbox. One commit for
 // the whole batch keeps the relay's order.
+//
+// A batch may hold a message twice (the relay replays it and pushes it
+// again as its sender republishes it): the repeats are dropped here, or
+// takeDirect would push it twice.
 func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound) error {
-	in := make([]queue.NewInbound, len(batch))
+	in := make([]queue.NewInbound, 0, len(batch))
+	seen := make(map[string]bool, len(batch))
 	now := time.Now()
-	for i, m := range batch {
-		in[i] = queue.NewInbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: now}
+	for _, m := range batch {
+		if seen[m.ID] {
+			continue
+		}
+		seen[m.ID] = true
+		in = append(in, queue.NewInbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: now})
 	}
 	cfg := e.Config()
 	if cfg.Node.InboundURL != "" && e.directOK(ctx, in) {
