@@ -3,6 +3,8 @@ package sidecar
 import (
 	"context"
 	"time"
+
+	"courier/upstream"
 )
 
 // AttentionAt is what Status lists as needing attention, as if it were now.
@@ -29,3 +31,9 @@ func WithMaxDirectBytes(opts Options, n int64) Options {
 // DirectClaimed is how many inbound messages are being pushed directly
 // to the node, held in memory.
 func (e *Engine) DirectClaimed() int { return e.claims.count() }
+
+// TakeInbound is upstream's Handler for a peer (level-2) subscription:
+// what the relay hands the engine.
+func (e *Engine) TakeInbound(ctx context.Context, batch []upstream.Inbound) error {
+	return e.takeInbound(ctx, batch, false)
+}

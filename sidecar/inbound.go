@@ -26,11 +26,20 @@ import (
 // relay_identity the client was started for); it is kept with each
 // message, since a refusal by the node means not_for_node for one from an
 // anonymous subscription, whatever the mode when the node answers.
+//
+// A batch may hold a message twice (the relay replays it and pushes it
+// again as its sender republishes it): the repeats are dropped here, or
+// takeDirect would push it twice.
 func (e *Engine) takeInbound(ctx context.Context, batch []upstream.Inbound, anonymous bool) error {
-	in := make([]queue.NewInbound, len(batch))
+	in := make([]queue.NewInbound, 0, len(batch))
+	seen := make(map[string]bool, len(batch))
 	now := time.Now()
-	for i, m := range batch {
-		in[i] = queue.NewInbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: now, Anonymous: anonymous}
+	for _, m := range batch {
+		if seen[m.ID] {
+			continue
+		}
+		seen[m.ID] = true
+		in = append(in, queue.NewInbound{ID: m.ID, Ciphertext: m.Ciphertext, ReceivedAt: now, Anonymous: anonymous})
 	}
 	cfg := e.Config()
 	if cfg.Node.InboundURL != "" && e.directOK(ctx, in) {
@@ -353,7 +362,10 @@ func (a *arrivals) notify() {
 // node answers decides, message by message:
 //   - 2xx: delivered.
 //   - 400 or 422: refused for good: kept as refused, not offered again.
-//   - anything else (5xx, 401, 403, 404, 405, 408, 429, a timeout): a
+//   - 401, 403, 404 or 405: an answer about the endpoint (credentials,
+//     URL, method), not the message: the endpoint is down; the pass stops
+//     and the pusher waits (backoff per endpoint), keeping the order.
+//   - anything else (5xx, 408, 429, a timeout): a
 //     failure. One failure alone cannot tell a message the node chokes on
 //     from an endpoint that is down, so the pusher tries the next message:
 //     if the node takes that one (or took one earlier in the pass), the
@@ -462,6 +474,18 @@ func (e *Engine) pushInboundOnce(ctx context.Context, p *pusher) error {
 				e.health.record("inbound", err)
 				if ctx.Err() != nil {
 					return flush() // cut short by the shutdown: not the node's failure
+				}
+				if endpointFailure(err) {
+					// The endpoint is down (401, 403, 404, 405): no
+					// next message to try, the order stays.
+					if err := flush(); err != nil {
+						return fmt.Errorf("mark inbound delivered: %w", err)
+					}
+					failed := []queue.Inbound{m}
+					if suspect != nil {
+						failed = []queue.Inbound{*suspect, m}
+					}
+					return e.inboundDown(markCtx, cfg, p, err, failed...)
 				}
 				if suspect == nil {
 					suspect, suspectEr = &m, err

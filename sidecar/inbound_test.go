@@ -11,6 +11,8 @@ import (
 	"courier/sidecar"
 	"courier/sidecar/queue"
 	st "courier/sidecar/sidecartest"
+	"courier/upstream"
+	"courier/wire"
 )
 
 // Only 400 and 422 from the node's inbound endpoint are its final refusal
@@ -147,6 +149,70 @@ func TestInboundEndpointMisconfigured(t *testing.T) {
 				return counterValue(t, p.b.E, "courier_inbound_pushed_direct_total") > before
 			})
 		})
+	}
+}
+
+// An endpoint that comes back between two pushes of a pass keeps the order:
+// a 401 (403, 404, 405) is the endpoint's answer, not the message's, so the
+// pusher does not try the next message to tell the two apart (which, taken
+// by the endpoint just back, would go ahead of the failed one).
+func TestInboundEndpointBackMidPass(t *testing.T) {
+	p := startPair(t, nil, nil)
+	p.b.Node.Inbound.FailAlways(http.StatusUnauthorized)
+	var ids []string
+	for i := range 3 {
+		id := p.a.Submit(p.b.Node, st.Ciphertext("back mid-pass", i, 100))
+		ids = append(ids, id)
+		p.a.WaitMessage(id, queue.Delivered) // B's sidecar has it
+	}
+	st.Eventually(t, "B not ready", func() bool { return p.b.E.Ready(context.Background()) != nil })
+	// Hold the next push (the pusher's retry of the first message), and
+	// make the endpoint answer that one 401 and the rest 200: it comes
+	// back right after.
+	arrived, release := p.b.Node.Inbound.Hold()
+	t.Cleanup(release)
+	select {
+	case <-arrived:
+	case <-time.After(st.WaitTimeout):
+		t.Fatal("the pusher did not try again")
+	}
+	p.b.Node.Inbound.Recover()
+	p.b.Node.Inbound.FailNext(1, http.StatusUnauthorized)
+	release()
+	st.Eventually(t, "B's node to get all three", func() bool { return len(p.b.Node.Inbound.AcceptedIDs()) == 3 })
+	for i, r := range p.b.Node.Inbound.Accepted() {
+		if r.ID != ids[i] {
+			t.Errorf("inbound #%d is %.8s, want %.8s: the order is kept when the endpoint comes back", i, r.ID, ids[i])
+		}
+	}
+}
+
+// A batch from the relay may hold one message twice: the relay replays it
+// to a recipient that is back, and pushes it again when its sender
+// republishes it (a publish whose result was lost); both copies can wait
+// in the same batch. The node gets it once.
+func TestInboundBatchWithRepeats(t *testing.T) {
+	p := startPair(t, nil, nil)
+	x, y := st.Ciphertext("twice in a batch", 1, 100), st.Ciphertext("twice in a batch", 2, 100)
+	batch := []upstream.Inbound{
+		{ID: wire.MessageID(x), Ciphertext: x},
+		{ID: wire.MessageID(y), Ciphertext: y},
+		{ID: wire.MessageID(x), Ciphertext: x},
+	}
+	if err := p.b.E.TakeInbound(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	st.Eventually(t, "B's node to get both", func() bool { return len(p.b.Node.Inbound.AcceptedIDs()) == 2 })
+	st.Eventually(t, "both delivered at B", func() bool {
+		stat, err := p.b.E.Status(context.Background(), 0)
+		return err == nil && stat.Inbox.Delivered == 2 && stat.Inbox.Pending == 0
+	})
+	if reqs := p.b.Node.Inbound.Requests(); len(reqs) != 2 || reqs[0].ID != batch[0].ID || reqs[1].ID != batch[1].ID {
+		var got []string
+		for _, r := range reqs {
+			got = append(got, r.ID[:8])
+		}
+		t.Errorf("B's node got %v, want %.8s and %.8s once each", got, batch[0].ID, batch[1].ID)
 	}
 }
 

@@ -76,6 +76,24 @@ func refused(err error) bool {
 	return errors.As(err, &ne) && (ne.Status == http.StatusBadRequest || ne.Status == http.StatusUnprocessableEntity)
 }
 
+// endpointFailure reports whether err is the node's answer about its
+// endpoint rather than about the message: 401, 403 (credentials), 404
+// (the URL), 405 (the method). Every message gets the same, so the
+// endpoint is down; trying the next message to tell a message the node
+// chokes on from a failing endpoint would only risk offering it ahead of
+// the failed one, should the endpoint come back between the two.
+func endpointFailure(err error) bool {
+	var ne *nodeError
+	if !errors.As(err, &ne) {
+		return false
+	}
+	switch ne.Status {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed:
+		return true
+	}
+	return false
+}
+
 func (e *nodeError) Error() string {
 	if e.Body == "" {
 		return fmt.Sprintf("node answered %d", e.Status)

@@ -126,9 +126,11 @@ type Main struct {
 	Options devnode.Options // identity file, sidecar URL, logger
 	Logger  *slog.Logger
 	Node    *devnode.Node // set by Open
-	// ConnState, when set, is the server's http.Server.ConnState hook (for
-	// tests that need to know a request has reached the server).
-	ConnState func(net.Conn, http.ConnState)
+	// Wrap, when set, wraps the server's handler (for tests that need to
+	// know a request has reached its handler: a connection the server has
+	// read a request from, StateActive, may still be dropped unanswered by
+	// a shutdown that begins before the handler is called).
+	Wrap func(http.Handler) http.Handler
 
 	stderr     io.Writer
 	ln         net.Listener
@@ -187,12 +189,15 @@ func (m *Main) Open() error {
 	m.ln = ln
 	reqCtx, cancel := context.WithCancel(context.Background())
 	m.cancelReqs = cancel
+	h := n.Handler()
+	if m.Wrap != nil {
+		h = m.Wrap(h)
+	}
 	m.httpSrv = &http.Server{
-		Handler:           n.Handler(),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
-		ConnState:         m.ConnState,
 		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
 	}
 	go func() {

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -102,10 +101,11 @@ func TestCloseEndsLongPolls(t *testing.T) {
 	}
 	active := make(chan struct{})
 	var once sync.Once
-	m.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateActive { // the server is reading the request
-			once.Do(func() { close(active) })
-		}
+	m.Wrap = func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			once.Do(func() { close(active) }) // the long poll is in its handler
+			h.ServeHTTP(w, r)
+		})
 	}
 	if err := m.Open(); err != nil {
 		t.Fatal(err)

@@ -374,7 +374,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 // Config is a valid sidecar configuration for node n with short timeouts:
-// relay_grace 300ms, publish_timeout 1s, retries between 20ms and 200ms,
+// relay_grace 300ms, publish_timeout the default (10s), retries between 20ms and 200ms,
 // the queue in dir. relayURL "" opts out of INDIRECT; the inbound endpoint
 // is configured.
 func Config(n *Node, relayURL, dir string) sidecar.Config {
@@ -384,7 +384,10 @@ func Config(n *Node, relayURL, dir string) sidecar.Config {
 	cfg.Node = sidecar.NodeConfig{OfflinePublishURL: n.OfflineURL(), InboundURL: n.InboundURL(), SignURL: n.SignURL()}
 	cfg.Store.Path, cfg.Store.Synchronous = filepath.Join(dir, "courier.db"), "normal"
 	cfg.Delivery.RelayGrace = 300 * time.Millisecond
-	cfg.Delivery.PublishTimeout = time.Second
+	// The default (10s), not less: on a loaded machine a relay can take
+	// over a second to answer a publish, and a timeout sends the message
+	// OFFLINE. A test of the timeout sets its own.
+	cfg.Delivery.PublishTimeout = sidecar.DefaultPublishTimeout
 	cfg.Delivery.RetryWaitMin = 20 * time.Millisecond
 	cfg.Delivery.RetryWaitMax = 200 * time.Millisecond
 	cfg.Log.Level = "debug"
