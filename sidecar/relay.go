@@ -141,11 +141,12 @@ func (l *relayLink) route(cfg Config, now time.Time) (route, *upstream.Client) {
 	switch {
 	case cfg.RelayURL == "":
 		return routeOffline, nil
-	case l.up == nil: // just configured; the client is starting
-		return routeWait, nil
-	case l.status.State == RelayConnected:
+	case l.up != nil && l.status.State == RelayConnected:
 		return routeIndirect, l.up
 	case now.Sub(l.downAt) < cfg.Delivery.RelayGrace:
+		// Down, or just configured (downAt is then the configuration's
+		// time) and the client starting or unable to start: wait out
+		// the grace, then OFFLINE.
 		return routeWait, nil
 	default:
 		return routeOffline, nil
@@ -398,4 +399,7 @@ func (e *Engine) onRelayStartError(gen uint64, err error) {
 	}
 	e.link.mu.Unlock()
 	e.m.relayState(RelayDisconnected)
+	// No client runs to report a state: wake the dispatcher when the
+	// grace has passed, or queued messages would wait for a reload.
+	e.armGraceTimer()
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"courier/internal/testcert"
 	"courier/relay"
@@ -165,5 +166,45 @@ func TestRelayCAFileGoneIsReported(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run: %v", err)
+	}
+}
+
+// TestRelayCAFileGoneAtStart: relay_ca_file was there when the
+// configuration was checked and is gone when the relay client starts. The
+// sidecar does not fall back to the system roots; its status says why,
+// and messages go OFFLINE once relay_grace has passed, as with a relay
+// that is down, instead of waiting for ever.
+func TestRelayCAFileGoneAtStart(t *testing.T) {
+	ca := testcert.NewCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	ca.WriteLeaf(t, 1, certFile, keyFile)
+	r := st.StartRelay(t, func(c *relay.Config) { c.TLS.CertFile, c.TLS.KeyFile = certFile, keyFile }, nil)
+	a, b := st.NewNode(t, "A"), st.NewNode(t, "B")
+	caFile := filepath.Join(t.TempDir(), "relay-ca.pem")
+	pem, err := os.ReadFile(ca.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.Config(a, r.URL(), t.TempDir())
+	cfg.RelayCAFile = caFile
+	cfg.Delivery.RelayGrace = 300 * time.Millisecond
+	sa := st.StartSidecarAfter(t, a, cfg, st.Options(), func() {
+		if err := os.Remove(caFile); err != nil {
+			t.Fatal(err)
+		}
+	})
+	st.Eventually(t, "relay_ca_file's error in the relay status", func() bool {
+		return strings.Contains(sa.E.RelayStatus().LastError, "relay_ca_file")
+	})
+	id := sa.Submit(b, st.Ciphertext("ca file gone", 1, 100))
+	if m := sa.WaitMessage(id, queue.HandedOff); m.Path != queue.PathOffline {
+		t.Errorf("path %q, want OFFLINE", m.Path)
+	}
+	if len(a.Sign.Requests()) != 0 {
+		t.Errorf("the node was asked to sign %d times without a CA to check the relay", len(a.Sign.Requests()))
 	}
 }

@@ -422,9 +422,24 @@ func StartSidecar(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Option
 // StartSidecarLogging is StartSidecar with the engine logging to logger.
 func StartSidecarLogging(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Options, logger *slog.Logger) *Sidecar {
 	t.Helper()
+	return startSidecar(t, n, cfg, opts, logger, nil)
+}
+
+// StartSidecarAfter is StartSidecar with before run between the engine's
+// New (which checks cfg) and its Run: for a world that changes in between.
+func StartSidecarAfter(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Options, before func()) *Sidecar {
+	t.Helper()
+	return startSidecar(t, n, cfg, opts, Logger().With("side", "sidecar-"+n.Name), before)
+}
+
+func startSidecar(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Options, logger *slog.Logger, before func()) *Sidecar {
+	t.Helper()
 	e, err := sidecar.New(cfg, logger, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Sidecar{t: t, E: e, Node: n, cancel: cancel, done: make(chan error, 1)}
