@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"courier/internal/syncbuf"
 	"courier/relay/sqlitestore"
 )
 
@@ -23,7 +24,7 @@ func TestForwardedAddressInLogs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var buf lockedBuffer
+		var buf syncbuf.Buffer
 		e := newEnvLogged(t, cfg, st, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 		c, err := e.tryDialHeader(http.Header{"X-Forwarded-For": {"198.51.100.1, " + client}})
 		if err != nil {

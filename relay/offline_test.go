@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"courier/internal/syncbuf"
 	"courier/relay"
 	"courier/relay/sqlitestore"
 	"courier/wire"
@@ -576,24 +577,6 @@ func TestBridgeKill9(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestBridgeCredentials: basic auth from offline.password_file and the
 // cookie from offline.cookie_file go with every attempt (the cookie read
 // again after a 401), and neither is ever logged.
@@ -618,7 +601,7 @@ func TestBridgeCredentials(t *testing.T) {
 		c, err := r.Cookie("OpenBazaar_Auth_Cookie")
 		return ok && u == "ob" && p == password && err == nil && c.Value == cookie2
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := testConfig(t)
 	withBridge(node, func(o *relay.OfflineConfig) {
@@ -707,7 +690,7 @@ func TestBridgeNeverLogsCiphertext(t *testing.T) {
 	node.mu.Lock()
 	node.status, node.echo = http.StatusBadRequest, true
 	node.mu.Unlock()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := testConfig(t)
 	withBridge(node, nil)(&cfg)

@@ -4,31 +4,14 @@ import (
 	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"courier/internal/syncbuf"
 	"courier/relay"
 	"courier/relay/sqlitestore"
 	"courier/wire"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // logOfAnExchange runs a relay logging at level into a buffer, with
 // log.client_details as given, drives a level-2 subscribe, a level-1
@@ -44,7 +27,7 @@ func logOfAnExchange(t *testing.T, level slog.Level, details bool) (log string, 
 		t.Fatal(err)
 	}
 	defer st.Close()
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	e := newEnvLogged(t, cfg, st, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: level})))
 
 	bob := newIdentity(t, 1)

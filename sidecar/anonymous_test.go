@@ -418,21 +418,7 @@ func TestRelayIdentityReloadFromTOML(t *testing.T) {
 	if got := s.WaitRelay(sidecar.RelayConnected); got.PeerID != a.Peer.String() {
 		t.Fatalf("status %+v, want logged in as %s", got, a.Peer)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- sidecar.Watch(ctx, path, cfg, st.Logger(), func(c sidecar.Config) {
-			if err := s.E.Reconfigure(c); err != nil {
-				t.Errorf("Reconfigure: %v", err)
-			}
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Watch: %v", err)
-		}
-	})
+	s.WatchFile(path, cfg)
 
 	before := len(front.Frames())
 	write(sidecar.IdentityAnonymous)

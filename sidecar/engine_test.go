@@ -442,21 +442,7 @@ func TestLiveOptOutAndIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	sa := st.StartSidecar(t, a, cfg, st.Options())
-	ctx, cancel := context.WithCancel(context.Background())
-	watchDone := make(chan error, 1)
-	go func() {
-		watchDone <- sidecar.Watch(ctx, path, cfg, st.Logger(), func(next sidecar.Config) {
-			if err := sa.E.Reconfigure(next); err != nil {
-				t.Errorf("Reconfigure: %v", err)
-			}
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-watchDone; err != nil {
-			t.Errorf("Watch: %v", err)
-		}
-	})
+	sa.WatchFile(path, cfg)
 	sa.WaitRelay(sidecar.RelayConnected)
 	sb.WaitRelay(sidecar.RelayConnected)
 	id1 := sa.Submit(b, st.Ciphertext("in", 1, 100))

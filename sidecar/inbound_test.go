@@ -267,6 +267,26 @@ func TestInboundPoisonMessage(t *testing.T) {
 // gaugeValue reads the gauge name whose one label has value label.
 func gaugeValue(t *testing.T, e *sidecar.Engine, name, label string) float64 {
 	t.Helper()
+	v, _, ok := labelled(t, e, name, label)
+	if !ok {
+		t.Fatalf("no metric %s{%s}", name, label)
+	}
+	return v
+}
+
+// labelledCounter reads the counter name whose one label has value label
+// (0 if it was never counted).
+func labelledCounter(t *testing.T, e *sidecar.Engine, name, label string) float64 {
+	t.Helper()
+	_, v, _ := labelled(t, e, name, label)
+	return v
+}
+
+// labelled reads the sample of metric name whose one label has value
+// label, as a gauge and as a counter (whichever it is); ok is false when
+// there is none.
+func labelled(t *testing.T, e *sidecar.Engine, name, label string) (gauge, counter float64, ok bool) {
+	t.Helper()
 	mfs, err := e.Gatherer().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -277,10 +297,9 @@ func gaugeValue(t *testing.T, e *sidecar.Engine, name, label string) float64 {
 		}
 		for _, m := range mf.GetMetric() {
 			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
-				return m.GetGauge().GetValue()
+				return m.GetGauge().GetValue(), m.GetCounter().GetValue(), true
 			}
 		}
 	}
-	t.Fatalf("no metric %s{%s}", name, label)
-	return 0
+	return 0, 0, false
 }

@@ -152,24 +152,3 @@ func TestQueuedAfterComebackBacksOff(t *testing.T) {
 		t.Errorf("%v publishes answered queued within a %s grace, want 3 to 7 (doubling backoff from 250 ms)", n, grace)
 	}
 }
-
-// labelledCounter reads the counter name whose one label has value label
-// (0 if it was never counted).
-func labelledCounter(t *testing.T, e *sidecar.Engine, name, label string) float64 {
-	t.Helper()
-	mfs, err := e.Gatherer().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
-}

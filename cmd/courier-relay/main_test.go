@@ -14,35 +14,17 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"courier/internal/syncbuf"
 	"courier/relay"
 	"courier/relay/sqlitestore"
 	"courier/wire"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func writeConfig(t *testing.T, body string) string {
 	t.Helper()
@@ -70,7 +52,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 	cfg := writeConfig(t, testConfig)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"-config", cfg, "-listen", "127.0.0.1:0"}, &stdout, &stderr) }()
 
@@ -129,7 +111,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 
 func TestSecondInstanceOnTheSameDatabaseRefuses(t *testing.T) {
 	cfg := writeConfig(t, testConfig)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	first := NewMain(&out)
 	if err := first.ParseFlags([]string{"-config", cfg, "-listen", "127.0.0.1:0"}, &out); err != nil {
 		t.Fatal(err)
@@ -167,7 +149,7 @@ func TestBindErrorIsReportedAtOnce(t *testing.T) {
 	}
 	defer ln.Close()
 	cfg := writeConfig(t, testConfig)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	err = run(context.Background(), []string{"-config", cfg, "-listen", ln.Addr().String()}, &out, &out)
 	if err == nil || !strings.Contains(err.Error(), "listen") {
 		t.Fatalf("run on a taken address = %v", err)
@@ -184,7 +166,7 @@ func TestBindErrorIsReportedAtOnce(t *testing.T) {
 }
 
 func TestFlags(t *testing.T) {
-	var out syncBuffer
+	var out syncbuf.Buffer
 	t.Run("defaults without a config file", func(t *testing.T) {
 		m := NewMain(&out)
 		if err := m.ParseFlags(nil, &out); err != nil {

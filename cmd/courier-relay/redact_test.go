@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"courier/internal/syncbuf"
 	"courier/relay/redisstore/redistest"
 )
 
@@ -42,7 +43,7 @@ url = "`+storeURL+`"
 `)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"-config", cfg, "-listen", "127.0.0.1:0"}, &stdout, &stderr) }()
 	listening := regexp.MustCompile(`"courier-relay listening".*`)
@@ -89,7 +90,7 @@ func TestBadStoreURLErrorHidesPassword(t *testing.T) {
 driver = "redis"
 url = "redis://courier:`+password+`@127.0.0.1:63x79/0"
 `)
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	err := run(context.Background(), []string{"-config", cfg, "-listen", "127.0.0.1:0"}, &stdout, &stderr)
 	if err == nil {
 		t.Fatal("run accepted a store.url with a bad port")

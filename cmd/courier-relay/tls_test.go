@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"courier/internal/syncbuf"
 	"courier/internal/testcert"
 	"courier/wire"
 )
@@ -21,13 +22,13 @@ import (
 // openTLSRelay runs courier-relay from a TOML file with a [tls] section
 // naming the certificate ca signed with serial 1, checking the files for a
 // renewal every 20ms.
-func openTLSRelay(t *testing.T, ca *testcert.CA) (m *Main, certFile, keyFile string, log *syncBuffer) {
+func openTLSRelay(t *testing.T, ca *testcert.CA) (m *Main, certFile, keyFile string, log *syncbuf.Buffer) {
 	t.Helper()
 	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	ca.WriteLeaf(t, 1, certFile, keyFile)
 	cfg := writeConfig(t, testConfig+"[tls]\ncert_file = \""+certFile+"\"\nkey_file = \""+keyFile+"\"\n")
-	log = new(syncBuffer)
+	log = new(syncbuf.Buffer)
 	m = NewMain(log)
 	if err := m.ParseFlags([]string{"-config", cfg, "-listen", "127.0.0.1:0"}, io.Discard); err != nil {
 		t.Fatal(err)

@@ -18,7 +18,6 @@
 package dantetest
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -31,6 +30,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"courier/internal/syncbuf"
 )
 
 // startTimeout bounds the wait for Dante to listen.
@@ -57,7 +58,7 @@ type Options struct {
 type Server struct {
 	Addr string // host:port it listens on, 127.0.0.1
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 	once sync.Once
 }
@@ -155,7 +156,7 @@ socks pass {
 		args = append([]string{"unshare", "--mount", "--propagation", "private", "--",
 			"sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts}, args...)
 	}
-	out := new(syncBuffer)
+	out := new(syncbuf.Buffer)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group, so that Stop reaches Dante's child processes
@@ -220,21 +221,4 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -448,6 +448,26 @@ func startSidecar(t testing.TB, n *Node, cfg sidecar.Config, opts sidecar.Option
 	return s
 }
 
+// WatchFile follows the TOML file at path (first read as cfg) as courier
+// does, applying each change with Reconfigure, until the test ends.
+func (s *Sidecar) WatchFile(path string, cfg sidecar.Config) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- sidecar.Watch(ctx, path, cfg, Logger(), func(next sidecar.Config) {
+			if err := s.E.Reconfigure(next); err != nil {
+				s.t.Errorf("Reconfigure: %v", err)
+			}
+		})
+	}()
+	s.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			s.t.Errorf("Watch: %v", err)
+		}
+	})
+}
+
 // Cancel cancels Run's context and returns at once; Stop waits.
 func (s *Sidecar) Cancel() { s.cancel() }
 
